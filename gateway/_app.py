@@ -1,0 +1,210 @@
+"""The ASGI app (Quart-Trio): thin I/O edge that routes and calls the core.
+
+Routing is the gateway's own, on the raw path (see ``_urls``); Quart sees one catch-all
+view plus the admin routes under ``/__gateway/``. One ``httpx.AsyncClient`` per worker is
+opened at startup and closed at shutdown.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+from collections.abc import AsyncIterator
+from typing import Any, cast
+from urllib.parse import parse_qsl
+
+import httpx
+import orjson
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from . import __version__
+from ._aggregate import error_body
+from ._config_model import METHODS
+from ._errors import RequestBodyTooLarge, RequestError
+from ._fanout import CallContext, fan_out
+from ._headers import select_headers
+from ._passthrough import open_passthrough
+from ._plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
+from ._transport import GatewayTransport, PoolLimits
+from ._urls import encode_query
+
+JSON_TYPE = "application/json"
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """The shared client serves every user: it must never keep an upstream's cookies."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return
+
+
+def make_client(plan: GatewayPlan) -> httpx.AsyncClient:
+    """The worker's upstream client: our transport, no env proxies, no redirects, no cookies.
+
+    Timeouts are trio cancel scopes around each call, not httpx's per-operation ones.
+    """
+    limits = {
+        (up.base.scheme, up.base.host, up.base.port): PoolLimits(
+            max_connections=up.max_connections, idle_timeout_s=up.idle_timeout_s
+        )
+        for up in plan.upstreams.values()
+    }
+    return httpx.AsyncClient(
+        transport=GatewayTransport(limits),
+        trust_env=False,
+        follow_redirects=False,
+        timeout=None,
+        cookies=_NoCookies(),
+    )
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(body), status=status, headers=headers, content_type=JSON_TYPE)
+
+
+def error_response(exc: RequestError) -> Response:
+    headers = {"Allow": ", ".join(exc.allow)} if exc.allow else None
+    return json_response(error_body(exc.code, exc.message), exc.status, headers)
+
+
+def _context(endpoint: EndpointPlan, params: dict[str, str], scope: dict[str, Any]) -> CallContext:
+    headers = select_headers(scope["headers"], _forward_names(endpoint))
+    extra_query = ""
+    if endpoint.forward_query and scope.get("query_string"):
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        extra_query = encode_query([(k, v) for k, v in pairs if k in endpoint.forward_query])
+    return CallContext(params, headers, extra_query)
+
+
+def _forward_names(endpoint: EndpointPlan) -> frozenset[bytes]:
+    return frozenset(name.encode("latin-1") for name in endpoint.forward_headers)
+
+
+class GatewayApp(QuartTrio):
+    """A Quart-Trio app serving one :class:`GatewayPlan`."""
+
+    def __init__(self, plan: GatewayPlan) -> None:
+        super().__init__("gateway")
+        self.plan = plan
+        self._client: httpx.AsyncClient | None = None
+        self.config.update(
+            MAX_CONTENT_LENGTH=plan.config.server.max_request_body,
+            # Quart's RESPONSE_TIMEOUT would cut long passthrough downloads; our own
+            # timeouts bound every wait instead (see _passthrough).
+            RESPONSE_TIMEOUT=None,
+            BODY_TIMEOUT=None,
+        )
+        self.url_map.merge_slashes = False
+        self.url_map.strict_slashes = False
+        self.before_serving(self._open_client)
+        self.after_serving(self._close_client)
+        self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
+        every = [*METHODS]
+        self.add_url_rule(
+            "/",
+            "gateway",
+            self._dispatch,
+            methods=every,
+            defaults={"_path": ""},
+            provide_automatic_options=False,
+        )
+        self.add_url_rule(
+            "/<path:_path>",
+            "gateway_path",
+            self._dispatch,
+            methods=every,
+            provide_automatic_options=False,
+        )
+        self.register_error_handler(HTTPException, self._http_error)
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the app is not serving: its upstream client is not open")
+        return self._client
+
+    async def _open_client(self) -> None:
+        self._client = make_client(self.plan)
+
+    async def _close_client(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _health(self) -> Response:
+        return json_response({"status": "ok"})
+
+    async def _http_error(self, exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 413:
+            return error_response(RequestBodyTooLarge("request body too large"))
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return json_response(error_body(code, exc.description or exc.name or "error"), status)
+
+    async def _dispatch(self, _path: str) -> Response:
+        scope = cast(dict[str, Any], request.scope)
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        try:
+            match = self.plan.router.match(raw_path, request.method)
+        except RequestError as exc:
+            return error_response(exc)
+        endpoint = match.target
+        ctx = _context(endpoint, match.params, scope)
+        if endpoint.passthrough:
+            return await self._passthrough(endpoint, ctx, scope)
+        result, _ = await fan_out(self.client, endpoint, ctx)
+        return json_response(
+            result.body,
+            result.status,
+            {
+                "X-Gateway-Complete": "true" if result.complete else "false",
+                "X-Gateway-Backends": result.backends_header,
+            },
+        )
+
+    async def _passthrough(
+        self, endpoint: EndpointPlan, ctx: CallContext, scope: dict[str, Any]
+    ) -> Response:
+        body_headers = [
+            (name, value)
+            for name, value in scope["headers"]
+            if name in (b"content-type", b"content-length")
+        ]
+        has_body = any(
+            name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"]
+        )
+        body: AsyncIterator[bytes] | None = request.body.__aiter__() if has_body else None
+        result = await open_passthrough(
+            self.client, endpoint, ctx, request.method, body, body_headers
+        )
+        if result.body is None:
+            body_json = error_body(
+                "upstream_failed",
+                f"passthrough backend failed: {result.outcome}",
+                {endpoint.backends[0].name: result.outcome},
+            )
+            return json_response(
+                body_json,
+                result.status,
+                {"X-Gateway-Complete": "false", "X-Gateway-Backends": result.backends_header},
+            )
+        response = Response(result.body, status=result.status)
+        response.headers.clear()
+        for name, value in result.headers:
+            response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        response.headers["X-Gateway-Backends"] = result.backends_header
+        return response
+
+
+def create_app(plan: GatewayPlan) -> GatewayApp:
+    """The ASGI application for a compiled config."""
+    return GatewayApp(plan)
+
+
+__all__ = ["GatewayApp", "__version__", "create_app", "make_client"]

@@ -1,0 +1,156 @@
+"""The ``gateway`` command: serve, check, demo, schema.
+
+Exit codes: 0 success, 1 a runtime failure (such as a port in use), 2 a bad config or bad
+arguments. Errors are one line each on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import orjson
+import trio
+
+from . import __version__
+from ._config_model import json_schema
+from ._errors import ConfigError
+from ._plan import GatewayPlan, load_config
+from ._units import format_duration
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def summary(plan: GatewayPlan) -> str:
+    """The one-screen summary printed by ``gateway check``."""
+    lines = [
+        f"{plan.file}: OK: {len(plan.endpoints)} endpoint(s), {len(plan.upstreams)} upstream(s)"
+    ]
+    for name, up in plan.upstreams.items():
+        lines.append(
+            f"  upstream {name:<16} {up.base.origin}{up.base.base_path}"
+            f"  timeout {format_duration(up.timeout_s)}  max_connections {up.max_connections}"
+        )
+    for ep in plan.endpoints:
+        kind = "passthrough" if ep.passthrough else f"deadline {format_duration(ep.deadline_s)}"
+        lines.append(f"  {ep.method} {ep.path}  ({kind})")
+        for be in ep.backends:
+            flags = []
+            if be.required:
+                flags.append("required")
+            if be.placement.group:
+                flags.append(f"group {be.placement.group}")
+            if be.placement.has_default:
+                flags.append("default")
+            lines.append(
+                f"    {be.name:<16} {be.method} {be.upstream.name}{be.url.text}"
+                f"  timeout {format_duration(be.timeout_s)}"
+                + (f"  [{', '.join(flags)}]" if flags else "")
+            )
+    return "\n".join(lines)
+
+
+def _load(path: str) -> GatewayPlan | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    plan = _load(args.file)
+    if plan is None:
+        return EXIT_CONFIG
+    print(summary(plan))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ._app import create_app
+    from ._server import hypercorn_config, run_workers, serve_app, wait_for_signal
+
+    plan = _load(args.file)
+    if plan is None:
+        return EXIT_CONFIG
+    config = hypercorn_config(plan, bind=args.bind, workers=args.workers)
+    if config.workers > 1:
+        return run_workers(args.file, config)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(serve_app, create_app(plan), config, shutdown_trigger=wait_for_signal)
+            )
+            print(
+                f"gateway: serving {len(plan.endpoints)} endpoint(s) from {plan.file} on "
+                + ", ".join(binds),
+                flush=True,
+            )
+
+    trio.run(main)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    trio.run(partial(run_demo, args.bind))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gateway", description="An API-aggregation gateway built on trio."
+    )
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve a config file with hypercorn's trio worker")
+    serve.add_argument("file", help="config file (YAML)")
+    serve.add_argument("--bind", metavar="HOST:PORT", help="overrides server.bind")
+    serve.add_argument("--workers", type=int, metavar="N", help="overrides server.workers")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config file without serving")
+    check.add_argument("file", help="config file (YAML)")
+    check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="run bundled demo upstreams and the gateway")
+    demo.add_argument(
+        "--bind", metavar="HOST:PORT", help="gateway address (default 127.0.0.1:8000)"
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    schema = sub.add_parser("schema", help="print the config file's JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        print("gateway: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"gateway: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Reading a config file: YAML, then ``${VAR}`` interpolation, then validation.
+
+Every problem becomes a :class:`ConfigProblem` naming the file, the path inside the
+document and what is wrong; nothing here prints a traceback or echoes a value that may
+be a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ._config_model import GatewayConfig
+from ._errors import ConfigError, ConfigProblem
+
+# pure-Python PyYAML rejects valid flow mappings containing "?" (pyyaml#128); libyaml's
+# loader does not. The wheels ship libyaml; fall back only where it is missing.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
+
+
+def format_path(loc: tuple[int | str, ...]) -> str:
+    """``("endpoints", 0, "backends", 1, "upstream")`` -> ``endpoints[0].backends[1].upstream``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def interpolate(
+    value: Any, env: Mapping[str, str], file: str, loc: tuple[int | str, ...] = ()
+) -> tuple[Any, list[ConfigProblem]]:
+    """Replace ``${VAR}`` (and ``${VAR:-default}``) in every string value; ``$$`` is ``$``.
+
+    Interpolation runs on parsed values, never on the YAML text, so a variable's content
+    cannot change the document's structure. Keys are not interpolated.
+    """
+    problems: list[ConfigProblem] = []
+
+    def walk(node: Any, where: tuple[int | str, ...]) -> Any:
+        if isinstance(node, str):
+            return substitute(node, where)
+        if isinstance(node, list):
+            return [walk(item, (*where, i)) for i, item in enumerate(node)]
+        if isinstance(node, dict):
+            return {k: walk(v, (*where, str(k))) for k, v in node.items()}
+        return node
+
+    def substitute(text: str, where: tuple[int | str, ...]) -> str:
+        if "$" not in text:
+            return text
+
+        def one(match: re.Match[str]) -> str:
+            if match.group(1):
+                return "$"
+            name, fallback = match.group(2), match.group(3)
+            if name in env:
+                return env[name]
+            if fallback is not None:
+                return fallback
+            problems.append(
+                ConfigProblem(file, format_path(where), f"environment variable {name} is not set")
+            )
+            return ""
+
+        return _VAR.sub(one, text)
+
+    return walk(value, loc), problems
+
+
+def parse_yaml(text: str, file: str) -> Any:
+    """Parse YAML text; a syntax error names the line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError([ConfigProblem(file, "", f"invalid YAML at {where}: {what}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem(file, "", f"invalid YAML: {exc}")]) from None
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that the location's last key belongs to, for 'unknown key' hints."""
+    model: type[BaseModel] = GatewayConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            # a dict key (an upstream's name): the model is the dict's value type
+            continue
+        found = _find_model(field.annotation)
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _find_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _problems_from_validation(exc: ValidationError, file: str) -> list[ConfigProblem]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = tuple(error["loc"])
+        kind = error["type"]
+        message = error["msg"]
+        if kind == "extra_forbidden":
+            model = _model_at(loc)
+            known = ", ".join(model.model_fields) if model else ""
+            message = f"unknown key {loc[-1]!r}" + (f" (allowed: {known})" if known else "")
+        elif kind == "missing":
+            message = "required key is missing"
+        elif kind == "value_error":
+            message = message.removeprefix("Value error, ")
+        elif kind == "literal_error" and loc == ("version",):
+            message = "unsupported config version (this gateway reads version: 1)"
+        # pydantic appends "[function-before]" style tags to locs of validators
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        problems.append(ConfigProblem(file, format_path(loc), message))
+    return problems
+
+
+def load_config_text(
+    text: str, file: str = "<config>", env: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Parse, interpolate and validate a config document (cross-references are checked
+    by :func:`gateway.compile_config`).
+
+    Raises:
+        ConfigError: with every problem found.
+    """
+    raw = parse_yaml(text, file)
+    if raw is None:
+        raise ConfigError([ConfigProblem(file, "", "the file is empty")])
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(file, "", "the top level must be a mapping")])
+    data, problems = interpolate(raw, os.environ if env is None else env, file)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from_validation(exc, file)) from None
+
+
+def read_config_file(path: str) -> str:
+    """Read a config file's text.
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(path, "", f"cannot read file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigProblem(path, "", "the file is not UTF-8 text")]) from None

@@ -1,0 +1,244 @@
+"""The config file's schema (version 1): frozen, strict pydantic models.
+
+Every field's docstring is its documentation: it feeds the JSON Schema
+(``gateway schema``) and ``docs/config.md``. Unknown keys are errors. Durations are strings
+with a unit (``250ms``, ``2s``, ``1.5s``, ``1m``) and become floats in seconds; sizes are
+byte counts or strings with a unit (``512KiB``, ``16MiB``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
+
+from ._units import parse_duration_s, parse_size_bytes
+
+DEFAULT_BIND = "127.0.0.1:8000"
+DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_DEADLINE_S = 5.0
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_IDLE_TIMEOUT_S = 4.0
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_BACKLOG = 1024
+DEFAULT_GRACEFUL_TIMEOUT_S = 3.0
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(
+            f"a duration must be a string with a unit, like 250ms or 2s (got {type(value).__name__})"
+        )
+    return parse_duration_s(value)
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a size must be a byte count or a string like 16MiB")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError("a size must be greater than zero")
+        return value
+    if isinstance(value, str):
+        return parse_size_bytes(value)
+    raise ValueError("a size must be a byte count or a string like 16MiB")
+
+
+def _method(value: object) -> str:
+    if not isinstance(value, str) or value.upper() not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}")
+    return value.upper()
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_duration),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h)$"}),
+]
+Size = Annotated[
+    int,
+    BeforeValidator(_size),
+    WithJsonSchema(
+        {"type": ["integer", "string"], "pattern": r"^\d+(\.\d+)?(B|KB|KiB|MB|MiB|GB|GiB)?$"}
+    ),
+]
+Method = Annotated[str, BeforeValidator(_method), WithJsonSchema({"enum": list(METHODS)})]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=64)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
+
+
+class ServerConfig(_Model):
+    """How the gateway listens. Used by `gateway serve`; plain hypercorn uses its own flags."""
+
+    bind: str = DEFAULT_BIND
+    """Address to listen on, `HOST:PORT`. The CLI's `--bind` overrides it."""
+
+    workers: int = Field(default=1, ge=1, le=256)
+    """Worker processes (each with its own connection pools). The CLI's `--workers`
+    overrides it. One worker per core is a good start."""
+
+    backlog: int = Field(default=DEFAULT_BACKLOG, ge=1, le=65535)
+    """Listen backlog. Hypercorn's default of 100 drops connections in a burst."""
+
+    graceful_timeout: Duration = DEFAULT_GRACEFUL_TIMEOUT_S
+    """On shutdown, how long in-flight requests may run before they are cancelled."""
+
+    max_request_body: Size = DEFAULT_MAX_REQUEST_BYTES
+    """Largest client request body accepted (413 beyond). Passthrough bodies are streamed
+    and counted as they arrive."""
+
+
+class DefaultsConfig(_Model):
+    """Values used where an upstream, endpoint or backend does not set its own."""
+
+    timeout: Duration = DEFAULT_TIMEOUT_S
+    """One backend call, from connect to the last body byte."""
+
+    deadline: Duration = DEFAULT_DEADLINE_S
+    """One endpoint request, all backends together."""
+
+    max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
+    """Open connections to one upstream, per worker."""
+
+    max_response_size: Size = DEFAULT_MAX_RESPONSE_BYTES
+    """Largest upstream response body read for one backend call (outcome `too_large`
+    beyond). Not applied to passthrough."""
+
+
+class UpstreamConfig(_Model):
+    """A service the gateway calls. Hosts come only from here, never from a client."""
+
+    url: str
+    """`scheme://host:port[/base-path]`, scheme `http` or `https`. Backend paths are
+    appended to the base path."""
+
+    timeout: Duration | None = None
+    """Default timeout of calls to this upstream (overrides `defaults.timeout`)."""
+
+    max_connections: int | None = Field(default=None, ge=1)
+    """Open connections to this upstream per worker (default `defaults.max_connections`);
+    calls beyond it wait for a free connection, within their timeout."""
+
+    idle_timeout: Duration = DEFAULT_IDLE_TIMEOUT_S
+    """How long an idle keep-alive connection is kept for reuse. Keep it below the
+    upstream's own keep-alive timeout."""
+
+    max_response_size: Size | None = None
+    """Largest response body read from this upstream (overrides `defaults.max_response_size`)."""
+
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Headers sent on every call to this upstream; values may use `${VAR}`."""
+
+
+class BackendConfig(_Model):
+    """One upstream call of an endpoint, and how its JSON result is shaped and placed."""
+
+    name: Name
+    """Unique within the endpoint; used in `X-Gateway-Backends` and error bodies."""
+
+    upstream: str
+    """Name of an entry under `upstreams`."""
+
+    path: str
+    """Path and optional query appended to the upstream's URL. `{param}` inserts an
+    endpoint path parameter, percent-encoded."""
+
+    method: Method = "GET"
+    """HTTP method of the upstream call. For passthrough endpoints the client's method is used."""
+
+    required: bool = False
+    """If this backend fails, the whole request fails (502, or 504 on timeout) and the
+    other backends are cancelled at once."""
+
+    timeout: Duration | None = None
+    """Bounds this call from connect to the last body byte (overrides the upstream's and
+    `defaults.timeout`). For passthrough: the wait for the response head and each gap
+    between body chunks."""
+
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra headers for this call (after the upstream's); values may use `${VAR}`."""
+
+    select: str | None = None
+    """Dot path taken from the response body first (`data`, `data.items`, `items.0`).
+    Missing: outcome `invalid_response`."""
+
+    allow: list[str] | None = None
+    """Dot paths to keep (nesting kept; applied to each element of an array)."""
+
+    deny: list[str] | None = None
+    """Dot paths to remove (applied to each element of an array). Not with `allow`."""
+
+    rename: dict[str, str] = Field(default_factory=dict)
+    """`{dot.path: new_key}`: renames a key in place (in each element of an array)."""
+
+    group: str | None = None
+    """Put the result under this key of the merged response."""
+
+    default: JsonValue = None
+    """Used in place of the result when this backend fails. Without it, a failed
+    optional backend is left out of the response."""
+
+
+class EndpointConfig(_Model):
+    """A client-facing route whose request fans out to its backends."""
+
+    path: str
+    """Route path; whole segments `{name}` capture path parameters."""
+
+    method: Method = "GET"
+    """HTTP method of the route."""
+
+    deadline: Duration | None = None
+    """Bounds the whole request (overrides `defaults.deadline`). When it expires,
+    unfinished backends are cancelled and the response is built from what finished.
+    For passthrough it bounds the wait for the response head."""
+
+    forward_headers: list[str] = Field(default_factory=list)
+    """Client request headers passed to every backend. None by default."""
+
+    forward_query: list[str] = Field(default_factory=list)
+    """Client query parameters appended to every backend call. None by default."""
+
+    passthrough: bool = False
+    """Stream one backend's response (status, headers, body) to the client unchanged,
+    and the client's method, body and Content-Type to the upstream."""
+
+    backends: list[BackendConfig] = Field(min_length=1)
+    """The upstream calls; their results merge in this order."""
+
+
+class GatewayConfig(_Model):
+    """A gateway config file."""
+
+    version: Literal[1]
+    """Config format version; must be 1."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    """Listening options."""
+
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
+    """Defaults for upstreams, endpoints and backends."""
+
+    upstreams: dict[Name, UpstreamConfig] = Field(default_factory=dict)
+    """Named upstream services."""
+
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+    """The aggregation endpoints."""
+
+
+def backend_has_default(backend: BackendConfig) -> bool:
+    """Whether the config set `default` (``default: null`` counts)."""
+    return "default" in backend.model_fields_set
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file, with every field's documentation."""
+    return GatewayConfig.model_json_schema()

@@ -1,0 +1,186 @@
+"""``gateway demo``: three small upstream services and the gateway on the demo config.
+
+The services are plain ASGI apps on hypercorn's trio worker, on free loopback ports:
+``users`` (fast), ``orders`` (answers 503 about one call in four) and
+``recommendations`` (takes 50-320 ms, so its 250 ms timeout cuts it now and then).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Awaitable, Callable
+from functools import partial
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs
+
+import hypercorn.config
+import orjson
+import trio
+
+from ._app import create_app
+from ._plan import GatewayPlan, load_config
+from ._server import hypercorn_config, serve_app, wait_for_signal
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+USERS = {
+    str(i): {
+        "id": i,
+        "name": name,
+        "email": f"{name.split()[0].lower()}@example.com",
+        "tier": tier,
+        "address": {"city": city, "zip": f"{10000 + i * 137}"},
+        "password_hash": "never-leaves-the-gateway",
+    }
+    for i, (name, tier, city) in enumerate(
+        [
+            ("Ada Lovelace", "gold", "London"),
+            ("Grace Hopper", "platinum", "New York"),
+            ("Alan Turing", "silver", "Manchester"),
+            ("Edsger Dijkstra", "gold", "Rotterdam"),
+            ("Barbara Liskov", "silver", "Boston"),
+        ],
+        start=1,
+    )
+}
+PRODUCTS = ["trio mug", "nursery poster", "cancel-scope socks", "deadline clock", "h11 t-shirt"]
+
+
+def demo_config_path() -> str:
+    return str(resources.files("gateway").joinpath("demo.yaml"))
+
+
+async def _send_json(send: Send, status: int, body: object) -> None:
+    data = orjson.dumps(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class DemoService:
+    """A tiny JSON service; implements lifespan as hypercorn's trio worker requires."""
+
+    def __init__(self, name: str, rng: random.Random) -> None:
+        self.name = name
+        self.rng = rng
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        query = parse_qs(scope["query_string"].decode())
+        status, body = await getattr(self, f"_{self.name}")(path, query)
+        await _send_json(send, status, body)
+
+    async def _users(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+        user = USERS.get(path.removeprefix("/users/"))
+        if user is None:
+            return 404, {"error": "no such user"}
+        return 200, {"data": user}
+
+    async def _orders(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+        if self.rng.random() < 0.25:
+            return 503, {"error": "orders database is busy"}
+        user = query.get("user", ["0"])[0]
+        limit = int(query.get("limit", ["5"])[0])
+        seed = sum(map(ord, user))
+        items = [
+            {
+                "id": f"o-{seed}-{n}",
+                "total": round(9.5 + (seed * n) % 90, 2),
+                "status": "shipped",
+                "warehouse": "w1",
+            }
+            for n in range(1, 1 + (seed % 4) + 1)
+        ][:limit]
+        return 200, {"items": items, "count": len(items)}
+
+    async def _recommendations(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+        await trio.sleep(self.rng.uniform(0.05, 0.32))
+        user = path.removeprefix("/recommendations/")
+        start = sum(map(ord, user)) % len(PRODUCTS)
+        return 200, {"products": [PRODUCTS[(start + k) % len(PRODUCTS)] for k in range(3)]}
+
+
+SERVICES = ("users", "orders", "recommendations")
+
+
+def _upstream_config() -> hypercorn.config.Config:
+    config = hypercorn.config.Config()
+    config.bind = ["127.0.0.1:0"]
+    config.backlog = 1024
+    config.accesslog = None
+    config.errorlog = None
+    config.include_server_header = False
+    return config
+
+
+async def run_demo(
+    bind: str | None = None,
+    *,
+    config_path: str | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start the services and the gateway; report the gateway's URL; stop on the trigger."""
+    rng = random.Random()
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        env = dict(os.environ)
+        for name in SERVICES:
+            binds = await nursery.start(
+                partial(
+                    serve_app,
+                    DemoService(name, rng),  # type: ignore[arg-type]
+                    _upstream_config(),
+                    shutdown_trigger=stop.wait,
+                )
+            )
+            env[f"DEMO_{name.upper()}_URL"] = binds[0]
+        plan: GatewayPlan = load_config(config_path or demo_config_path(), env)
+        config = hypercorn_config(plan, bind=bind)
+        binds = await nursery.start(
+            partial(serve_app, create_app(plan), config, shutdown_trigger=stop.wait)
+        )
+        url = binds[0]
+        task_status.started(url)
+        print(demo_banner(url), flush=True)
+        await shutdown_trigger()
+        stop.set()
+
+
+def demo_banner(url: str) -> str:
+    return "\n".join(
+        [
+            f"gateway demo: serving {url}  (Ctrl+C to stop)",
+            "",
+            "Try:",
+            f"  curl -i {url}/api/users/1/dashboard",
+            f"  curl -i '{url}/api/users/2/dashboard?lang=de' -H 'Accept-Language: de'",
+            f"  curl -i {url}/api/users/1            # passthrough",
+            f"  curl -i {url}/api/users/1/orders     # fails now and then: 502",
+            f"  curl -i {url}/api/users/42/dashboard # required backend 404: 502",
+            f"  curl -i {url}/api/users/..%2Fadmin/dashboard  # refused: 400",
+            f"  curl -i {url}/__gateway/health",
+        ]
+    )

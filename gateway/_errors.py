@@ -1,0 +1,91 @@
+"""The gateway's one error hierarchy.
+
+Configuration errors are raised only while a config is loaded; request errors are raised
+while one client request is handled and each knows the HTTP status and the stable ``code``
+that the JSON error body carries. A failing *backend* is not an exception: it becomes an
+:class:`~gateway.Outcome` value and is reported per backend.
+
+::
+
+    GatewayError
+    ├── ConfigError                   startup only: a list of ConfigProblem (file, path, message)
+    └── RequestError                  one client request; .status, .code, .message
+        ├── NotFound                  404 not_found: no endpoint has this path
+        ├── MethodNotAllowed          405 method_not_allowed: the path exists, the method does not
+        ├── InvalidPathParameter      400 invalid_path_parameter: unsafe or malformed {param} value
+        ├── InvalidRequest            400 invalid_request: another malformed part of the request
+        └── RequestBodyTooLarge       413 request_body_too_large
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GatewayError(Exception):
+    """Base class of every error the gateway raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config file.
+
+    Args:
+        file: the config file's path as given by the user.
+        path: where inside the document, e.g. ``endpoints[0].backends[1].upstream``;
+            empty for the whole document.
+        message: what is wrong, in words a user can act on.
+    """
+
+    file: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        return f"{where}: {self.message}"
+
+
+class ConfigError(GatewayError):
+    """The config cannot be used; ``problems`` lists every reason found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class RequestError(GatewayError):
+    """A client request the gateway refuses; the response is ``status`` with a JSON body."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...] = ()) -> None:
+        self.message = message
+        self.allow = allow
+        super().__init__(message)
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class InvalidPathParameter(RequestError):
+    status = 400
+    code = "invalid_path_parameter"
+
+
+class InvalidRequest(RequestError):
+    status = 400
+    code = "invalid_request"
+
+
+class RequestBodyTooLarge(RequestError):
+    status = 413
+    code = "request_body_too_large"

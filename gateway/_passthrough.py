@@ -1,0 +1,110 @@
+"""Passthrough endpoints: one backend, streamed both ways without buffering or parsing.
+
+``timeout`` is an inactivity bound here: it limits the wait for the response head (counted
+from the last request-body chunk sent) and every gap between response-body chunks, never
+the whole transfer, so a long upload or download is not cut while data keeps moving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from ._aggregate import Outcome, http_outcome
+from ._fanout import CallContext, build_request
+from ._headers import RawHeaders, strip_hop_by_hop
+from ._plan import EndpointPlan
+
+
+class UpstreamStalled(Exception):
+    """The upstream stopped sending mid-body for longer than the backend's timeout.
+
+    Raised from the body iterator after the response has started, so the server aborts the
+    client connection instead of ending the body as if it were complete.
+    """
+
+
+@dataclass(frozen=True)
+class PassthroughResult:
+    """Either a streaming response (``body`` set) or a failure (``outcome`` not ok)."""
+
+    outcome: str
+    status: int
+    headers: RawHeaders
+    body: AsyncIterator[bytes] | None
+    backends_header: str
+
+
+async def open_passthrough(
+    client: httpx.AsyncClient,
+    endpoint: EndpointPlan,
+    ctx: CallContext,
+    method: str,
+    body: AsyncIterable[bytes] | None,
+    body_headers: RawHeaders,
+) -> PassthroughResult:
+    """Send the request (streaming ``body``) and wait for the response head."""
+    backend = endpoint.backends[0]
+    timeout_s = backend.timeout_s
+    scope = trio.CancelScope(deadline=trio.current_time() + timeout_s)
+
+    async def upload(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            scope.deadline = trio.current_time() + timeout_s
+            yield chunk
+        scope.deadline = trio.current_time() + timeout_s
+
+    base = build_request(backend, ctx)
+    headers = [(k, v) for k, v in base.headers.raw if k.lower() != b"accept"]
+    headers.extend(body_headers)
+    request = httpx.Request(
+        method,
+        base.url,
+        headers=headers,
+        content=upload(body) if body is not None else None,
+    )
+
+    def failed(outcome: str) -> PassthroughResult:
+        status = 504 if outcome == Outcome.TIMEOUT else 502
+        return PassthroughResult(outcome, status, [], None, f"{backend.name}={outcome}")
+
+    response: httpx.Response | None = None
+    with scope:
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TransportError:
+            return failed(Outcome.UNREACHABLE)
+    if response is None:
+        return failed(Outcome.TIMEOUT)
+
+    status = response.status_code
+    outcome = Outcome.OK if 200 <= status < 400 else http_outcome(status)
+    return PassthroughResult(
+        outcome,
+        status,
+        # the server sets its own Date; an upstream's would be sent twice
+        strip_hop_by_hop(response.headers.raw, also=frozenset({b"date"})),
+        _stream_body(response, timeout_s),
+        f"{backend.name}={outcome}",
+    )
+
+
+async def _stream_body(response: httpx.Response, gap_s: float) -> AsyncIterator[bytes]:
+    """Yield raw (still encoded) body chunks; each wait is bounded by ``gap_s``."""
+    try:
+        chunks = response.aiter_raw().__aiter__()
+        while True:
+            chunk = b""
+            with trio.move_on_after(gap_s) as scope:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+            if scope.cancelled_caught:
+                raise UpstreamStalled(f"no body data from upstream for {gap_s:g}s")
+            yield chunk  # outside the cancel scope: never yield inside one
+    finally:
+        await response.aclose()

@@ -1,0 +1,68 @@
+"""Running the app on hypercorn's trio worker, in-process or with several workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from ._app import GatewayApp
+from ._plan import GatewayPlan
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+
+
+def hypercorn_config(
+    plan: GatewayPlan, *, bind: str | None = None, workers: int | None = None
+) -> hypercorn.config.Config:
+    """Hypercorn settings from the config's ``server`` section (CLI values win)."""
+    server = plan.config.server
+    config = hypercorn.config.Config()
+    config.bind = [bind or server.bind]
+    config.workers = workers or server.workers
+    config.worker_class = "trio"
+    # hypercorn's default backlog of 100 drops connections in a burst
+    config.backlog = server.backlog
+    config.graceful_timeout = server.graceful_timeout
+    config.include_server_header = False
+    config.accesslog = None
+    return config
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM: hypercorn's trigger for a graceful shutdown."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+async def serve_app(
+    app: GatewayApp,
+    config: hypercorn.config.Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns (or forever); reports the bound URLs.
+
+    Use as ``binds = await nursery.start(serve_app, app, config)``.
+    """
+    await hypercorn.trio.serve(
+        app,
+        config,
+        shutdown_trigger=shutdown_trigger,
+        task_status=task_status,
+    )
+
+
+def run_workers(config_path: str, config: hypercorn.config.Config) -> int:
+    """Several worker processes, each importing ``gateway.asgi:app`` (shares the socket)."""
+    from hypercorn.run import run
+
+    os.environ[CONFIG_ENV] = os.path.abspath(config_path)
+    config.application_path = "gateway.asgi:app"
+    return int(run(config) or 0)

@@ -1,0 +1,263 @@
+"""Routes, path parameters and upstream URL templates (pure, no I/O).
+
+A route matches the *raw* request path segment by segment, so a percent-encoded slash
+stays inside its segment and is then refused as a parameter value (400), never re-routed.
+A parameter value fills exactly one segment of an upstream path: it is percent-encoded
+with nothing left safe (RFC 3986 section 2.1), so no value can add a segment, a query, a
+fragment, or change the scheme, host or port, which come only from config.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+from urllib.parse import quote, unquote_to_bytes, urlencode, urlsplit
+
+from ._errors import InvalidPathParameter, MethodNotAllowed, NotFound
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_WHOLE_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FORBIDDEN_IN_VALUE = ("/", "?", "#")
+# characters a config author may write literally in a path template (RFC 3986 pchar,
+# "/" and "?", plus "%" for pre-encoded octets); anything else is a config error.
+_TEMPLATE_LITERAL = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*$")
+
+
+T = TypeVar("T")
+
+
+class TemplateError(ValueError):
+    """A route or URL template in the config is malformed."""
+
+
+# --- routes -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutePattern:
+    """A parsed endpoint path: each segment is a literal or a ``{param}``."""
+
+    text: str
+    segments: tuple[str, ...]
+    params: tuple[str | None, ...]  # per segment: the parameter name, or None for a literal
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p for p in self.params if p is not None)
+
+    @property
+    def literal_count(self) -> int:
+        return sum(1 for p in self.params if p is None)
+
+
+def parse_route(text: str) -> RoutePattern:
+    """Parse an endpoint path like ``/api/users/{user_id}/dashboard``.
+
+    Raises:
+        TemplateError: not absolute, a parameter that is not a whole segment, a repeated
+            parameter, or characters that are not allowed in a path.
+    """
+    if not text.startswith("/"):
+        raise TemplateError("must start with '/'")
+    if "?" in text or "#" in text:
+        raise TemplateError("must not contain a query or fragment")
+    segments = tuple(text[1:].split("/"))
+    params: list[str | None] = []
+    for seg in segments:
+        whole = _WHOLE_PARAM.match(seg)
+        if whole:
+            name = whole.group(1)
+            if name in params:
+                raise TemplateError(f"parameter {{{name}}} appears twice")
+            params.append(name)
+            continue
+        if "{" in seg or "}" in seg:
+            raise TemplateError(f"segment {seg!r}: a parameter must fill a whole segment")
+        if not _TEMPLATE_LITERAL.match(seg):
+            raise TemplateError(f"segment {seg!r} has characters not allowed in a path")
+        params.append(None)
+    return RoutePattern(text, segments, tuple(params))
+
+
+def decode_param(raw: str) -> str:
+    """Percent-decode one raw path segment and check it is a safe parameter value.
+
+    Raises:
+        InvalidPathParameter: malformed encoding, not UTF-8, empty, ``.``/``..``, or
+            containing ``/``, ``?``, ``#`` or a control character once decoded.
+    """
+    raw_bytes = raw.encode("latin-1", "replace")
+    if _BAD_PERCENT.search(raw_bytes):
+        raise InvalidPathParameter("malformed percent-encoding")
+    try:
+        value = unquote_to_bytes(raw_bytes).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidPathParameter("not valid UTF-8 once decoded") from None
+    if value in ("", ".", ".."):
+        raise InvalidPathParameter("empty, '.' and '..' are not allowed")
+    for char in _FORBIDDEN_IN_VALUE:
+        if char in value:
+            raise InvalidPathParameter(f"{char!r} is not allowed")
+    if _CONTROL.search(value):
+        raise InvalidPathParameter("control characters are not allowed")
+    return value
+
+
+@dataclass(frozen=True)
+class RouteMatch(Generic[T]):
+    target: T
+    params: dict[str, str]
+
+
+class Router(Generic[T]):
+    """Finds the route for a raw path and method; most literal segments win, then config order."""
+
+    def __init__(self, routes: Iterable[tuple[RoutePattern, str, T]]) -> None:
+        self._by_length: dict[int, list[tuple[RoutePattern, dict[str, T]]]] = {}
+        for pattern, method, target in routes:
+            bucket = self._by_length.setdefault(len(pattern.segments), [])
+            for existing, methods in bucket:
+                if existing.segments == pattern.segments:
+                    methods[method] = target
+                    break
+            else:
+                bucket.append((pattern, {method: target}))
+        for bucket in self._by_length.values():
+            bucket.sort(key=lambda item: -item[0].literal_count)
+
+    def match(self, raw_path: str, method: str) -> RouteMatch[T]:
+        """Route a raw (still percent-encoded) path.
+
+        Raises:
+            NotFound: no route has this path.
+            MethodNotAllowed: a route has this path but not this method (``allow`` set).
+            InvalidPathParameter: the path matched but a parameter value is unsafe.
+        """
+        if not raw_path.startswith("/"):
+            raise NotFound("no endpoint at this path")
+        segments = raw_path[1:].split("/")
+        for pattern, methods in self._by_length.get(len(segments), ()):
+            if not all(
+                p is not None or lit == seg
+                for lit, p, seg in zip(pattern.segments, pattern.params, segments, strict=True)
+            ):
+                continue
+            target = methods.get(method)
+            if target is None and method == "HEAD":
+                target = methods.get("GET")
+            if target is None:
+                raise MethodNotAllowed(
+                    f"method {method} is not allowed here", allow=tuple(sorted(methods))
+                )
+            params: dict[str, str] = {}
+            for name, seg in zip(pattern.params, segments, strict=True):
+                if name is not None:
+                    try:
+                        params[name] = decode_param(seg)
+                    except InvalidPathParameter as exc:
+                        raise InvalidPathParameter(
+                            f"path parameter {name!r}: {exc.message}"
+                        ) from None
+            return RouteMatch(target, params)
+        raise NotFound("no endpoint at this path")
+
+
+# --- upstream URL templates ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UrlTemplate:
+    """A backend's ``path`` (with optional query), parsed once at config load.
+
+    ``parts`` alternates literal text and parameter names: even indexes are literals.
+    """
+
+    text: str
+    parts: tuple[str, ...]
+    has_query: bool
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.parts[1::2]
+
+    def render(self, params: Mapping[str, str], extra_query: str = "") -> str:
+        """Fill in the parameters (each percent-encoded whole) and append ``extra_query``."""
+        out = []
+        for i, part in enumerate(self.parts):
+            out.append(quote(params[part], safe="") if i % 2 else part)
+        if extra_query:
+            out.append("&" if self.has_query else "?")
+            out.append(extra_query)
+        return "".join(out)
+
+
+def parse_url_template(text: str) -> UrlTemplate:
+    """Parse a backend path such as ``/orders?user={user_id}&limit=5``.
+
+    Raises:
+        TemplateError: not starting with '/', a fragment, unbalanced braces, or characters
+            that would need encoding.
+    """
+    if not text.startswith("/"):
+        raise TemplateError("must start with '/'")
+    if "#" in text:
+        raise TemplateError("must not contain a fragment")
+    pieces = _PARAM.split(text)
+    for literal in pieces[0::2]:
+        if "{" in literal or "}" in literal:
+            raise TemplateError("'{' and '}' are only allowed around a parameter name")
+        if not _TEMPLATE_LITERAL.match(literal):
+            raise TemplateError("has characters that must be percent-encoded (spaces, quotes, ...)")
+    return UrlTemplate(text, tuple(pieces), "?" in text)
+
+
+@dataclass(frozen=True)
+class BaseUrl:
+    """An upstream's ``scheme://host:port[/base-path]``, split once."""
+
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def join(self, path_and_query: str) -> str:
+        return self.origin + self.base_path + path_and_query
+
+
+def parse_base_url(text: str) -> BaseUrl:
+    """Parse and check an upstream URL.
+
+    Raises:
+        TemplateError: not http/https, no host, a bad port, credentials, query or fragment.
+    """
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise TemplateError(f"invalid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise TemplateError("scheme must be http or https")
+    if not parts.hostname:
+        raise TemplateError("has no host")
+    if parts.username is not None or parts.password is not None:
+        raise TemplateError("must not contain credentials; use headers instead")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise TemplateError("must not contain a query or fragment")
+    if not _TEMPLATE_LITERAL.match(parts.path) or "{" in parts.path:
+        raise TemplateError("base path has characters that must be percent-encoded")
+    default_port = 443 if parts.scheme == "https" else 80
+    return BaseUrl(parts.scheme, parts.hostname, port or default_port, parts.path.rstrip("/"))
+
+
+def encode_query(pairs: Sequence[tuple[str, str]]) -> str:
+    """Encode query pairs with every reserved character percent-encoded."""
+    return urlencode(pairs, quote_via=quote, safe="")
