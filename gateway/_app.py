@@ -20,7 +20,6 @@ from werkzeug.exceptions import HTTPException
 
 from . import __version__
 from ._aggregate import error_body
-from ._config_model import METHODS
 from ._errors import RequestBodyTooLarge, RequestError
 from ._fanout import CallContext, fan_out
 from ._headers import select_headers
@@ -105,22 +104,9 @@ class GatewayApp(QuartTrio):
         self.before_serving(self._open_client)
         self.after_serving(self._close_client)
         self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
-        every = [*METHODS]
-        self.add_url_rule(
-            "/",
-            "gateway",
-            self._dispatch,
-            methods=every,
-            defaults={"_path": ""},
-            provide_automatic_options=False,
-        )
-        self.add_url_rule(
-            "/<path:_path>",
-            "gateway_path",
-            self._dispatch,
-            methods=every,
-            provide_automatic_options=False,
-        )
+        # Endpoint routing is ours, on the raw path, before Quart's router (which decodes
+        # the path first and would turn an encoded slash into a routing 404).
+        self.before_request(self._dispatch)
         self.register_error_handler(HTTPException, self._http_error)
 
     @property
@@ -147,9 +133,11 @@ class GatewayApp(QuartTrio):
         code = (exc.name or "error").lower().replace(" ", "_")
         return json_response(error_body(code, exc.description or exc.name or "error"), status)
 
-    async def _dispatch(self, _path: str) -> Response:
+    async def _dispatch(self) -> Response | None:
         scope = cast(dict[str, Any], request.scope)
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        if raw_path.startswith(ADMIN_PREFIX + "/"):
+            return None  # the admin routes, routed by Quart
         try:
             match = self.plan.router.match(raw_path, request.method)
         except RequestError as exc:

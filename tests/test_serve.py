@@ -1,0 +1,96 @@
+"""The gateway as users run it: `gateway serve` and `gateway demo` in their own process."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+from conftest import (
+    backend_config,
+    config_text,
+    raw_request,
+    simple_config,
+    start_gateway_process,
+    start_upstream,
+)
+from upstream import Reply
+
+
+async def test_a_burst_of_200_requests_fans_out_concurrently(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """200 simultaneous requests x 3 backends of 100 ms: serialised this is 60 s."""
+    with trio.fail_after(30):
+        ups = {
+            name: await start_upstream(nursery, {"/x": Reply(json={name: 1}, delay_s=0.1)})
+            for name in ("a", "b", "c")
+        }
+        config = simple_config(
+            ups, [backend_config(n, n, "/x", required=True) for n in ups], deadline="5s"
+        )
+        file = tmp_path / "burst.yaml"
+        file.write_text(config_text(config))
+        url, _ = await start_gateway_process(nursery, str(file))
+        await raw_request(url, "/api/0")  # the worker is warm
+
+        statuses: list[int] = []
+
+        async def one(i: int) -> None:
+            statuses.append((await raw_request(url, f"/api/{i}")).status)
+
+        start = trio.current_time()
+        async with trio.open_nursery() as n:
+            for i in range(200):
+                n.start_soon(one, i)
+        elapsed = trio.current_time() - start
+        assert statuses == [200] * 200
+        assert elapsed < 2.0, f"burst took {elapsed:.2f}s"
+        assert sum(up.calls("/x") for up in ups.values()) == 3 * 201
+
+
+async def test_serve_stops_cleanly_on_sigterm(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        url, proc = await start_gateway_process(nursery, str(file))
+        async with httpx.AsyncClient(trust_env=False) as client:
+            r = await client.get(url + "/api/1")
+        assert r.json() == {"a": 1}
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+
+
+async def test_demo_answers_real_aggregated_requests(nursery: trio.Nursery) -> None:
+    with trio.fail_after(30):
+        url, proc = await start_gateway_process(nursery, "", command="demo")
+        async with httpx.AsyncClient(trust_env=False) as client:
+            r = await client.get(url + "/api/users/1/dashboard")
+            assert r.status_code == 200
+            assert r.json()["profile"] == {
+                "name": "Ada Lovelace",
+                "email": "ada@example.com",
+                "level": "gold",
+                "address": {"city": "London"},
+            }
+            assert r.headers["x-gateway-backends"].startswith("profile=ok, orders=")
+            r = await client.get(url + "/api/users/2")
+            assert r.status_code == 200
+            assert r.json()["data"]["name"] == "Grace Hopper"
+            r = await client.get(url + "/api/users/42/dashboard")
+            assert r.status_code == 502
+            assert r.json()["backends"]["profile"] == "http_404"
+        proc.send_signal(signal.SIGINT)
+        assert await proc.wait() == 0
+
+
+def test_module_entry_point_is_the_cli() -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("gateway ")
