@@ -168,9 +168,18 @@ class GatewayApp(QuartTrio):
             name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"]
         )
         body: AsyncIterator[bytes] | None = request.body.__aiter__() if has_body else None
-        result = await open_passthrough(
-            self.client, endpoint, ctx, request.method, body, body_headers
-        )
+        try:
+            result = await open_passthrough(
+                self.client,
+                endpoint,
+                ctx,
+                request.method,
+                body,
+                body_headers,
+                self.plan.config.server.max_request_body,
+            )
+        except RequestError as exc:
+            return error_response(exc)
         if result.body is None:
             body_json = error_body(
                 "upstream_failed",

@@ -105,6 +105,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from ._docs import config_reference_markdown
+
+        sys.stdout.write(config_reference_markdown())
+        return EXIT_OK
     sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK
 
@@ -133,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     schema = sub.add_parser("schema", help="print the config file's JSON Schema")
+    schema.add_argument("--markdown", action="store_true", help="the config reference instead")
     schema.set_defaults(func=cmd_schema)
     return p
 

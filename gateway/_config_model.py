@@ -199,7 +199,7 @@ class EndpointConfig(_Model):
     deadline: Duration | None = None
     """Bounds the whole request (overrides `defaults.deadline`). When it expires,
     unfinished backends are cancelled and the response is built from what finished.
-    For passthrough it bounds the wait for the response head."""
+    Not used by passthrough endpoints, whose backend `timeout` bounds every wait instead."""
 
     forward_headers: list[str] = Field(default_factory=list)
     """Client request headers passed to every backend. None by default."""

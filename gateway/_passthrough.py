@@ -14,6 +14,7 @@ import httpx
 import trio
 
 from ._aggregate import Outcome, http_outcome
+from ._errors import RequestBodyTooLarge
 from ._fanout import CallContext, build_request
 from ._headers import RawHeaders, strip_hop_by_hop
 from ._plan import EndpointPlan
@@ -45,14 +46,23 @@ async def open_passthrough(
     method: str,
     body: AsyncIterable[bytes] | None,
     body_headers: RawHeaders,
+    max_body_bytes: int,
 ) -> PassthroughResult:
-    """Send the request (streaming ``body``) and wait for the response head."""
+    """Send the request (streaming ``body``) and wait for the response head.
+
+    Raises:
+        RequestBodyTooLarge: the client sent more than ``max_body_bytes``.
+    """
     backend = endpoint.backends[0]
     timeout_s = backend.timeout_s
     scope = trio.CancelScope(deadline=trio.current_time() + timeout_s)
 
     async def upload(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        sent = 0
         async for chunk in chunks:
+            sent += len(chunk)
+            if sent > max_body_bytes:
+                raise RequestBodyTooLarge(f"request body exceeds {max_body_bytes} bytes")
             scope.deadline = trio.current_time() + timeout_s
             yield chunk
         scope.deadline = trio.current_time() + timeout_s

@@ -65,7 +65,7 @@ def select_path(value: JSON, path: tuple[str, ...]) -> JSON:
             if part not in value:
                 raise SelectMissing(part)
             value = value[part]
-        elif isinstance(value, list) and part.isdigit():
+        elif isinstance(value, list) and part.isascii() and part.isdigit() and len(part) < 19:
             index = int(part)
             if index >= len(value):
                 raise SelectMissing(part)

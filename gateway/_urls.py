@@ -114,56 +114,61 @@ class RouteMatch(Generic[T]):
 
 
 class Router(Generic[T]):
-    """Finds the route for a raw path and method; most literal segments win, then config order."""
+    """Finds the route for a raw path and method.
+
+    Among the routes whose path matches, the one with the most literal segments that has
+    the method wins (ties: config order); 405 only when no matching route has the method.
+    """
 
     def __init__(self, routes: Iterable[tuple[RoutePattern, str, T]]) -> None:
-        self._by_length: dict[int, list[tuple[RoutePattern, dict[str, T]]]] = {}
+        self._by_length: dict[int, list[tuple[RoutePattern, str, T]]] = {}
         for pattern, method, target in routes:
-            bucket = self._by_length.setdefault(len(pattern.segments), [])
-            for existing, methods in bucket:
-                if existing.segments == pattern.segments:
-                    methods[method] = target
-                    break
-            else:
-                bucket.append((pattern, {method: target}))
+            self._by_length.setdefault(len(pattern.segments), []).append((pattern, method, target))
         for bucket in self._by_length.values():
-            bucket.sort(key=lambda item: -item[0].literal_count)
+            bucket.sort(key=lambda item: -item[0].literal_count)  # stable: config order
 
     def match(self, raw_path: str, method: str) -> RouteMatch[T]:
         """Route a raw (still percent-encoded) path.
 
         Raises:
             NotFound: no route has this path.
-            MethodNotAllowed: a route has this path but not this method (``allow`` set).
+            MethodNotAllowed: routes have this path but not this method (``allow`` set).
             InvalidPathParameter: the path matched but a parameter value is unsafe.
         """
         if not raw_path.startswith("/"):
             raise NotFound("no endpoint at this path")
         segments = raw_path[1:].split("/")
-        for pattern, methods in self._by_length.get(len(segments), ()):
+        allowed: set[str] = set()
+        fallback: tuple[RoutePattern, T] | None = None  # HEAD served by a GET route
+        for pattern, route_method, target in self._by_length.get(len(segments), ()):
             if not all(
                 p is not None or lit == seg
                 for lit, p, seg in zip(pattern.segments, pattern.params, segments, strict=True)
             ):
                 continue
-            target = methods.get(method)
-            if target is None and method == "HEAD":
-                target = methods.get("GET")
-            if target is None:
-                raise MethodNotAllowed(
-                    f"method {method} is not allowed here", allow=tuple(sorted(methods))
-                )
-            params: dict[str, str] = {}
-            for name, seg in zip(pattern.params, segments, strict=True):
-                if name is not None:
-                    try:
-                        params[name] = decode_param(seg)
-                    except InvalidPathParameter as exc:
-                        raise InvalidPathParameter(
-                            f"path parameter {name!r}: {exc.message}"
-                        ) from None
-            return RouteMatch(target, params)
+            if route_method == method:
+                return RouteMatch(target, _params(pattern, segments))
+            if method == "HEAD" and route_method == "GET" and fallback is None:
+                fallback = (pattern, target)
+            allowed.add(route_method)
+        if fallback is not None:
+            return RouteMatch(fallback[1], _params(fallback[0], segments))
+        if allowed:
+            raise MethodNotAllowed(
+                f"method {method} is not allowed here", allow=tuple(sorted(allowed))
+            )
         raise NotFound("no endpoint at this path")
+
+
+def _params(pattern: RoutePattern, segments: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, seg in zip(pattern.params, segments, strict=True):
+        if name is not None:
+            try:
+                params[name] = decode_param(seg)
+            except InvalidPathParameter as exc:
+                raise InvalidPathParameter(f"path parameter {name!r}: {exc.message}") from None
+    return params
 
 
 # --- upstream URL templates ---------------------------------------------------------

@@ -172,7 +172,7 @@ async def test_thousands_of_failed_and_cancelled_requests_leak_nothing(
         gc.collect()
         fds, tasks, rss = open_fds(), count_tasks(), rss_bytes()
 
-        await _hammer(gw, paths, 3000, 40)
+        await _hammer(gw, paths, 2000, 40)
         await trio.sleep(0.3)  # let the server notice the clients' closed connections
         gc.collect()
 

@@ -161,10 +161,31 @@ async def test_client_leaving_mid_download_closes_the_upstream_connection(
             nursery, {"/blob/long": Reply(chunks=1000, chunk_size=1024, chunk_delay_s=0.01)}
         )
         gw = await start_gateway(nursery, passthrough_config(up.url))
-        async with httpx.AsyncClient(trust_env=False) as client:
-            async with client.stream("GET", gw.url + "/files/long") as r:
-                async for _ in r.aiter_raw():
-                    break  # leave after the first chunk: closes the connection
+        async with (
+            httpx.AsyncClient(trust_env=False) as client,
+            client.stream("GET", gw.url + "/files/long") as r,
+        ):
+            async for _ in r.aiter_raw():
+                break  # leave after the first chunk: closes the connection
         with trio.fail_after(2):
             await up.aborted_event.wait()
         assert up.aborted == ["/blob/long"]
+
+
+async def test_a_streamed_request_body_over_the_limit_is_413(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/blob/up": Reply(json={})})
+        config = passthrough_config(up.url)
+        config["server"] = {"max_request_body": "64KiB"}
+        gw = await start_gateway(nursery, config)
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            for _ in range(8):  # 128 KiB, chunked: no Content-Length to check up front
+                yield b"z" * 16384
+
+        r = await gw.request("POST", "/files/up", content=chunks())
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "request_body_too_large"
+        r = await gw.request("POST", "/files/up", content=b"z" * 70000)  # Content-Length
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "request_body_too_large"

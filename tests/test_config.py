@@ -1,0 +1,781 @@
+"""Loading, validating and compiling config files, and the `gateway check`/`schema` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from gateway._cli import main
+from gateway._config_load import _find_model, interpolate, load_config_text
+from gateway._config_model import GatewayConfig
+from gateway._errors import ConfigError, ConfigProblem
+from gateway._plan import load_config
+
+REPO = Path(__file__).parent.parent
+DEMO = REPO / "config" / "demo.yaml"
+
+SPEC_CONFIG = """\
+version: 1
+server:
+  bind: "127.0.0.1:8000"
+defaults:
+  timeout: 2s
+  deadline: 5s
+upstreams:
+  users:
+    url: http://127.0.0.1:9001
+    timeout: 1s
+    max_connections: 256
+    headers:
+      Authorization: "Bearer ${USERS_TOKEN}"   # ${VAR}: any string value; unset = config error; $$ = literal $
+  orders:
+    url: http://127.0.0.1:9002
+endpoints:
+  - path: /api/users/{user_id}/dashboard
+    method: GET
+    deadline: 800ms
+    forward_headers: [Accept-Language]
+    forward_query: [lang]
+    backends:
+      - name: profile
+        upstream: users
+        path: /users/{user_id}
+        required: true
+        timeout: 300ms
+        select: data
+        allow: [name, email, tier]
+        rename: {tier: level}
+        group: profile
+      - name: orders
+        upstream: orders
+        path: /orders?user={user_id}&limit=5
+        group: orders
+        default: []
+"""
+
+ENV = {"USERS_TOKEN": "t0ken"}
+
+
+def yaml_doc(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def one_endpoint(backends: str, endpoint_extra: str = "", path: str = "/api/{id}") -> str:
+    """A config with upstreams `users` and `orders` and one endpoint."""
+    return (
+        yaml_doc(
+            f"""
+            version: 1
+            upstreams:
+              users: {{url: "http://127.0.0.1:9001"}}
+              orders: {{url: "http://127.0.0.1:9002"}}
+            endpoints:
+              - path: {path}
+            """
+        )
+        + textwrap.indent(yaml_doc(endpoint_extra), "    ")
+        + "    backends:\n"
+        + textwrap.indent(yaml_doc(backends), "      ")
+    )
+
+
+def problems_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config("gw.yaml", env if env is not None else {}, text=text)
+    return [str(p) for p in info.value.problems]
+
+
+# --- the spec's example --------------------------------------------------------------------
+
+
+def test_spec_example_config_loads_and_compiles() -> None:
+    plan = load_config("gw.yaml", ENV, text=SPEC_CONFIG)
+    assert sorted(plan.upstreams) == ["orders", "users"]
+    (endpoint,) = plan.endpoints
+    assert endpoint.path == "/api/users/{user_id}/dashboard"
+    assert endpoint.deadline_s == pytest.approx(0.8)
+    assert endpoint.forward_headers == ("accept-language",)
+    assert endpoint.forward_query == frozenset({"lang"})
+    assert [b.name for b in endpoint.backends] == ["profile", "orders"]
+
+
+def test_spec_example_resolves_timeouts_from_backend_upstream_and_defaults() -> None:
+    plan = load_config("gw.yaml", ENV, text=SPEC_CONFIG)
+    profile, orders = plan.endpoints[0].backends
+    assert profile.timeout_s == pytest.approx(0.3)
+    assert orders.timeout_s == pytest.approx(2.0)
+    assert plan.upstreams["users"].timeout_s == pytest.approx(1.0)
+    assert plan.upstreams["users"].max_connections == 256
+
+
+def test_spec_example_interpolates_the_upstream_header() -> None:
+    plan = load_config("gw.yaml", ENV, text=SPEC_CONFIG)
+    assert plan.upstreams["users"].headers == (("Authorization", "Bearer t0ken"),)
+    assert plan.endpoints[0].backends[0].headers == (("Authorization", "Bearer t0ken"),)
+
+
+def test_spec_example_compiles_transforms_and_placements() -> None:
+    plan = load_config("gw.yaml", ENV, text=SPEC_CONFIG)
+    profile, orders = plan.endpoints[0].backends
+    body = {"data": {"name": "A", "email": "a@x", "tier": "gold", "password": "p"}}
+    assert profile.transform.apply(body) == {"name": "A", "email": "a@x", "level": "gold"}
+    assert profile.required
+    assert profile.placement.group == "profile"
+    assert orders.placement.has_default
+    assert orders.placement.default == []
+    assert orders.url.render({"user_id": "7"}) == "/orders?user=7&limit=5"
+
+
+def test_spec_example_routes_its_endpoint() -> None:
+    plan = load_config("gw.yaml", ENV, text=SPEC_CONFIG)
+    match = plan.router.match("/api/users/42/dashboard", "GET")
+    assert match.target is plan.endpoints[0]
+    assert match.params == {"user_id": "42"}
+
+
+def test_backend_without_default_has_no_default_but_default_null_has_one() -> None:
+    text = one_endpoint(
+        """
+        - {name: a, upstream: users, path: /a}
+        - {name: b, upstream: users, path: /b, default: null}
+        """
+    )
+    a, b = load_config("gw.yaml", {}, text=text).endpoints[0].backends
+    assert not a.placement.has_default
+    assert b.placement.has_default
+    assert b.placement.default is None
+
+
+def test_demo_config_loads_without_environment() -> None:
+    plan = load_config(str(DEMO), {})
+    assert len(plan.endpoints) == 3
+
+
+# --- interpolation ---------------------------------------------------------------------------
+
+
+def test_unset_variable_is_a_problem_naming_its_path() -> None:
+    assert problems_of(SPEC_CONFIG, env={}) == [
+        "gw.yaml: upstreams.users.headers.Authorization: environment variable USERS_TOKEN is not set"
+    ]
+
+
+def test_unset_variable_in_a_list_names_the_index() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a, allow: [x, '${FIELD}']}")
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].allow[1]: environment variable FIELD is not set"
+    ]
+
+
+def test_every_unset_variable_is_reported() -> None:
+    data, problems = interpolate({"a": "${X}", "b": ["${Y} ${Z}"]}, {}, "f")
+    assert [(p.path, p.message) for p in problems] == [
+        ("a", "environment variable X is not set"),
+        ("b[0]", "environment variable Y is not set"),
+        ("b[0]", "environment variable Z is not set"),
+    ]
+
+
+def test_double_dollar_is_a_literal_dollar() -> None:
+    data, problems = interpolate({"v": "a$$b $${X} $$$$"}, {}, "f")
+    assert problems == []
+    assert data == {"v": "a$b ${X} $$"}
+
+
+def test_lone_dollar_is_kept() -> None:
+    data, _ = interpolate({"v": "cost $5 and $X"}, {}, "f")
+    assert data == {"v": "cost $5 and $X"}
+
+
+def test_default_is_used_when_variable_is_unset() -> None:
+    data, problems = interpolate({"v": "${HOST:-localhost}:${PORT:-}"}, {}, "f")
+    assert problems == []
+    assert data == {"v": "localhost:"}
+
+
+def test_set_variable_wins_over_default() -> None:
+    data, _ = interpolate({"v": "${HOST:-localhost}"}, {"HOST": "example.com"}, "f")
+    assert data == {"v": "example.com"}
+
+
+def test_interpolation_leaves_keys_and_non_strings_alone() -> None:
+    value = {"${K}": 1, "n": 2, "b": True, "z": None, "f": 1.5}
+    data, problems = interpolate(value, {}, "f")
+    assert problems == []
+    assert data == value
+
+
+def test_interpolated_value_cannot_inject_yaml_structure() -> None:
+    text = "version: 1\nserver:\n  bind: '${BIND}'\n"
+    evil = "127.0.0.1:8000\n  evil: 1"
+    config = load_config_text(text, "gw.yaml", {"BIND": evil})
+    assert config.server.bind == evil
+
+
+def test_interpolated_value_with_yaml_syntax_stays_one_string() -> None:
+    data, _ = interpolate({"v": "${V}"}, {"V": "{a: 1}\n- [b]"}, "f")
+    assert data == {"v": "{a: 1}\n- [b]"}
+
+
+def test_interpolation_uses_the_process_environment_when_env_is_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("USERS_TOKEN", "from-os")
+    plan = load_config("gw.yaml", None, text=SPEC_CONFIG)
+    assert plan.upstreams["users"].headers == (("Authorization", "Bearer from-os"),)
+
+
+def test_problem_does_not_echo_an_interpolated_secret() -> None:
+    text = SPEC_CONFIG
+    problems = problems_of(text, env={"USERS_TOKEN": "s3cret\nX-Injected: 1"})
+    assert problems == [
+        "gw.yaml: upstreams.users.headers.Authorization: header value has a control character"
+    ]
+    assert "s3cret" not in "".join(problems)
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def test_unknown_backend_key_names_its_path_and_the_allowed_keys() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a, foo: 1}")
+    (problem,) = problems_of(text)
+    assert problem.startswith(
+        "gw.yaml: endpoints[0].backends[0].foo: unknown key 'foo' (allowed: name, upstream, path,"
+    )
+    assert "rename, group, default)" in problem
+
+
+def test_unknown_top_level_key_lists_the_top_level_keys() -> None:
+    assert problems_of("version: 1\nfoo: 1\n") == [
+        "gw.yaml: foo: unknown key 'foo' (allowed: version, server, defaults, upstreams, endpoints)"
+    ]
+
+
+def test_unknown_upstream_key_lists_the_upstream_keys() -> None:
+    text = "version: 1\nupstreams:\n  users: {url: 'http://h', retries: 3}\n"
+    (problem,) = problems_of(text)
+    assert problem.startswith("gw.yaml: upstreams.users.retries: unknown key 'retries' (allowed: url,")
+
+
+def test_unknown_endpoint_key_lists_the_endpoint_keys() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a}", endpoint_extra="cache: true\n")
+    (problem,) = problems_of(text)
+    assert problem.startswith("gw.yaml: endpoints[0].cache: unknown key 'cache' (allowed: path,")
+
+
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        ("defaults.timeout", "version: 1\ndefaults: {timeout: 2}\n"),
+        ("defaults.deadline", "version: 1\ndefaults: {deadline: 1.5}\n"),
+        ("upstreams.u.timeout", "version: 1\nupstreams: {u: {url: 'http://h', timeout: 3}}\n"),
+    ],
+)
+def test_bare_number_duration_is_an_error(where: str, text: str) -> None:
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"gw.yaml: {where}: a duration must be a string with a unit")
+
+
+def test_bare_number_backend_timeout_is_an_error() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a, timeout: 1}")
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
+        "like 250ms or 2s (got int)"
+    ]
+
+
+def test_duration_without_unit_in_a_string_is_an_error() -> None:
+    (problem,) = problems_of("version: 1\ndefaults: {timeout: '2'}\n")
+    assert problem.startswith("gw.yaml: defaults.timeout: invalid duration '2'")
+
+
+def test_size_accepts_a_unit_and_refuses_zero() -> None:
+    config = load_config_text("version: 1\ndefaults: {max_response_size: 512KiB}\n", "f", {})
+    assert config.defaults.max_response_size == 512 * 1024
+    (problem,) = problems_of("version: 1\ndefaults: {max_response_size: 0}\n")
+    assert problem.startswith("gw.yaml: defaults.max_response_size: a size must be greater")
+
+
+def test_missing_required_key_is_named() -> None:
+    text = one_endpoint("- {name: a, path: /a}")
+    assert problems_of(text) == ["gw.yaml: endpoints[0].backends[0].upstream: required key is missing"]
+
+
+def test_wrong_version_is_explained() -> None:
+    assert problems_of("version: 2\n") == [
+        "gw.yaml: version: unsupported config version (this gateway reads version: 1)"
+    ]
+
+
+def test_empty_file_is_an_error() -> None:
+    assert problems_of("") == ["gw.yaml: the file is empty"]
+
+
+def test_top_level_list_is_an_error() -> None:
+    assert problems_of("- a\n") == ["gw.yaml: the top level must be a mapping"]
+
+
+def test_several_validation_problems_are_reported_at_once() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a, timeout: 1, foo: 2}")
+    text = text.replace("version: 1\n", "version: 1\ndefaults: {deadline: 5}\n")
+    problems = problems_of(text)
+    assert len(problems) == 3
+    assert [p.split(": ")[1] for p in problems] == [
+        "defaults.deadline",
+        "endpoints[0].backends[0].timeout",
+        "endpoints[0].backends[0].foo",
+    ]
+
+
+def test_flow_mapping_with_question_mark_in_a_value_loads() -> None:
+    # pyyaml#128: the pure-Python loader rejects "?" inside a flow mapping value
+    text = one_endpoint("- {name: a, upstream: users, path: /x?y=1}")
+    backend = load_config("gw.yaml", {}, text=text).endpoints[0].backends[0]
+    assert backend.url.text == "/x?y=1"
+    assert backend.url.has_query
+
+
+def test_broken_yaml_names_line_and_column() -> None:
+    text = "version: 1\nserver:\n  bind: [127.0.0.1\n  backlog: 5\n"
+    (problem,) = problems_of(text)
+    assert problem.startswith("gw.yaml: invalid YAML at line 4, column ")
+
+
+def test_broken_yaml_tab_indentation_names_line_and_column() -> None:
+    text = "version: 1\nserver:\n\tbind: x\n"
+    (problem,) = problems_of(text)
+    assert problem.startswith("gw.yaml: invalid YAML at line 3, column 1")
+
+
+# --- cross-references (compile_config) ---------------------------------------------------------
+
+
+def test_unknown_upstream_names_the_known_ones() -> None:
+    text = one_endpoint(
+        """
+        - {name: profile, upstream: users, path: "/users/{id}"}
+        - {name: orders, upstream: ordrs, path: /orders}
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[1].upstream: unknown upstream 'ordrs' (known: orders, users)"
+    ]
+
+
+def test_unknown_upstream_when_none_are_defined() -> None:
+    text = "version: 1\nendpoints:\n  - {path: /a, backends: [{name: a, upstream: u, path: /a}]}\n"
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].upstream: unknown upstream 'u' (known: none defined)"
+    ]
+
+
+def test_unknown_path_parameter_names_the_endpoint_parameters() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: '/users/{user_id}'}")
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].path: unknown path parameter {user_id} "
+        "(the endpoint path has: id)"
+    ]
+
+
+def test_unknown_path_parameter_on_an_endpoint_without_parameters() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: '/users/{id}'}", path="/api")
+    (problem,) = problems_of(text)
+    assert problem.endswith("unknown path parameter {id} (the endpoint path has: none)")
+
+
+def test_duplicate_backend_names_are_refused() -> None:
+    text = one_endpoint(
+        """
+        - {name: a, upstream: users, path: /a}
+        - {name: a, upstream: orders, path: /b}
+        """
+    )
+    assert problems_of(text) == ["gw.yaml: endpoints[0].backends[1].name: duplicate backend name 'a'"]
+
+
+def test_duplicate_routes_are_refused_even_with_other_parameter_names() -> None:
+    text = yaml_doc(
+        """
+        version: 1
+        upstreams: {users: {url: "http://h"}}
+        endpoints:
+          - {path: "/a/{x}", backends: [{name: a, upstream: users, path: /a}]}
+          - {path: "/a/{y}", backends: [{name: a, upstream: users, path: /a}]}
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[1].path: GET /a/{y} is already defined by endpoints[0]"
+    ]
+
+
+def test_same_path_with_different_methods_is_allowed() -> None:
+    text = yaml_doc(
+        """
+        version: 1
+        upstreams: {users: {url: "http://h"}}
+        endpoints:
+          - {path: "/a/{x}", backends: [{name: a, upstream: users, path: /a}]}
+          - {path: "/a/{x}", method: post, backends: [{name: a, upstream: users, path: /a}]}
+        """
+    )
+    plan = load_config("gw.yaml", {}, text=text)
+    assert [e.method for e in plan.endpoints] == ["GET", "POST"]
+
+
+def test_passthrough_with_two_backends_is_refused() -> None:
+    text = one_endpoint(
+        """
+        - {name: a, upstream: users, path: /a}
+        - {name: b, upstream: orders, path: /b}
+        """,
+        endpoint_extra="passthrough: true\n",
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends: a passthrough endpoint has exactly one backend (found 2)"
+    ]
+
+
+def test_passthrough_backend_with_a_transform_is_refused() -> None:
+    text = one_endpoint(
+        "- {name: a, upstream: users, path: /a, select: data}", endpoint_extra="passthrough: true\n"
+    )
+    (problem,) = problems_of(text)
+    assert problem.startswith("gw.yaml: endpoints[0].backends[0].select: not used by a passthrough")
+
+
+@pytest.mark.parametrize("path", ["/__gateway", "/__gateway/health", "/__gateway/{x}"])
+def test_gateway_admin_prefix_is_reserved(path: str) -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a}", path=path)
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].path: /__gateway/ is reserved for the gateway"
+    ]
+
+
+def test_a_path_merely_starting_with_the_admin_name_is_allowed() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a}", path="/__gatewayx")
+    assert load_config("gw.yaml", {}, text=text).endpoints[0].path == "/__gatewayx"
+
+
+@pytest.mark.parametrize("header", ["Connection", "Host", "transfer-encoding", "TE", "Content-Length"])
+def test_forwarding_a_hop_by_hop_or_gateway_framed_header_is_refused(header: str) -> None:
+    text = one_endpoint(
+        "- {name: a, upstream: users, path: /a}",
+        endpoint_extra=f"forward_headers: [Accept, {header}]\n",
+    )
+    assert problems_of(text) == [
+        f"gw.yaml: endpoints[0].forward_headers[1]: {header} is hop-by-hop or framed by the "
+        "gateway and cannot be forwarded"
+    ]
+
+
+def test_upstream_header_set_by_the_gateway_is_refused() -> None:
+    text = "version: 1\nupstreams:\n  u: {url: 'http://h', headers: {Host: evil.example}}\n"
+    assert problems_of(text) == ["gw.yaml: upstreams.u.headers.Host: this header is set by the gateway"]
+
+
+def test_invalid_header_name_is_refused() -> None:
+    text = one_endpoint(
+        "- {name: a, upstream: users, path: /a}", endpoint_extra="forward_headers: ['Bad Name']\n"
+    )
+    assert problems_of(text) == ["gw.yaml: endpoints[0].forward_headers[0]: invalid header name"]
+
+
+def test_bad_upstream_url_is_reported_once_not_again_for_its_backends() -> None:
+    text = yaml_doc(
+        """
+        version: 1
+        upstreams: {users: {url: "ftp://h"}}
+        endpoints:
+          - {path: /a, backends: [{name: a, upstream: users, path: /a}]}
+        """
+    )
+    assert problems_of(text) == ["gw.yaml: upstreams.users.url: scheme must be http or https"]
+
+
+def test_bad_route_is_reported_at_the_endpoint_path() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a}", path="'/a/pre{id}'")
+    (problem,) = problems_of(text)
+    assert problem.startswith("gw.yaml: endpoints[0].path: segment 'pre{id}'")
+
+
+def test_bad_backend_path_template_is_reported_at_its_path() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: 'a/b'}")
+    assert problems_of(text) == ["gw.yaml: endpoints[0].backends[0].path: must start with '/'"]
+
+
+def test_allow_and_deny_together_are_refused() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a, allow: [x], deny: [y]}")
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].allow: use either allow or deny, not both"
+    ]
+
+
+def test_BUG_dotted_rename_target_is_reported_at_rename_not_select() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a, rename: {tier: level.x}}")
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].rename: "
+        "rename target 'level.x' must be a single non-empty key"
+    ]
+
+
+def test_BUG_bad_allow_path_is_reported_at_allow_not_select() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a, allow: ['a..b']}")
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].allow: invalid dot path 'a..b': "
+        "segments must be non-empty"
+    ]
+
+
+def test_BUG_bad_deny_path_is_reported_at_deny_not_select() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a, deny: ['x.']}")
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].deny: invalid dot path 'x.': segments must be non-empty"
+    ]
+
+
+def test_bad_select_path_is_reported_at_select() -> None:
+    text = one_endpoint("- {name: a, upstream: users, path: /a, select: 'data..x'}")
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].select: invalid dot path 'data..x': "
+        "segments must be non-empty"
+    ]
+
+
+def test_several_cross_reference_problems_are_reported_at_once() -> None:
+    text = yaml_doc(
+        """
+        version: 1
+        upstreams:
+          users: {url: "http://127.0.0.1:9001"}
+          orders: {url: "http://127.0.0.1:9002"}
+        endpoints:
+          - path: /api/users/{user_id}
+            forward_headers: [Connection]
+            backends:
+              - {name: a, upstream: users, path: "/users/{id}"}
+              - {name: a, upstream: ordrs, path: /orders}
+          - path: /__gateway/x
+            backends:
+              - {name: b, upstream: users, path: /b}
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].forward_headers[0]: Connection is hop-by-hop or framed by the "
+        "gateway and cannot be forwarded",
+        "gw.yaml: endpoints[0].backends[0].path: unknown path parameter {id} "
+        "(the endpoint path has: user_id)",
+        "gw.yaml: endpoints[0].backends[1].upstream: unknown upstream 'ordrs' "
+        "(known: orders, users)",
+        "gw.yaml: endpoints[0].backends[1].name: duplicate backend name 'a'",
+        "gw.yaml: endpoints[1].path: /__gateway/ is reserved for the gateway",
+    ]
+
+
+def test_config_problem_without_path_names_only_the_file() -> None:
+    assert str(ConfigProblem("f.yaml", "", "the file is empty")) == "f.yaml: the file is empty"
+
+
+def test_config_error_message_has_one_line_per_problem() -> None:
+    error = ConfigError([ConfigProblem("f", "a", "x"), ConfigProblem("f", "b", "y")])
+    assert str(error) == "f: a: x\nf: b: y"
+
+
+# --- CLI: check ---------------------------------------------------------------------------------
+
+BAD_CONFIG = one_endpoint(
+    """
+    - {name: profile, upstream: users, path: "/users/{user_id}"}
+    - {name: orders, upstream: ordrs, path: /orders}
+    """
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "gw.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_check_prints_a_summary_and_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("USERS_TOKEN", "t")
+    file = write(tmp_path, SPEC_CONFIG)
+    assert main(["check", file]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"{file}: OK: 1 endpoint(s), 2 upstream(s)"
+    assert any("GET /api/users/{user_id}/dashboard" in line for line in lines)
+    assert any(line.split()[:1] == ["profile"] and "required" in line for line in lines)
+    assert any(line.split()[:1] == ["orders"] and "default" in line for line in lines)
+    assert any("upstream users" in line and "http://127.0.0.1:9001" in line for line in lines)
+
+
+def test_check_summary_does_not_print_header_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("USERS_TOKEN", "very-secret-token")
+    assert main(["check", write(tmp_path, SPEC_CONFIG)]) == 0
+    assert "very-secret-token" not in capsys.readouterr().out
+
+
+def test_check_reports_every_problem_one_per_line_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = write(tmp_path, BAD_CONFIG)
+    assert main(["check", file]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{file}: endpoints[0].backends[0].path: unknown path parameter {{user_id}} "
+        "(the endpoint path has: id)",
+        f"{file}: endpoints[0].backends[1].upstream: unknown upstream 'ordrs' (known: orders, users)",
+    ]
+    assert "Traceback" not in err
+
+
+def test_check_reports_broken_yaml_with_line_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = write(tmp_path, "version: 1\nupstreams: {u: [\n")
+    assert main(["check", file]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{file}: invalid YAML at line ")
+    assert ", column " in err
+    assert len(err.splitlines()) == 1
+
+
+def test_check_missing_file_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = str(tmp_path / "nope.yaml")
+    assert main(["check", file]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"{file}: cannot read file: No such file or directory\n"
+
+
+def test_check_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{tmp_path}: cannot read file:")
+    assert "Traceback" not in err
+
+
+def test_check_non_utf8_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"version: 1\n# caf\xe9\n")
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err == f"{path}: the file is not UTF-8 text\n"
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("DEMO_")}
+
+
+def test_check_subprocess_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text(BAD_CONFIG, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(bad_file)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert (
+        f"{bad_file}: endpoints[0].backends[1].upstream: unknown upstream 'ordrs' "
+        "(known: orders, users)"
+    ) in proc.stderr.splitlines()
+
+
+def test_check_subprocess_demo_config_exits_0() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(DEMO)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{DEMO}: OK: 3 endpoint(s), 3 upstream(s)")
+    assert proc.stderr == ""
+
+
+# --- CLI: schema ----------------------------------------------------------------------------------
+
+
+def test_schema_prints_json_with_every_top_level_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["properties"]) == set(GatewayConfig.model_fields)
+    assert set(schema["properties"]) == {"version", "server", "defaults", "upstreams", "endpoints"}
+    assert schema["additionalProperties"] is False
+
+
+def _models(root: type[BaseModel]) -> list[type[BaseModel]]:
+    seen: list[type[BaseModel]] = []
+    todo = [root]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.append(model)
+        for field in model.model_fields.values():
+            found = _find_model(field.annotation)
+            if found is not None:
+                todo.append(found)
+    return seen
+
+
+def test_every_config_model_is_walked() -> None:
+    names = {m.__name__ for m in _models(GatewayConfig)}
+    assert names == {
+        "GatewayConfig",
+        "ServerConfig",
+        "DefaultsConfig",
+        "UpstreamConfig",
+        "EndpointConfig",
+        "BackendConfig",
+    }
+
+
+def test_every_field_of_every_config_model_has_a_description() -> None:
+    missing = [
+        f"{model.__name__}.{name}"
+        for model in _models(GatewayConfig)
+        for name, field in model.model_fields.items()
+        if not field.description
+    ]
+    assert missing == []
+
+
+def test_every_property_in_the_printed_schema_has_a_description(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    main(["schema"])
+    schema: dict[str, Any] = json.loads(capsys.readouterr().out)
+    objects = [schema, *schema["$defs"].values()]
+    missing = [
+        f"{obj.get('title')}.{name}"
+        for obj in objects
+        for name, prop in obj.get("properties", {}).items()
+        if not prop.get("description")
+    ]
+    assert missing == []

@@ -1,0 +1,128 @@
+"""Which headers cross the gateway (gateway._headers)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway._headers import HOP_BY_HOP, connection_named, select_headers, strip_hop_by_hop
+
+
+def test_strip_hop_by_hop_drops_every_hop_by_hop_field() -> None:
+    headers = [(name, b"x") for name in sorted(HOP_BY_HOP)] + [(b"content-type", b"a/b")]
+    assert strip_hop_by_hop(headers) == [(b"content-type", b"a/b")]
+
+
+def test_strip_hop_by_hop_is_case_insensitive() -> None:
+    headers = [(b"Transfer-Encoding", b"chunked"), (b"KEEP-ALIVE", b"5"), (b"ETag", b'"1"')]
+    assert strip_hop_by_hop(headers) == [(b"ETag", b'"1"')]
+
+
+def test_strip_hop_by_hop_drops_fields_named_by_connection() -> None:
+    headers = [
+        (b"Connection", b"close, X-Secret , x-other"),
+        (b"X-Secret", b"1"),
+        (b"X-Other", b"2"),
+        (b"X-Kept", b"3"),
+    ]
+    assert strip_hop_by_hop(headers) == [(b"X-Kept", b"3")]
+
+
+def test_strip_hop_by_hop_drops_fields_named_by_any_connection_header() -> None:
+    headers = [(b"connection", b"x-a"), (b"connection", b"x-b"), (b"x-a", b"1"), (b"x-b", b"2")]
+    assert strip_hop_by_hop(headers) == []
+
+
+def test_strip_hop_by_hop_drops_also_fields() -> None:
+    headers = [(b"Content-Length", b"3"), (b"Date", b"today")]
+    assert strip_hop_by_hop(headers, also=frozenset({b"content-length"})) == [(b"Date", b"today")]
+
+
+def test_strip_hop_by_hop_keeps_order_and_repeated_fields() -> None:
+    headers = [(b"set-cookie", b"a=1"), (b"te", b"trailers"), (b"set-cookie", b"b=2")]
+    assert strip_hop_by_hop(headers) == [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+
+
+def test_connection_named_lowercases_and_ignores_empty_tokens() -> None:
+    named = connection_named([(b"Connection", b" Keep-Alive,, X-Foo ,")])
+    assert named == frozenset({b"keep-alive", b"x-foo"})
+
+
+def test_select_headers_forwards_only_listed_names() -> None:
+    headers = [(b"Accept-Language", b"fr"), (b"Cookie", b"s=1"), (b"Authorization", b"t")]
+    wanted = frozenset({b"accept-language"})
+    assert select_headers(headers, wanted) == [(b"Accept-Language", b"fr")]
+
+
+def test_select_headers_with_nothing_listed_forwards_nothing() -> None:
+    assert select_headers([(b"accept", b"*/*")], frozenset()) == []
+
+
+def test_select_headers_never_forwards_hop_by_hop_even_if_listed() -> None:
+    headers = [(b"TE", b"trailers"), (b"Upgrade", b"h2c"), (b"Accept", b"*/*")]
+    wanted = frozenset({b"te", b"upgrade", b"accept"})
+    assert select_headers(headers, wanted) == [(b"Accept", b"*/*")]
+
+
+def test_select_headers_never_forwards_a_connection_named_field() -> None:
+    headers = [(b"Connection", b"Accept-Language"), (b"Accept-Language", b"fr")]
+    assert select_headers(headers, frozenset({b"accept-language"})) == []
+
+
+def test_select_headers_accepts_an_iterator() -> None:
+    headers = iter([(b"Connection", b"x-a"), (b"x-a", b"1"), (b"x-b", b"2")])
+    assert select_headers(headers, frozenset({b"x-a", b"x-b"})) == [(b"x-b", b"2")]
+
+
+# --- properties ------------------------------------------------------------------------------
+
+_NAMES = st.sampled_from(
+    [
+        b"connection",
+        b"Connection",
+        b"keep-alive",
+        b"Proxy-Connection",
+        b"TE",
+        b"trailer",
+        b"Transfer-Encoding",
+        b"upgrade",
+        b"accept",
+        b"Accept-Language",
+        b"x-a",
+        b"X-B",
+        b"cookie",
+    ]
+)
+_VALUES = st.lists(
+    st.sampled_from([b"close", b"x-a", b"X-B", b"accept", b"keep-alive", b"", b" "]), max_size=3
+).map(b", ".join)
+_HEADERS = st.lists(st.tuples(_NAMES, _VALUES), max_size=10)
+_WANTED = st.frozensets(_NAMES.map(bytes.lower), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_HEADERS, _WANTED)
+def test_select_headers_forwards_exactly_the_listed_end_to_end_fields(
+    headers: list[tuple[bytes, bytes]], wanted: frozenset[bytes]
+) -> None:
+    named = connection_named(headers)
+    expected = [
+        (n, v)
+        for n, v in headers
+        if n.lower() in wanted and n.lower() not in HOP_BY_HOP and n.lower() not in named
+    ]
+    out = select_headers(headers, wanted)
+    assert out == expected
+    for name, _ in out:
+        assert name.lower() not in HOP_BY_HOP
+
+
+@settings(max_examples=200, deadline=None)
+@given(_HEADERS)
+def test_strip_hop_by_hop_never_leaves_a_hop_by_hop_or_connection_named_field(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    named = connection_named(headers)
+    out = strip_hop_by_hop(headers)
+    assert all(n.lower() not in HOP_BY_HOP and n.lower() not in named for n, _ in out)
+    assert [h for h in headers if h in out] == out
