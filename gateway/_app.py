@@ -8,6 +8,7 @@ opened at startup and closed at shutdown.
 from __future__ import annotations
 
 import http.cookiejar
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -23,12 +24,13 @@ from ._aggregate import error_body
 from ._errors import RequestBodyTooLarge, RequestError
 from ._fanout import CallContext, fan_out
 from ._headers import select_headers
-from ._passthrough import open_passthrough
+from ._passthrough import PassthroughAborted, open_passthrough
 from ._plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
 from ._transport import GatewayTransport, PoolLimits
 from ._urls import encode_query
 
 JSON_TYPE = "application/json"
+log = logging.getLogger("gateway")
 
 
 class _NoCookies(http.cookiejar.CookieJar):
@@ -108,6 +110,15 @@ class GatewayApp(QuartTrio):
         # the path first and would turn an encoded slash into a routing 404).
         self.before_request(self._dispatch)
         self.register_error_handler(HTTPException, self._http_error)
+
+    async def asgi_app(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().asgi_app(scope, receive, send)
+        except* PassthroughAborted as group:
+            # Returning with the body unfinished makes the server close the connection:
+            # the client can tell the response is incomplete. Not a server error.
+            for exc in group.exceptions:
+                log.warning("passthrough %s aborted: %s", scope.get("path"), exc)
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -41,6 +41,8 @@ def interpolate(
 ) -> tuple[Any, list[ConfigProblem]]:
     """Replace ``${VAR}`` (and ``${VAR:-default}``) in every string value; ``$$`` is ``$``.
 
+    ``${VAR:-default}`` takes the default when VAR is unset or empty, as the shell does.
+
     Interpolation runs on parsed values, never on the YAML text, so a variable's content
     cannot change the document's structure. Keys are not interpolated.
     """
@@ -63,10 +65,11 @@ def interpolate(
             if match.group(1):
                 return "$"
             name, fallback = match.group(2), match.group(3)
-            if name in env:
-                return env[name]
-            if fallback is not None:
-                return fallback
+            value = env.get(name)
+            if fallback is not None and not value:
+                return fallback  # as in the shell: unset or empty takes the default
+            if value is not None:
+                return value
             problems.append(
                 ConfigProblem(file, format_path(where), f"environment variable {name} is not set")
             )

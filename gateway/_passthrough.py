@@ -20,11 +20,12 @@ from ._headers import RawHeaders, strip_hop_by_hop
 from ._plan import EndpointPlan
 
 
-class UpstreamStalled(Exception):
-    """The upstream stopped sending mid-body for longer than the backend's timeout.
+class PassthroughAborted(Exception):
+    """The upstream stalled (longer than the backend's timeout) or failed mid-body.
 
-    Raised from the body iterator after the response has started, so the server aborts the
-    client connection instead of ending the body as if it were complete.
+    Raised from the body iterator after the response has started. The app logs it and
+    returns without finishing the body, so the server closes the client connection
+    instead of ending the body as if it were complete.
     """
 
 
@@ -113,8 +114,10 @@ async def _stream_body(response: httpx.Response, gap_s: float) -> AsyncIterator[
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     return
+                except httpx.TransportError as exc:
+                    raise PassthroughAborted(f"upstream failed mid-body: {exc}") from None
             if scope.cancelled_caught:
-                raise UpstreamStalled(f"no body data from upstream for {gap_s:g}s")
+                raise PassthroughAborted(f"no body data from upstream for {gap_s:g}s")
             yield chunk  # outside the cancel scope: never yield inside one
     finally:
         await response.aclose()

@@ -299,11 +299,23 @@ def _compile_backend(
                     "path",
                     f"unknown path parameter {{{name}}} (the endpoint path has: {known})",
                 )
+    transform = Transform()
+    # compile each field alone first, so an error names the key it is about
+    for key, args in (
+        ("select", {"select": be.select}),
+        ("allow", {"allow": be.allow}),
+        ("deny", {"deny": be.deny}),
+        ("rename", {"rename": be.rename}),
+    ):
+        try:
+            Transform.compile(**args)
+        except ValueError as exc:
+            problem(key, str(exc))
     try:
         transform = Transform.compile(be.select, be.allow, be.deny, be.rename)
     except ValueError as exc:
-        problem("allow" if "allow" in str(exc) else "select", str(exc))
-        transform = Transform()
+        if len(problems) == before:
+            problem("allow", str(exc))
     if be.group is not None and not be.group:
         problem("group", "must not be empty")
     if passthrough:

@@ -20,7 +20,7 @@ from ._errors import InvalidPathParameter, MethodNotAllowed, NotFound
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WHOLE_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 controls
 _FORBIDDEN_IN_VALUE = ("/", "?", "#")
 # characters a config author may write literally in a path template (RFC 3986 pchar,
 # "/" and "?", plus "%" for pre-encoded octets); anything else is a config error.

@@ -176,7 +176,7 @@ def test_unset_variable_in_a_list_names_the_index() -> None:
 
 
 def test_every_unset_variable_is_reported() -> None:
-    data, problems = interpolate({"a": "${X}", "b": ["${Y} ${Z}"]}, {}, "f")
+    _, problems = interpolate({"a": "${X}", "b": ["${Y} ${Z}"]}, {}, "f")
     assert [(p.path, p.message) for p in problems] == [
         ("a", "environment variable X is not set"),
         ("b[0]", "environment variable Y is not set"),
@@ -263,7 +263,9 @@ def test_unknown_top_level_key_lists_the_top_level_keys() -> None:
 def test_unknown_upstream_key_lists_the_upstream_keys() -> None:
     text = "version: 1\nupstreams:\n  users: {url: 'http://h', retries: 3}\n"
     (problem,) = problems_of(text)
-    assert problem.startswith("gw.yaml: upstreams.users.retries: unknown key 'retries' (allowed: url,")
+    assert problem.startswith(
+        "gw.yaml: upstreams.users.retries: unknown key 'retries' (allowed: url,"
+    )
 
 
 def test_unknown_endpoint_key_lists_the_endpoint_keys() -> None:
@@ -307,7 +309,9 @@ def test_size_accepts_a_unit_and_refuses_zero() -> None:
 
 def test_missing_required_key_is_named() -> None:
     text = one_endpoint("- {name: a, path: /a}")
-    assert problems_of(text) == ["gw.yaml: endpoints[0].backends[0].upstream: required key is missing"]
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].upstream: required key is missing"
+    ]
 
 
 def test_wrong_version_is_explained() -> None:
@@ -399,7 +403,9 @@ def test_duplicate_backend_names_are_refused() -> None:
         - {name: a, upstream: orders, path: /b}
         """
     )
-    assert problems_of(text) == ["gw.yaml: endpoints[0].backends[1].name: duplicate backend name 'a'"]
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[1].name: duplicate backend name 'a'"
+    ]
 
 
 def test_duplicate_routes_are_refused_even_with_other_parameter_names() -> None:
@@ -465,7 +471,9 @@ def test_a_path_merely_starting_with_the_admin_name_is_allowed() -> None:
     assert load_config("gw.yaml", {}, text=text).endpoints[0].path == "/__gatewayx"
 
 
-@pytest.mark.parametrize("header", ["Connection", "Host", "transfer-encoding", "TE", "Content-Length"])
+@pytest.mark.parametrize(
+    "header", ["Connection", "Host", "transfer-encoding", "TE", "Content-Length"]
+)
 def test_forwarding_a_hop_by_hop_or_gateway_framed_header_is_refused(header: str) -> None:
     text = one_endpoint(
         "- {name: a, upstream: users, path: /a}",
@@ -479,7 +487,9 @@ def test_forwarding_a_hop_by_hop_or_gateway_framed_header_is_refused(header: str
 
 def test_upstream_header_set_by_the_gateway_is_refused() -> None:
     text = "version: 1\nupstreams:\n  u: {url: 'http://h', headers: {Host: evil.example}}\n"
-    assert problems_of(text) == ["gw.yaml: upstreams.u.headers.Host: this header is set by the gateway"]
+    assert problems_of(text) == [
+        "gw.yaml: upstreams.u.headers.Host: this header is set by the gateway"
+    ]
 
 
 def test_invalid_header_name_is_refused() -> None:
@@ -519,7 +529,7 @@ def test_allow_and_deny_together_are_refused() -> None:
     ]
 
 
-def test_BUG_dotted_rename_target_is_reported_at_rename_not_select() -> None:
+def test_dotted_rename_target_is_reported_at_rename_not_select() -> None:
     text = one_endpoint("- {name: a, upstream: users, path: /a, rename: {tier: level.x}}")
     assert problems_of(text) == [
         "gw.yaml: endpoints[0].backends[0].rename: "
@@ -527,7 +537,7 @@ def test_BUG_dotted_rename_target_is_reported_at_rename_not_select() -> None:
     ]
 
 
-def test_BUG_bad_allow_path_is_reported_at_allow_not_select() -> None:
+def test_bad_allow_path_is_reported_at_allow_not_select() -> None:
     text = one_endpoint("- {name: a, upstream: users, path: /a, allow: ['a..b']}")
     assert problems_of(text) == [
         "gw.yaml: endpoints[0].backends[0].allow: invalid dot path 'a..b': "
@@ -535,7 +545,7 @@ def test_BUG_bad_allow_path_is_reported_at_allow_not_select() -> None:
     ]
 
 
-def test_BUG_bad_deny_path_is_reported_at_deny_not_select() -> None:
+def test_bad_deny_path_is_reported_at_deny_not_select() -> None:
     text = one_endpoint("- {name: a, upstream: users, path: /a, deny: ['x.']}")
     assert problems_of(text) == [
         "gw.yaml: endpoints[0].backends[0].deny: invalid dot path 'x.': segments must be non-empty"
@@ -779,3 +789,9 @@ def test_every_property_in_the_printed_schema_has_a_description(
         if not prop.get("description")
     ]
     assert missing == []
+
+
+def test_default_applies_when_the_variable_is_set_but_empty() -> None:
+    data, problems = interpolate({"v": "${X:-fallback}", "w": "${Y:-fb}"}, {"X": "", "Y": "y"}, "f")
+    assert problems == []
+    assert data == {"v": "fallback", "w": "y"}

@@ -189,3 +189,15 @@ async def test_a_streamed_request_body_over_the_limit_is_413(nursery: trio.Nurse
         r = await gw.request("POST", "/files/up", content=b"z" * 70000)  # Content-Length
         assert r.status_code == 413
         assert r.json()["error"]["code"] == "request_body_too_large"
+
+
+async def test_an_upstream_failing_mid_body_aborts_the_client_response(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/blob/cut": Reply(fault="truncated")})
+        gw = await start_gateway(nursery, passthrough_config(up.url))
+        with pytest.raises(httpx.RemoteProtocolError):
+            await gw.get("/files/cut")
+        r = await gw.get("/__gateway/health")  # the worker carries on
+        assert r.status_code == 200

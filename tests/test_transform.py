@@ -88,14 +88,14 @@ def test_select_missing_path_raises_select_missing(value: Any, path: tuple[str, 
         select_path(value, path)
 
 
-def test_BUG_select_non_ascii_digit_segment_on_a_list_raises_select_missing() -> None:
-    # "\u00b2" (superscript two) passes str.isdigit() but int() refuses it: a ValueError
-    # escapes, which the fan-out reports as internal_error instead of invalid_response.
+def test_select_non_ascii_digit_segment_on_a_list_raises_select_missing() -> None:
+    # "\u00b2" (superscript two) passes str.isdigit() but int() refuses it; a ValueError
+    # would make the fan-out report internal_error instead of invalid_response.
     with pytest.raises(SelectMissing):
         select_path(["a", "b", "c"], ("\u00b2",))
 
 
-def test_BUG_select_huge_index_on_a_list_raises_select_missing() -> None:
+def test_select_huge_index_on_a_list_raises_select_missing() -> None:
     # int() of a >4300-digit string raises ValueError (Python's int max str digits limit).
     with pytest.raises(SelectMissing):
         select_path(["a"], ("9" * 5000,))
