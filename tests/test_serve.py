@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -94,3 +95,97 @@ def test_module_entry_point_is_the_cli() -> None:
         [sys.executable, "-m", "gateway", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("gateway ")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_healthy(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        while True:
+            try:
+                return await client.get(url + "/__gateway/health")
+            except httpx.TransportError:
+                await trio.sleep(0.05)
+
+
+async def test_serve_with_several_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
+    import subprocess
+
+    with trio.fail_after(30):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        port = free_port()
+        cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--workers", "2"]
+        proc: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [*cmd, "--bind", f"127.0.0.1:{port}"],
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        )
+        url = f"http://127.0.0.1:{port}"
+        assert (await wait_healthy(url)).status_code == 200
+        async with httpx.AsyncClient(trust_env=False) as client:
+            for i in range(10):
+                assert (await client.get(f"{url}/api/{i}")).json() == {"a": 1}
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+
+
+async def test_plain_hypercorn_serves_gateway_asgi_app(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+
+    with trio.fail_after(30):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        port = free_port()
+        cmd = [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{port}"]
+        proc: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [*cmd, "gateway.asgi:app"],
+                env={**os.environ, "GATEWAY_CONFIG": str(file)},
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        )
+        url = f"http://127.0.0.1:{port}"
+        await wait_healthy(url)
+        async with httpx.AsyncClient(trust_env=False) as client:
+            r = await client.get(url + "/api/1")
+        assert r.json() == {"a": 1}
+        assert r.headers["x-gateway-backends"] == "a=ok"
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+
+
+def test_a_bad_config_under_plain_hypercorn_exits_2_with_the_problem(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    file = tmp_path / "bad.yaml"
+    file.write_text(
+        "version: 1\nendpoints: [{path: /a, backends: [{name: a, upstream: nope, path: /x}]}]\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import gateway.asgi"],
+        env={**os.environ, "GATEWAY_CONFIG": str(file)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert f"{file}: endpoints[0].backends[0].upstream: unknown upstream 'nope'" in out.stderr
+    assert "Traceback" not in out.stderr
