@@ -19,7 +19,6 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import __version__
 from ._aggregate import error_body
 from ._errors import RequestBodyTooLarge, RequestError
 from ._fanout import CallContext, fan_out
@@ -215,4 +214,3 @@ def create_app(plan: GatewayPlan) -> GatewayApp:
     return GatewayApp(plan)
 
 
-__all__ = ["GatewayApp", "__version__", "create_app", "make_client"]
