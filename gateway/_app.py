@@ -212,5 +212,3 @@ class GatewayApp(QuartTrio):
 def create_app(plan: GatewayPlan) -> GatewayApp:
     """The ASGI application for a compiled config."""
     return GatewayApp(plan)
-
-
