@@ -24,6 +24,11 @@ class Outcome:
     TOO_LARGE: Final = "too_large"
     CANCELLED: Final = "cancelled"
     INTERNAL_ERROR: Final = "internal_error"
+    INVALID_REFERENCE: Final = "invalid_reference"
+    DEPENDENCY_FAILED: Final = "dependency_failed"
+    SKIPPED: Final = "skipped"
+    """Not called because its ``when:`` condition (or a dependency's) did not hold.
+    Not a failure: left out of the body, the response stays complete."""
 
 
 def http_outcome(status: int) -> str:
@@ -49,6 +54,14 @@ class BackendResult:
     value: JSON = None
     duration_s: float = 0.0
     detail: str = ""
+    selected: JSON = None  # after ``select``, before other transforms: what references see
+    headers: tuple[tuple[str, str], ...] = ()  # the backend's ``return_headers`` found
+    started_s: float = 0.0  # since the request started
+
+    @property
+    def ok(self) -> bool:
+        """Not a failure: ``ok`` or ``skipped``."""
+        return self.outcome in (Outcome.OK, Outcome.SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,7 @@ class Aggregate:
     complete: bool
     body: dict[str, Any]
     backends_header: str
+    headers: tuple[tuple[str, str], ...] = ()  # returned by backends, merged in config order
 
 
 def merge(placements: Sequence[Placement], results: Sequence[BackendResult]) -> dict[str, Any]:
@@ -74,6 +88,8 @@ def merge(placements: Sequence[Placement], results: Sequence[BackendResult]) -> 
     for place, result in zip(placements, results, strict=True):
         if result.outcome == Outcome.OK:
             value = result.value
+        elif result.outcome == Outcome.SKIPPED:
+            continue
         elif place.has_default:
             value = place.default
         else:
@@ -105,14 +121,15 @@ def aggregate(
 
     1. A required backend failed (``failed_required`` is the one that failed first, else
        the first failed required one in config order): 504 if it timed out, else 502.
-    2. No backend succeeded: 504 if every one timed out, else 502.
-    3. Otherwise 200; ``complete`` is false if any backend failed.
+    2. No backend that was called succeeded: 504 if every one timed out, else 502.
+    3. Otherwise 200; ``complete`` is false if any backend failed (``skipped`` is not a
+       failure).
     """
     header = backends_header(placements, results)
     outcomes = {p.name: r.outcome for p, r in zip(placements, results, strict=True)}
     if failed_required is None:
         for i, (place, result) in enumerate(zip(placements, results, strict=True)):
-            if place.required and result.outcome != Outcome.OK:
+            if place.required and not result.ok:
                 failed_required = i
                 break
     if failed_required is not None:
@@ -129,16 +146,30 @@ def aggregate(
             ),
             header,
         )
-    if not any(r.outcome == Outcome.OK for r in results):
-        status = 504 if all(r.outcome == Outcome.TIMEOUT for r in results) else 502
+    called = [r for r in results if r.outcome != Outcome.SKIPPED]
+    if called and not any(r.outcome == Outcome.OK for r in called):
+        status = 504 if all(r.outcome == Outcome.TIMEOUT for r in called) else 502
         return Aggregate(
             status,
             False,
             error_body("all_backends_failed", "no backend answered successfully", outcomes),
             header,
         )
-    complete = all(r.outcome == Outcome.OK for r in results)
-    return Aggregate(200, complete, merge(placements, results), header)
+    complete = all(r.ok for r in results)
+    return Aggregate(200, complete, merge(placements, results), header, merge_headers(results))
+
+
+def merge_headers(results: Sequence[BackendResult]) -> tuple[tuple[str, str], ...]:
+    """Returned headers in config order; a later backend's field replaces an earlier one's."""
+    merged: dict[str, list[tuple[str, str]]] = {}
+    for result in results:
+        if result.outcome != Outcome.OK or not result.headers:
+            continue
+        fresh: dict[str, list[tuple[str, str]]] = {}
+        for name, value in result.headers:
+            fresh.setdefault(name.lower(), []).append((name, value))
+        merged.update(fresh)
+    return tuple(pair for pairs in merged.values() for pair in pairs)
 
 
 def error_body(code: str, message: str, backends: dict[str, str] | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ._aggregate import error_body
-from ._errors import RequestBodyTooLarge, RequestError
+from ._errors import InvalidRequest, RequestBodyTooLarge, RequestError
 from ._fanout import CallContext, fan_out
 from ._headers import select_headers
 from ._passthrough import PassthroughAborted, open_passthrough
@@ -73,13 +73,39 @@ def error_response(exc: RequestError) -> Response:
     return json_response(error_body(exc.code, exc.message), exc.status, headers)
 
 
-def _context(endpoint: EndpointPlan, params: dict[str, str], scope: dict[str, Any]) -> CallContext:
-    headers = select_headers(scope["headers"], _forward_names(endpoint))
+async def _context(
+    endpoint: EndpointPlan, params: dict[str, str], scope: dict[str, Any]
+) -> CallContext:
+    """Take from the client request only what this endpoint's config uses."""
+    forward = select_headers(scope["headers"], _forward_names(endpoint))
+    query_string = scope.get("query_string") or b""
+    pairs = (
+        parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if query_string else []
+    )
     extra_query = ""
-    if endpoint.forward_query and scope.get("query_string"):
-        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    if endpoint.forward_query and pairs:
         extra_query = encode_query([(k, v) for k, v in pairs if k in endpoint.forward_query])
-    return CallContext(params, headers, extra_query)
+    query: dict[str, list[str]] = {}
+    headers: dict[str, str] = {}
+    if endpoint.reads_request_values:
+        for key, value in pairs:
+            query.setdefault(key, []).append(value)
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    body: bytes | None = None
+    json_body: Any = None
+    if endpoint.reads_body:
+        raw = await request.get_data(cache=False, as_text=False)
+        body = raw.encode() if isinstance(raw, str) else raw
+        if not body:
+            body = None
+        else:
+            try:
+                json_body = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise InvalidRequest("the request body is not valid JSON") from None
+    return CallContext(params, forward, extra_query, query, headers, body, json_body)
 
 
 def _forward_names(endpoint: EndpointPlan) -> frozenset[bytes]:
@@ -153,11 +179,14 @@ class GatewayApp(QuartTrio):
         except RequestError as exc:
             return error_response(exc)
         endpoint = match.target
-        ctx = _context(endpoint, match.params, scope)
+        try:
+            ctx = await _context(endpoint, match.params, scope)
+        except RequestError as exc:
+            return error_response(exc)
         if endpoint.passthrough:
             return await self._passthrough(endpoint, ctx, scope)
         result, _ = await fan_out(self.client, endpoint, ctx)
-        return json_response(
+        response = json_response(
             result.body,
             result.status,
             {
@@ -165,6 +194,9 @@ class GatewayApp(QuartTrio):
                 "X-Gateway-Backends": result.backends_header,
             },
         )
+        for name, value in result.headers:
+            response.headers.add(name, value)
+        return response
 
     async def _passthrough(
         self, endpoint: EndpointPlan, ctx: CallContext, scope: dict[str, Any]

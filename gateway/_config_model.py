@@ -138,6 +138,31 @@ class UpstreamConfig(_Model):
     """Headers sent on every call to this upstream; values may use `${VAR}`."""
 
 
+class ConditionConfig(_Model):
+    """A test on the client request: a query parameter or header is present, equal to a
+    value, or one of a list. Exactly one of `query` and `header`; at most one of `equals`
+    and `in`."""
+
+    query: str | None = None
+    """Name of a client query parameter to test (its first value)."""
+
+    header: str | None = None
+    """Name of a client request header to test."""
+
+    equals: str | None = None
+    """The value must be exactly this. Without `equals` or `in`, presence is enough."""
+
+    in_: list[str] | None = Field(default=None, alias="in")
+    """The value must be one of these."""
+
+
+class BodySelectConfig(_Model):
+    """Send a part of the client's JSON body."""
+
+    select: str
+    """Dot path into the client's JSON body; its value is sent as the backend's JSON body."""
+
+
 class BackendConfig(_Model):
     """One upstream call of an endpoint, and how its JSON result is shaped and placed."""
 
@@ -148,8 +173,10 @@ class BackendConfig(_Model):
     """Name of an entry under `upstreams`."""
 
     path: str
-    """Path and optional query appended to the upstream's URL. `{param}` inserts an
-    endpoint path parameter, percent-encoded."""
+    """Path and optional query appended to the upstream's URL. May use references:
+    `{param}` (an endpoint path parameter), `{query.NAME}`, `{header.NAME}` and
+    `{BACKEND.dot.path}` (another backend's selected result, which makes this backend
+    depend on it); every value is percent-encoded whole."""
 
     method: Method = "GET"
     """HTTP method of the upstream call. For passthrough endpoints the client's method is used."""
@@ -164,7 +191,28 @@ class BackendConfig(_Model):
     between body chunks."""
 
     headers: dict[str, str] = Field(default_factory=dict)
-    """Extra headers for this call (after the upstream's); values may use `${VAR}`."""
+    """Extra headers for this call (after the upstream's); values may use `${VAR}` and
+    the same references as `path` (`{{` and `}}` are literal braces)."""
+
+    when: ConditionConfig | list[ConditionConfig] | None = None
+    """Call this backend only if the condition (or every condition of a list) holds.
+    Otherwise its outcome is `skipped`: left out of the body, not a failure."""
+
+    for_each: bool = False
+    """With a `[*]` reference (`{orders.items[*].product_id}`): call once per array
+    element, concurrently, and return the results as a list in element order."""
+
+    max_calls: int = Field(default=32, ge=1, le=1024)
+    """With `for_each`: the most calls one request may make; a longer array fails this
+    backend with `invalid_reference`."""
+
+    body: Literal["forward"] | BodySelectConfig | None = None
+    """For a POST, PUT or PATCH call: `forward` sends the client's JSON body unchanged;
+    `{select: dot.path}` sends that part of it."""
+
+    return_headers: list[str] = Field(default_factory=list)
+    """Response headers of this call copied into the aggregated response (when it
+    succeeds); a later backend's value replaces an earlier one's."""
 
     select: str | None = None
     """Dot path taken from the response body first (`data`, `data.items`, `items.0`).
@@ -206,6 +254,10 @@ class EndpointConfig(_Model):
 
     forward_query: list[str] = Field(default_factory=list)
     """Client query parameters appended to every backend call. None by default."""
+
+    debug: bool = False
+    """Add `"_gateway": {"backends": {NAME: {outcome, started_ms, duration_ms,
+    depends_on}}}` to the response body, to see the critical path."""
 
     passthrough: bool = False
     """Stream one backend's response (status, headers, body) to the client unchanged,

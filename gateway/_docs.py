@@ -15,6 +15,8 @@ from pydantic.fields import FieldInfo
 
 from ._config_model import (
     BackendConfig,
+    BodySelectConfig,
+    ConditionConfig,
     DefaultsConfig,
     EndpointConfig,
     GatewayConfig,
@@ -30,6 +32,8 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`upstreams.NAME`", UpstreamConfig),
     ("`endpoints[]`", EndpointConfig),
     ("`endpoints[].backends[]`", BackendConfig),
+    ("`endpoints[].backends[].when`", ConditionConfig),
+    ("`endpoints[].backends[].body`", BodySelectConfig),
 )
 
 DURATION_FIELDS = frozenset({"timeout", "deadline", "idle_timeout", "graceful_timeout"})
@@ -110,7 +114,7 @@ def config_reference_markdown() -> str:
         for name, field in model.model_fields.items():
             desc = " ".join((field.description or "").split()).replace("|", "\\|")
             lines.append(
-                f"| `{name}` | {_type_name(name, field)} | {_default(field, name)} | {desc} |"
+                f"| `{field.alias or name}` | {_type_name(name, field)} | {_default(field, name)} | {desc} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -16,16 +16,19 @@ every connection whose exchange was cut, so the upstreams see the close.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import httpx
 import orjson
 import trio
 
 from ._aggregate import Aggregate, BackendResult, Outcome, aggregate, http_outcome
+from ._graph import all_hold, skipped_by_condition
 from ._plan import BackendPlan, EndpointPlan
-from ._transform import SelectMissing
+from ._template import Ref, UnresolvedReference, expand, header_value, render, url_value, walk
+from ._transform import JSON, SelectMissing
 
 log = logging.getLogger("gateway")
 
@@ -35,24 +38,119 @@ DRAIN_ERROR_BODY_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class CallContext:
-    """What a backend call takes from the client request, already filtered by the config."""
+    """What backend calls may take from the client request.
+
+    ``query`` and ``headers`` feed ``{query.NAME}``/``{header.NAME}`` references and
+    ``when:`` conditions; only ``forward_headers`` and ``extra_query`` are passed on as they
+    are, because the config listed them.
+    """
 
     params: Mapping[str, str]
-    headers: Sequence[tuple[bytes, bytes]] = ()
+    forward_headers: Sequence[tuple[bytes, bytes]] = ()
     extra_query: str = ""
+    query: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes | None = None  # the client's JSON body, as received
+    json_body: JSON = None  # ... and parsed
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-def build_request(backend: BackendPlan, ctx: CallContext) -> httpx.Request:
-    """The upstream request for one backend: URL from config plus encoded parameters."""
-    url = backend.upstream.base.join(backend.url.render(ctx.params, ctx.extra_query))
+_NO_ELEMENT = object()
+
+
+def _resolver(
+    ctx: CallContext, results: Sequence[BackendResult | None], element: object = _NO_ELEMENT
+) -> Callable[[Ref], JSON]:
+    def resolve(ref: Ref) -> JSON:
+        if ref.kind == "param":
+            return ctx.params[ref.name]
+        if ref.kind == "query":
+            values = ctx.query.get(ref.name)
+            if not values:
+                raise UnresolvedReference("not in the request's query")
+            return values[0]
+        if ref.kind == "header":
+            value = ctx.headers.get(ref.name)
+            if value is None:
+                raise UnresolvedReference("not in the request's headers")
+            return value
+        if ref.has_wildcard and element is not _NO_ELEMENT:
+            return element
+        result = results[ref.index]
+        assert result is not None and result.outcome == Outcome.OK
+        return walk(result.selected, ref.path)
+
+    return resolve
+
+
+def build_request(
+    backend: BackendPlan,
+    ctx: CallContext,
+    results: Sequence[BackendResult | None] = (),
+    element: object = _NO_ELEMENT,
+) -> httpx.Request:
+    """The upstream request for one backend call: URL from config, references filled in.
+
+    Raises:
+        UnresolvedReference: a referenced value is missing or unsafe.
+    """
+    resolve = _resolver(ctx, results, element)
+    path = render(backend.url, resolve, url_value)
+    if ctx.extra_query:
+        path += ("&" if backend.url.has_query else "?") + ctx.extra_query
     headers: list[tuple[bytes, bytes]] = [(b"accept", b"application/json")]
     headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in backend.headers)
-    headers.extend(ctx.headers)
-    return httpx.Request(backend.method, url, headers=headers)
+    for name, template in backend.header_templates:
+        value = render(template, resolve, header_value)
+        headers.append((name.encode("latin-1"), value.encode("utf-8")))
+    headers.extend(ctx.forward_headers)
+    content: bytes | None = None
+    if backend.body is not None:
+        if ctx.body is None:
+            raise UnresolvedReference("the request has no JSON body to send")
+        if backend.body:
+            try:
+                content = orjson.dumps(walk(ctx.json_body, backend.body))
+            except UnresolvedReference as exc:
+                raise UnresolvedReference(f"request body: {exc}") from None
+        else:
+            content = ctx.body  # forwarded intact
+        headers.append((b"content-type", b"application/json"))
+    url = backend.upstream.base.join(path)
+    return httpx.Request(backend.method, url, headers=headers, content=content)
+
+
+def build_requests(
+    backend: BackendPlan, ctx: CallContext, results: Sequence[BackendResult | None]
+) -> list[httpx.Request]:
+    """One request, or one per array element for ``for_each``.
+
+    Raises:
+        UnresolvedReference: a referenced value is missing or unsafe, or the array is
+            longer than ``max_calls``.
+    """
+    if not backend.for_each:
+        return [build_request(backend, ctx, results)]
+    ref = next(
+        r
+        for t in (backend.url, *(t for _, t in backend.header_templates))
+        for r in t.refs
+        if r.has_wildcard
+    )
+    source = results[ref.index]
+    assert source is not None
+    try:
+        elements = expand(source.selected, ref.path)
+    except UnresolvedReference as exc:
+        raise UnresolvedReference(f"{ref.text}: {exc}") from None
+    if len(elements) > backend.max_calls:
+        raise UnresolvedReference(
+            f"{ref.text}: {len(elements)} elements exceed max_calls {backend.max_calls}"
+        )
+    return [build_request(backend, ctx, results, element) for element in elements]
 
 
 async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
@@ -72,74 +170,149 @@ async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
 
 
 async def _exchange(
-    client: httpx.AsyncClient, backend: BackendPlan, ctx: CallContext
+    client: httpx.AsyncClient, backend: BackendPlan, request: httpx.Request
 ) -> BackendResult:
-    response = await client.send(build_request(backend, ctx), stream=True)
+    response = await client.send(request, stream=True)
     try:
         status = response.status_code
         if not 200 <= status < 300:
             return BackendResult(http_outcome(status), detail=f"upstream answered {status}")
         body = await read_limited(response, backend.max_response_bytes)
-        if status == 204 or response.request.method == "HEAD":
-            return BackendResult(Outcome.OK, None)
+        headers = tuple(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in response.headers.raw
+            if name.lower() in backend.return_headers
+        )
+        if status == 204 or request.method == "HEAD":
+            return BackendResult(Outcome.OK, None, headers=headers)
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return BackendResult(Outcome.INVALID_RESPONSE, detail=f"body is not JSON: {exc}")
         try:
-            value = backend.transform.apply(value)
+            selected = backend.transform.select_value(value)
         except SelectMissing as exc:
             return BackendResult(
                 Outcome.INVALID_RESPONSE, detail=f"select path is missing at {exc.args[0]!r}"
             )
-        return BackendResult(Outcome.OK, value)
+        return BackendResult(
+            Outcome.OK, backend.transform.shape(selected), selected=selected, headers=headers
+        )
     finally:
         await response.aclose()
 
 
-async def call_backend(
-    client: httpx.AsyncClient, backend: BackendPlan, ctx: CallContext
+async def _attempt(
+    client: httpx.AsyncClient, backend: BackendPlan, request: httpx.Request
 ) -> BackendResult:
-    """Call one backend under its own timeout; every failure becomes an outcome.
+    """One upstream call; every failure but cancellation becomes an outcome."""
+    try:
+        return await _exchange(client, backend, request)
+    except BodyTooLarge as exc:
+        return BackendResult(Outcome.TOO_LARGE, detail=str(exc))
+    except httpx.DecodingError as exc:
+        return BackendResult(Outcome.INVALID_RESPONSE, detail=f"cannot decode body: {exc}")
+    except httpx.TransportError as exc:
+        return BackendResult(Outcome.UNREACHABLE, detail=str(exc) or type(exc).__name__)
+    except Exception as exc:  # a bug must fail this backend, not the request or worker
+        log.exception("backend %s failed with an internal error", backend.name)
+        return BackendResult(Outcome.INTERNAL_ERROR, detail=type(exc).__name__)
+
+
+async def _attempt_each(
+    client: httpx.AsyncClient, backend: BackendPlan, requests: Sequence[httpx.Request]
+) -> BackendResult:
+    """``for_each``: all calls concurrently; results in element order; the first failure
+    (in element order) fails the backend and cancels the other calls."""
+    results: list[BackendResult | None] = [None] * len(requests)
+
+    async def one(index: int, request: httpx.Request, nursery: trio.Nursery) -> None:
+        result = await _attempt(client, backend, request)
+        results[index] = result
+        if result.outcome != Outcome.OK:
+            nursery.cancel_scope.cancel()  # the list is incomplete whatever the others do
+
+    async with trio.open_nursery() as nursery:
+        for index, request in enumerate(requests):
+            nursery.start_soon(one, index, request, nursery)
+    failed = [r for r in results if r is not None and r.outcome != Outcome.OK]
+    if failed:
+        return failed[0]
+    done = [r for r in results if r is not None]
+    return BackendResult(
+        Outcome.OK,
+        [r.value for r in done],
+        selected=[r.selected for r in done],
+        headers=done[0].headers if done else (),
+    )
+
+
+async def call_backend(
+    client: httpx.AsyncClient,
+    backend: BackendPlan,
+    ctx: CallContext,
+    results: Sequence[BackendResult | None] = (),
+) -> BackendResult:
+    """Call one backend under its own timeout (for ``for_each``: all its calls together).
 
     Cancellation from outside (deadline, a failed required sibling, a client that left)
     is not caught: it propagates, and the caller records the outcome.
     """
     start = trio.current_time()
+    try:
+        requests = build_requests(backend, ctx, results)
+    except UnresolvedReference as exc:
+        return BackendResult(Outcome.INVALID_REFERENCE, detail=str(exc))
     result: BackendResult | None = None
     with trio.move_on_after(backend.timeout_s):
-        try:
-            result = await _exchange(client, backend, ctx)
-        except BodyTooLarge as exc:
-            result = BackendResult(Outcome.TOO_LARGE, detail=str(exc))
-        except httpx.DecodingError as exc:
-            result = BackendResult(Outcome.INVALID_RESPONSE, detail=f"cannot decode body: {exc}")
-        except httpx.TransportError as exc:
-            result = BackendResult(Outcome.UNREACHABLE, detail=str(exc) or type(exc).__name__)
-        except Exception as exc:  # a bug must fail this backend, not the request or worker
-            log.exception("backend %s failed with an internal error", backend.name)
-            result = BackendResult(Outcome.INTERNAL_ERROR, detail=type(exc).__name__)
+        if backend.for_each:
+            result = await _attempt_each(client, backend, requests)
+        else:
+            result = await _attempt(client, backend, requests[0])
     duration_s = trio.current_time() - start
     if result is None:  # our own timeout fired
         return BackendResult(Outcome.TIMEOUT, duration_s=duration_s, detail="backend timeout")
-    return BackendResult(result.outcome, result.value, duration_s, result.detail)
+    return replace(result, duration_s=duration_s)
 
 
 async def fan_out(
     client: httpx.AsyncClient, endpoint: EndpointPlan, ctx: CallContext
 ) -> tuple[Aggregate, list[BackendResult]]:
-    """Call every backend of ``endpoint`` concurrently and aggregate in config order."""
+    """Run the endpoint's backends as a graph: each starts as soon as the backends it
+    references have finished, all in one nursery under the deadline; aggregate in config
+    order."""
     backends = endpoint.backends
     results: list[BackendResult | None] = [None] * len(backends)
+    finished = [trio.Event() for _ in backends]
+    skipped = skipped_by_condition(
+        [b.deps for b in backends],
+        [all_hold(b.conditions, ctx.query, ctx.headers) for b in backends],
+    )
     failed_required: int | None = None
     start = trio.current_time()
 
     async def run(index: int, nursery: trio.Nursery) -> None:
         nonlocal failed_required
         backend = backends[index]
-        result = await call_backend(client, backend, ctx)
-        results[index] = result
-        if backend.required and result.outcome != Outcome.OK and failed_required is None:
+        try:
+            if skipped[index]:
+                results[index] = BackendResult(Outcome.SKIPPED, detail="condition not met")
+                return
+            for dep in backend.deps:
+                await finished[dep].wait()
+            began = trio.current_time() - start
+            failed = [backends[d].name for d in backend.deps if _outcome(results[d]) != Outcome.OK]
+            if failed:
+                result = BackendResult(
+                    Outcome.DEPENDENCY_FAILED, detail=f"{', '.join(failed)} failed"
+                )
+            else:
+                result = await call_backend(client, backend, ctx, results)
+            result = replace(result, started_s=began)
+            results[index] = result
+        finally:
+            finished[index].set()
+        if backend.required and not result.ok and failed_required is None:
             failed_required = index
             nursery.cancel_scope.cancel()  # siblings no longer matter
 
@@ -156,4 +329,26 @@ async def fan_out(
             outcome = Outcome.CANCELLED if failed_required is not None else Outcome.TIMEOUT
             result = BackendResult(outcome, duration_s=elapsed, detail="stopped by the gateway")
         final.append(result)
-    return aggregate(endpoint.placements, final, failed_required), final
+    aggregate_ = aggregate(endpoint.placements, final, failed_required)
+    if endpoint.debug:
+        aggregate_.body["_gateway"] = debug_block(endpoint, final)
+    return aggregate_, final
+
+
+def _outcome(result: BackendResult | None) -> str | None:
+    return result.outcome if result is not None else None
+
+
+def debug_block(endpoint: EndpointPlan, results: Sequence[BackendResult]) -> dict[str, Any]:
+    """``{"backends": {NAME: {outcome, started_ms, duration_ms, depends_on}}}``."""
+    return {
+        "backends": {
+            backend.name: {
+                "outcome": result.outcome,
+                "started_ms": round(result.started_s * 1000, 3),
+                "duration_ms": round(result.duration_s * 1000, 3),
+                "depends_on": [endpoint.backends[d].name for d in backend.deps],
+            }
+            for backend, result in zip(endpoint.backends, results, strict=True)
+        }
+    }

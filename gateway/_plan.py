@@ -11,24 +11,32 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ._aggregate import Placement
 from ._config_load import format_path, load_config_text, read_config_file
-from ._config_model import BackendConfig, GatewayConfig, backend_has_default
+from ._config_model import (
+    BackendConfig,
+    BodySelectConfig,
+    EndpointConfig,
+    GatewayConfig,
+    backend_has_default,
+)
 from ._errors import ConfigError, ConfigProblem
-from ._transform import Transform
+from ._graph import Condition, find_cycle
+from ._template import Ref, Template, parse_template, parse_url_template
+from ._transform import Transform, split_path
 from ._urls import (
     BaseUrl,
     RoutePattern,
     Router,
     TemplateError,
-    UrlTemplate,
     parse_base_url,
     parse_route,
-    parse_url_template,
 )
 
 ADMIN_PREFIX = "/__gateway"
+RESERVED_BACKEND_NAMES = frozenset({"query", "header"})
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 section 5.6.2
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 section 5.5: no CR, LF, NUL
@@ -65,13 +73,20 @@ class BackendPlan:
     name: str
     upstream: UpstreamPlan
     method: str
-    url: UrlTemplate
+    url: Template
     timeout_s: float
     max_response_bytes: int
-    headers: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...]  # static: the upstream's
+    header_templates: tuple[tuple[str, Template], ...]  # the backend's, may use references
     transform: Transform
     placement: Placement
     required: bool
+    deps: tuple[int, ...] = ()  # indexes of the backends this one references
+    conditions: tuple[Condition, ...] = ()
+    for_each: bool = False
+    max_calls: int = 32
+    body: tuple[str, ...] | None = None  # () forwards the client's body whole
+    return_headers: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,25 @@ class EndpointPlan:
     passthrough: bool
     backends: tuple[BackendPlan, ...]
     placements: tuple[Placement, ...]
+    debug: bool = False
+
+    @cached_property
+    def reads_body(self) -> bool:
+        """Whether any backend sends (part of) the client's JSON body."""
+        return any(b.body is not None for b in self.backends)
+
+    @cached_property
+    def reads_request_values(self) -> bool:
+        """Whether conditions or templates look at the client's query or headers."""
+        return any(
+            b.conditions
+            or any(
+                r.kind in ("query", "header")
+                for t in (b.url, *(t for _, t in b.header_templates))
+                for r in t.refs
+            )
+            for b in self.backends
+        )
 
 
 @dataclass(frozen=True)
@@ -220,19 +254,14 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             )
 
         backends: list[BackendPlan] = []
-        names: set[str] = set()
+        names: dict[str, int] = {}
+        for bi, be in enumerate(ep.backends):
+            names.setdefault(be.name, bi)
         for bi, be in enumerate(ep.backends):
             plan = _compile_backend(
-                be,
-                (*where, "backends", bi),
-                route,
-                upstreams,
-                config,
-                file,
-                problems,
-                ep.passthrough,
+                be, (*where, "backends", bi), route, names, upstreams, config, ep, file, problems
             )
-            if be.name in names:
+            if names[be.name] != bi:
                 problems.append(
                     ConfigProblem(
                         file,
@@ -240,9 +269,20 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                         f"duplicate backend name {be.name!r}",
                     )
                 )
-            names.add(be.name)
+                plan = None
             if plan is not None:
                 backends.append(plan)
+        if len(backends) == len(ep.backends):
+            cycle = find_cycle({b.name: [backends[d].name for d in b.deps] for b in backends})
+            if cycle:
+                first = names[cycle[0]]
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        format_path((*where, "backends", first, "path")),
+                        "dependency cycle: " + " -> ".join(cycle),
+                    )
+                )
 
         if len(backends) == len(ep.backends):
             endpoints.append(
@@ -257,6 +297,7 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                     passthrough=ep.passthrough,
                     backends=tuple(backends),
                     placements=tuple(b.placement for b in backends),
+                    debug=ep.debug,
                 )
             )
 
@@ -266,42 +307,143 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
     return GatewayPlan(file, config, upstreams, tuple(endpoints), router)
 
 
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Response headers a backend may not copy into the aggregated response: hop-by-hop ones
+# (RFC 9110 section 7.6.1), the ones the gateway frames itself, and its own.
+NEVER_RETURNED = NEVER_FORWARDED | {"content-type", "content-encoding", "date", "server"}
+
+
 def _compile_backend(
     be: BackendConfig,
     where: tuple[int | str, ...],
     route: RoutePattern,
+    names: Mapping[str, int],
     upstreams: Mapping[str, UpstreamPlan],
     config: GatewayConfig,
+    endpoint: EndpointConfig,
     file: str,
     problems: list[ConfigProblem],
-    passthrough: bool,
 ) -> BackendPlan | None:
     before = len(problems)
 
-    def problem(key: str, message: str) -> None:
-        problems.append(ConfigProblem(file, format_path((*where, key)), message))
+    def problem(key: str | tuple[int | str, ...], message: str) -> None:
+        loc = (*where, *key) if isinstance(key, tuple) else (*where, key)
+        problems.append(ConfigProblem(file, format_path(loc), message))
 
+    if be.name in RESERVED_BACKEND_NAMES:
+        problem("name", f"{be.name!r} is reserved for {{{be.name}.NAME}} references")
+    elif be.name in route.param_names:
+        problem("name", f"{be.name!r} is also a path parameter: {{{be.name}}} would be ambiguous")
     upstream = upstreams.get(be.upstream)
     # an upstream that exists but failed to compile was reported already
     if upstream is None and be.upstream not in config.upstreams:
         known = ", ".join(sorted(config.upstreams)) or "none defined"
         problem("upstream", f"unknown upstream {be.upstream!r} (known: {known})")
+
+    deps: list[int] = []
+    wildcards: list[str] = []
+
+    def link(ref: Ref, key: str | tuple[int | str, ...]) -> Ref:
+        if ref.kind == "param":
+            if ref.name in route.param_names:
+                return ref
+            if ref.name not in names:
+                known = ", ".join(route.param_names) or "none"
+                problem(key, f"unknown path parameter {ref.text} (the endpoint path has: {known})")
+                return ref
+            ref = Ref("backend", ref.name, (), ref.text)
+        if ref.kind != "backend":
+            return ref
+        if ref.name not in names:
+            known = ", ".join(n for n in names if n != be.name) or "none"
+            problem(key, f"unknown backend in {ref.text} (other backends: {known})")
+            return ref
+        if ref.name == be.name:
+            problem(key, f"{ref.text} refers to this backend itself")
+            return ref
+        index = names[ref.name]
+        if index not in deps:
+            deps.append(index)
+        if ref.has_wildcard:
+            wildcards.append(ref.text)
+        return Ref(ref.kind, ref.name, ref.path, ref.text, index)
+
+    url: Template | None = None
     try:
-        url = parse_url_template(be.path)
+        url = parse_url_template(be.path).with_refs(lambda r: link(r, "path"))
     except TemplateError as exc:
         problem("path", str(exc))
-        url = None
-    if url is not None:
-        for name in url.param_names:
-            if name not in route.param_names:
-                known = ", ".join(route.param_names) or "none"
-                problem(
-                    "path",
-                    f"unknown path parameter {{{name}}} (the endpoint path has: {known})",
-                )
+    header_templates: list[tuple[str, Template]] = []
+    for header_name, value in _check_headers(be.headers, file, (*where, "headers"), problems):
+        header_key: tuple[int | str, ...] = ("headers", header_name)
+        try:
+            parsed = parse_template(value)
+        except TemplateError as exc:
+            problem(header_key, str(exc))
+            continue
+        header_templates.append(
+            (header_name, parsed.with_refs(lambda r, k=header_key: link(r, k)))  # type: ignore[misc]
+        )
+
+    if be.for_each and not wildcards:
+        problem("for_each", "needs a reference with [*], like {orders.items[*].id}")
+    elif not be.for_each and wildcards:
+        problem("path", f"{wildcards[0]} walks an array: set for_each: true")
+    elif len(wildcards) > 1:
+        problem("for_each", f"one [*] reference per backend (found {', '.join(wildcards)})")
+
+    conditions: list[Condition] = []
+    whens = be.when if isinstance(be.when, list) else [be.when] if be.when else []
+    for wi, when in enumerate(whens):
+        key: tuple[int | str, ...] = ("when", wi) if isinstance(be.when, list) else ("when",)
+        if (when.query is None) == (when.header is None):
+            problem(key, "give exactly one of query and header")
+            continue
+        if when.equals is not None and when.in_ is not None:
+            problem(key, "give at most one of equals and in")
+            continue
+        if when.query is not None:
+            source, subject = "query", when.query
+        else:
+            source, subject = "header", (when.header or "").lower()
+        conditions.append(
+            Condition(
+                source,
+                subject,
+                when.equals,
+                frozenset(when.in_) if when.in_ is not None else None,
+            )
+        )
+
+    body: tuple[str, ...] | None = None
+    if be.body is not None:
+        if be.method not in BODY_METHODS or endpoint.method not in BODY_METHODS:
+            problem(
+                "body", "sending a body needs POST, PUT or PATCH on the endpoint and the backend"
+            )
+        if isinstance(be.body, BodySelectConfig):
+            try:
+                body = split_path(be.body.select)
+            except ValueError as exc:
+                problem(("body", "select"), str(exc))
+        else:
+            body = ()
+
+    return_headers: list[bytes] = []
+    for hi, header in enumerate(be.return_headers):
+        low = header.lower()
+        if not _TOKEN.match(header):
+            problem(("return_headers", hi), "invalid header name")
+        elif low in NEVER_RETURNED or low.startswith("x-gateway-"):
+            problem(
+                ("return_headers", hi), f"{header} is set by the gateway and cannot be returned"
+            )
+        else:
+            return_headers.append(low.encode("latin-1"))
+
     transform = Transform()
     # compile each field alone first, so an error names the key it is about
-    for key, args in (
+    for key_name, args in (
         ("select", {"select": be.select}),
         ("allow", {"allow": be.allow}),
         ("deny", {"deny": be.deny}),
@@ -310,7 +452,7 @@ def _compile_backend(
         try:
             Transform.compile(**args)
         except ValueError as exc:
-            problem(key, str(exc))
+            problem(key_name, str(exc))
     try:
         transform = Transform.compile(be.select, be.allow, be.deny, be.rename)
     except ValueError as exc:
@@ -318,14 +460,27 @@ def _compile_backend(
             problem("allow", str(exc))
     if be.group is not None and not be.group:
         problem("group", "must not be empty")
-    if passthrough:
-        for key in ("select", "allow", "deny", "rename", "group", "default"):
-            if key in be.model_fields_set:
-                problem(key, "not used by a passthrough endpoint (the body is streamed unchanged)")
-    headers = _check_headers(be.headers, file, (*where, "headers"), problems)
+    if endpoint.passthrough:
+        for key_name in (
+            "select",
+            "allow",
+            "deny",
+            "rename",
+            "group",
+            "default",
+            "when",
+            "for_each",
+            "body",
+            "return_headers",
+        ):
+            if key_name in be.model_fields_set:
+                problem(
+                    key_name, "not used by a passthrough endpoint (the body is streamed unchanged)"
+                )
+        if deps:
+            problem("path", "a passthrough backend cannot reference another backend")
     if len(problems) > before or upstream is None or url is None:
         return None
-    has_default = backend_has_default(be)
     return BackendPlan(
         name=be.name,
         upstream=upstream,
@@ -333,10 +488,17 @@ def _compile_backend(
         url=url,
         timeout_s=be.timeout if be.timeout is not None else upstream.timeout_s,
         max_response_bytes=upstream.max_response_bytes,
-        headers=upstream.headers + headers,
+        headers=upstream.headers,
+        header_templates=tuple(header_templates),
         transform=transform,
-        placement=Placement(be.name, be.required, be.group, has_default, be.default),
+        placement=Placement(be.name, be.required, be.group, backend_has_default(be), be.default),
         required=be.required,
+        deps=tuple(deps),
+        conditions=tuple(conditions),
+        for_each=be.for_each,
+        max_calls=be.max_calls,
+        body=body,
+        return_headers=frozenset(return_headers),
     )
 
 

@@ -169,13 +169,23 @@ class Transform:
         return self.select is None and self.allow is None and self.deny is None and not self.renames
 
     def apply(self, value: JSON) -> JSON:
-        """Shape a parsed body.
+        """Shape a parsed body: :meth:`select_value`, then :meth:`shape`.
 
         Raises:
             SelectMissing: the ``select`` path is absent.
         """
-        if self.select is not None:
-            value = select_path(value, self.select)
+        return self.shape(self.select_value(value))
+
+    def select_value(self, value: JSON) -> JSON:
+        """The ``select`` step alone (what other backends' references see).
+
+        Raises:
+            SelectMissing: the ``select`` path is absent.
+        """
+        return value if self.select is None else select_path(value, self.select)
+
+    def shape(self, value: JSON) -> JSON:
+        """The steps after ``select``: allow or deny, then rename."""
         if self.allow is not None:
             value = allow_paths(value, self.allow)
         elif self.deny is not None:

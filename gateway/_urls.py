@@ -10,7 +10,7 @@ fragment, or change the scheme, host or port, which come only from config.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import quote, unquote_to_bytes, urlencode, urlsplit
@@ -97,6 +97,17 @@ def decode_param(raw: str) -> str:
         value = unquote_to_bytes(raw_bytes).decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidPathParameter("not valid UTF-8 once decoded") from None
+    check_param_value(value)
+    return value
+
+
+def check_param_value(value: str) -> None:
+    """Refuse a decoded value that could change an upstream path's structure.
+
+    Raises:
+        InvalidPathParameter: empty, ``.``/``..``, or containing ``/``, ``?``, ``#`` or a
+            control character.
+    """
     if value in ("", ".", ".."):
         raise InvalidPathParameter("empty, '.' and '..' are not allowed")
     for char in _FORBIDDEN_IN_VALUE:
@@ -104,7 +115,6 @@ def decode_param(raw: str) -> str:
             raise InvalidPathParameter(f"{char!r} is not allowed")
     if _CONTROL.search(value):
         raise InvalidPathParameter("control characters are not allowed")
-    return value
 
 
 @dataclass(frozen=True)
@@ -171,53 +181,12 @@ def _params(pattern: RoutePattern, segments: list[str]) -> dict[str, str]:
     return params
 
 
-# --- upstream URL templates ---------------------------------------------------------
+# --- upstream URLs ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UrlTemplate:
-    """A backend's ``path`` (with optional query), parsed once at config load.
-
-    ``parts`` alternates literal text and parameter names: even indexes are literals.
-    """
-
-    text: str
-    parts: tuple[str, ...]
-    has_query: bool
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return self.parts[1::2]
-
-    def render(self, params: Mapping[str, str], extra_query: str = "") -> str:
-        """Fill in the parameters (each percent-encoded whole) and append ``extra_query``."""
-        out = []
-        for i, part in enumerate(self.parts):
-            out.append(quote(params[part], safe="") if i % 2 else part)
-        if extra_query:
-            out.append("&" if self.has_query else "?")
-            out.append(extra_query)
-        return "".join(out)
-
-
-def parse_url_template(text: str) -> UrlTemplate:
-    """Parse a backend path such as ``/orders?user={user_id}&limit=5``.
-
-    Raises:
-        TemplateError: not starting with '/', a fragment, unbalanced braces, or characters
-            that would need encoding.
-    """
-    if not text.startswith("/"):
-        raise TemplateError("must start with '/'")
-    if "#" in text:
-        raise TemplateError("must not contain a fragment")
-    pieces = _PARAM.split(text)
-    for literal in pieces[0::2]:
-        if "{" in literal or "}" in literal:
-            raise TemplateError("'{' and '}' are only allowed around a parameter name")
-        if not _TEMPLATE_LITERAL.match(literal):
-            raise TemplateError("has characters that must be percent-encoded (spaces, quotes, ...)")
-    return UrlTemplate(text, tuple(pieces), "?" in text)
+def is_url_literal(text: str) -> bool:
+    """Whether config-written URL text needs no encoding (RFC 3986 pchar, ``/``, ``?``, ``%``)."""
+    return bool(_TEMPLATE_LITERAL.match(text))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from gateway._config_load import _find_model, interpolate, load_config_text
 from gateway._config_model import GatewayConfig
 from gateway._errors import ConfigError, ConfigProblem
 from gateway._plan import load_config
+from gateway._template import render, url_value
 
 REPO = Path(__file__).parent.parent
 DEMO = REPO / "config" / "demo.yaml"
@@ -131,7 +132,9 @@ def test_spec_example_compiles_transforms_and_placements() -> None:
     assert profile.placement.group == "profile"
     assert orders.placement.has_default
     assert orders.placement.default == []
-    assert orders.url.render({"user_id": "7"}) == "/orders?user=7&limit=5"
+    assert render(orders.url, lambda ref: {"user_id": "7"}[ref.name], url_value) == (
+        "/orders?user=7&limit=5"
+    )
 
 
 def test_spec_example_routes_its_endpoint() -> None:
@@ -763,6 +766,8 @@ def test_every_config_model_is_walked() -> None:
         "UpstreamConfig",
         "EndpointConfig",
         "BackendConfig",
+        "ConditionConfig",
+        "BodySelectConfig",
     }
 
 
