@@ -100,9 +100,13 @@ def _parse_ref(body: str, text: str) -> Ref:
                 raise TemplateSyntaxError(f"{where}: invalid header name")
             return Ref("header", rest.lower(), (), f"{{{body}}}")
         return Ref("query", rest, (), f"{{{body}}}")
-    if not re.fullmatch(_NAME, head):
+    head_match = re.fullmatch(rf"({_NAME})((?:\[(?:\d+|\*)\])*)", head)
+    if head_match is None:
         raise TemplateSyntaxError(f"{where}: {head!r} is not a valid name")
-    path: list[Segment] = []
+    head = head_match.group(1)
+    path: list[Segment] = [
+        WILDCARD if index == "*" else int(index) for index in _INDEX.findall(head_match.group(2))
+    ]
     if dot:
         for seg in rest.split("."):
             match = _SEGMENT.match(seg)
@@ -114,7 +118,8 @@ def _parse_ref(body: str, text: str) -> Ref:
             path.append(int(key) if key.isdigit() else key)
             for index in _INDEX.findall(match.group(2)):
                 path.append(WILDCARD if index == "*" else int(index))
-    ref = Ref("param" if not dot else "backend", head, tuple(path), f"{{{body}}}")
+    kind: RefKind = "backend" if dot or path else "param"
+    ref = Ref(kind, head, tuple(path), f"{{{body}}}")
     if sum(1 for s in ref.path if s == WILDCARD) > 1:
         raise TemplateSyntaxError(f"{where}: at most one [*] per reference")
     return ref
