@@ -46,6 +46,12 @@ def summary(plan: GatewayPlan) -> str:
                 flags.append(f"group {be.placement.group}")
             if be.placement.has_default:
                 flags.append("default")
+            if be.deps:
+                flags.append("after " + ", ".join(ep.backends[d].name for d in be.deps))
+            if be.for_each:
+                flags.append(f"for_each (max {be.max_calls})")
+            if be.conditions:
+                flags.append("when " + " and ".join(c.describe() for c in be.conditions))
             lines.append(
                 f"    {be.name:<16} {be.method} {be.upstream.name}{be.url.text}"
                 f"  timeout {format_duration(be.timeout_s)}"

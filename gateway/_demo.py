@@ -93,12 +93,21 @@ class DemoService:
         await _send_json(send, status, body)
 
     async def _users(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+        if path.endswith("/loyalty"):
+            user_id = path.removeprefix("/users/").removesuffix("/loyalty")
+            if user_id not in USERS:
+                return 404, {"error": "no such user"}
+            return 200, {"points": 1200 + int(user_id) * 311, "since": 2019 + int(user_id) % 5}
         user = USERS.get(path.removeprefix("/users/"))
         if user is None:
             return 404, {"error": "no such user"}
         return 200, {"data": user}
 
     async def _orders(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+        if path.startswith("/tracking/"):
+            await trio.sleep(self.rng.uniform(0.005, 0.03))
+            order = path.removeprefix("/tracking/")
+            return 200, {"order": order, "carrier": "trio-express", "eta_days": len(order) % 4 + 1}
         if self.rng.random() < 0.25:
             return 503, {"error": "orders database is busy"}
         user = query.get("user", ["0"])[0]
@@ -118,7 +127,7 @@ class DemoService:
     async def _recommendations(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
         await trio.sleep(self.rng.uniform(0.05, 0.32))
         user = path.removeprefix("/recommendations/")
-        start = sum(map(ord, user)) % len(PRODUCTS)
+        start = (sum(map(ord, user)) + len(query.get("tier", [""])[0])) % len(PRODUCTS)
         return 200, {"products": [PRODUCTS[(start + k) % len(PRODUCTS)] for k in range(3)]}
 
 
@@ -176,9 +185,10 @@ def demo_banner(url: str) -> str:
             "",
             "Try:",
             f"  curl -i {url}/api/users/1/dashboard",
+            f"  curl -i '{url}/api/users/1/dashboard?include=loyalty'   # a conditional backend",
             f"  curl -i '{url}/api/users/2/dashboard?lang=de' -H 'Accept-Language: de'",
             f"  curl -i {url}/api/users/1            # passthrough",
-            f"  curl -i {url}/api/users/1/orders     # fails now and then: 502",
+            f"  curl -i {url}/api/users/1/orders     # for_each + debug timings; 502 now and then",
             f"  curl -i {url}/api/users/42/dashboard # required backend 404: 502",
             f"  curl -i {url}/api/users/..%2Fadmin/dashboard  # refused: 400",
             f"  curl -i {url}/__gateway/health",

@@ -70,6 +70,15 @@ class Condition:
     equals: str | None = None
     one_of: frozenset[str] | None = None
 
+    def describe(self) -> str:
+        """``query.include == loyalty``, ``header.x-tier in [a, b]``, ``query.beta``."""
+        subject = f"{self.source}.{self.name}"
+        if self.equals is not None:
+            return f"{subject} == {self.equals}"
+        if self.one_of is not None:
+            return f"{subject} in [{', '.join(sorted(self.one_of))}]"
+        return subject
+
     def holds(self, query: Mapping[str, Sequence[str]], headers: Mapping[str, str]) -> bool:
         if self.source == "query":
             values = query.get(self.name)

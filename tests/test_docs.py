@@ -38,3 +38,25 @@ def test_every_config_field_is_documented() -> None:
     for row in reference.splitlines():
         if row.startswith("| `"):
             assert not row.endswith("|  |"), f"undocumented field: {row}"
+
+
+def _yaml_blocks() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    return re.findall(r"```yaml\n(.*?)```", readme, re.S)
+
+
+def test_readme_config_examples_are_valid() -> None:
+    from gateway import load_config
+
+    blocks = _yaml_blocks()
+    assert len(blocks) >= 2
+    for block in blocks:
+        if not block.startswith("version: 1"):
+            # a fragment: give it the upstreams it names
+            upstreams = sorted(set(re.findall(r"upstream: (\w+)", block)))
+            block = (
+                "version: 1\nupstreams:\n"
+                + "".join(f"  {u}: {{url: 'http://127.0.0.1:9'}}\n" for u in upstreams)
+                + block
+            )
+        load_config("README.md", {"USERS_TOKEN": "t"}, text=block)
