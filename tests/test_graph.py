@@ -389,3 +389,16 @@ def test_dangling_and_malformed_references_are_rejected() -> None:
         "g.yaml: endpoints[0].backends[8].body: sending a body needs POST, PUT or PATCH on "
         "the endpoint and the backend",
     ]
+
+
+def test_gateway_check_names_the_cycle(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway._cli import main
+
+    file = tmp_path / "cycle.yaml"
+    file.write_text(
+        json.dumps(graph_config("http://127.0.0.1:1", [b("x", "/x/{y.id}"), b("y", "/y/{x.id}")]))
+    )
+    assert main(["check", str(file)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"{file}: endpoints[0].backends[0].path: dependency cycle: x -> y -> x\n"

@@ -78,6 +78,12 @@ async def test_demo_answers_real_aggregated_requests(nursery: trio.Nursery) -> N
                 "address": {"city": "London"},
             }
             assert r.headers["x-gateway-backends"].startswith("profile=ok, orders=")
+            assert r.headers["x-gateway-backends"].endswith(", loyalty=skipped")
+            assert "loyalty" not in r.json()
+            r = await client.get(url + "/api/users/1/dashboard?include=loyalty")
+            assert r.status_code == 200
+            assert r.headers["x-gateway-backends"].endswith(", loyalty=ok")
+            assert r.json()["loyalty"]["points"] > 0
             r = await client.get(url + "/api/users/2")
             assert r.status_code == 200
             assert r.json()["data"]["name"] == "Grace Hopper"
