@@ -11,7 +11,6 @@ import http.cookiejar
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
-from urllib.parse import parse_qsl
 
 import httpx
 import orjson
@@ -20,13 +19,12 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ._aggregate import error_body
-from ._errors import InvalidRequest, RequestBodyTooLarge, RequestError
-from ._fanout import CallContext, fan_out
-from ._headers import select_headers
+from ._endpoint import build_context, send_error, serve_aggregate
+from ._errors import RequestBodyTooLarge, RequestError
+from ._fanout import CallContext
 from ._passthrough import PassthroughAborted, open_passthrough
 from ._plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
 from ._transport import GatewayTransport, PoolLimits
-from ._urls import encode_query
 
 JSON_TYPE = "application/json"
 log = logging.getLogger("gateway")
@@ -73,45 +71,6 @@ def error_response(exc: RequestError) -> Response:
     return json_response(error_body(exc.code, exc.message), exc.status, headers)
 
 
-async def _context(
-    endpoint: EndpointPlan, params: dict[str, str], scope: dict[str, Any]
-) -> CallContext:
-    """Take from the client request only what this endpoint's config uses."""
-    forward = select_headers(scope["headers"], _forward_names(endpoint))
-    query_string = scope.get("query_string") or b""
-    pairs = (
-        parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if query_string else []
-    )
-    extra_query = ""
-    if endpoint.forward_query and pairs:
-        extra_query = encode_query([(k, v) for k, v in pairs if k in endpoint.forward_query])
-    query: dict[str, list[str]] = {}
-    headers: dict[str, str] = {}
-    if endpoint.reads_request_values:
-        for key, value in pairs:
-            query.setdefault(key, []).append(value)
-        for raw_name, raw_value in scope["headers"]:
-            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    body: bytes | None = None
-    json_body: Any = None
-    if endpoint.reads_body:
-        raw = await request.get_data(cache=False, as_text=False)
-        body = raw.encode() if isinstance(raw, str) else raw
-        if not body:
-            body = None
-        else:
-            try:
-                json_body = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise InvalidRequest("the request body is not valid JSON") from None
-    return CallContext(params, forward, extra_query, query, headers, body, json_body)
-
-
-def _forward_names(endpoint: EndpointPlan) -> frozenset[bytes]:
-    return frozenset(name.encode("latin-1") for name in endpoint.forward_headers)
-
-
 class GatewayApp(QuartTrio):
     """A Quart-Trio app serving one :class:`GatewayPlan`."""
 
@@ -119,6 +78,7 @@ class GatewayApp(QuartTrio):
         super().__init__("gateway")
         self.plan = plan
         self._client: httpx.AsyncClient | None = None
+        self._transport: GatewayTransport | None = None
         self.config.update(
             MAX_CONTENT_LENGTH=plan.config.server.max_request_body,
             # Quart's RESPONSE_TIMEOUT would cut long passthrough downloads; our own
@@ -137,13 +97,31 @@ class GatewayApp(QuartTrio):
         self.register_error_handler(HTTPException, self._http_error)
 
     async def asgi_app(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+            if not raw_path.startswith(ADMIN_PREFIX + "/"):
+                try:
+                    match = self.plan.router.match(raw_path, scope["method"])
+                except RequestError as exc:
+                    await send_error(send, exc, head=scope["method"] == "HEAD")
+                    return
+                if not match.target.passthrough:
+                    await serve_aggregate(
+                        self.transport.handle_async_request,
+                        match,
+                        scope,
+                        receive,
+                        send,
+                        self.plan.config.server.max_request_body,
+                    )
+                    return
         try:
             await super().asgi_app(scope, receive, send)
         except* PassthroughAborted as group:
             # Returning with the body unfinished makes the server close the connection:
             # the client can tell the response is incomplete. Not a server error.
-            for exc in group.exceptions:
-                log.warning("passthrough %s aborted: %s", scope.get("path"), exc)
+            for aborted in group.exceptions:
+                log.warning("passthrough %s aborted: %s", scope.get("path"), aborted)
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -151,13 +129,25 @@ class GatewayApp(QuartTrio):
             raise RuntimeError("the app is not serving: its upstream client is not open")
         return self._client
 
+    @property
+    def transport(self) -> GatewayTransport:
+        """The client's transport: the aggregated hot path sends through it directly,
+        skipping httpx's auth, redirect and cookie layers (all disabled for us anyway)."""
+        if self._transport is None:
+            raise RuntimeError("the app is not serving: its upstream client is not open")
+        return self._transport
+
     async def _open_client(self) -> None:
         self._client = make_client(self.plan)
+        transport = self._client._transport
+        assert isinstance(transport, GatewayTransport)
+        self._transport = transport
 
     async def _close_client(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+            self._transport = None
 
     async def _health(self) -> Response:
         return json_response({"status": "ok"})
@@ -179,24 +169,13 @@ class GatewayApp(QuartTrio):
         except RequestError as exc:
             return error_response(exc)
         endpoint = match.target
+        if not endpoint.passthrough:  # pragma: no cover - asgi_app serves these itself
+            raise RuntimeError("aggregated endpoints are served by asgi_app")
         try:
-            ctx = await _context(endpoint, match.params, scope)
+            ctx = build_context(endpoint, match.params, scope)
         except RequestError as exc:
             return error_response(exc)
-        if endpoint.passthrough:
-            return await self._passthrough(endpoint, ctx, scope)
-        result, _ = await fan_out(self.client, endpoint, ctx)
-        response = json_response(
-            result.body,
-            result.status,
-            {
-                "X-Gateway-Complete": "true" if result.complete else "false",
-                "X-Gateway-Backends": result.backends_header,
-            },
-        )
-        for name, value in result.headers:
-            response.headers.add(name, value)
-        return response
+        return await self._passthrough(endpoint, ctx, scope)
 
     async def _passthrough(
         self, endpoint: EndpointPlan, ctx: CallContext, scope: dict[str, Any]

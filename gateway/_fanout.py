@@ -16,7 +16,7 @@ every connection whose exchange was cut, so the upstreams see the close.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,6 +56,11 @@ class CallContext:
 
 class BodyTooLarge(Exception):
     pass
+
+
+Sender = Callable[[httpx.Request], Awaitable[httpx.Response]]
+"""Sends one upstream request and returns the response with its body still to stream:
+the transport's ``handle_async_request`` (or ``partial(client.send, stream=True)``)."""
 
 
 _NO_ELEMENT = object()
@@ -169,10 +174,8 @@ async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _exchange(
-    client: httpx.AsyncClient, backend: BackendPlan, request: httpx.Request
-) -> BackendResult:
-    response = await client.send(request, stream=True)
+async def _exchange(sender: Sender, backend: BackendPlan, request: httpx.Request) -> BackendResult:
+    response = await sender(request)
     try:
         status = response.status_code
         if not 200 <= status < 300:
@@ -202,12 +205,10 @@ async def _exchange(
         await response.aclose()
 
 
-async def _attempt(
-    client: httpx.AsyncClient, backend: BackendPlan, request: httpx.Request
-) -> BackendResult:
+async def _attempt(sender: Sender, backend: BackendPlan, request: httpx.Request) -> BackendResult:
     """One upstream call; every failure but cancellation becomes an outcome."""
     try:
-        return await _exchange(client, backend, request)
+        return await _exchange(sender, backend, request)
     except BodyTooLarge as exc:
         return BackendResult(Outcome.TOO_LARGE, detail=str(exc))
     except httpx.DecodingError as exc:
@@ -220,14 +221,14 @@ async def _attempt(
 
 
 async def _attempt_each(
-    client: httpx.AsyncClient, backend: BackendPlan, requests: Sequence[httpx.Request]
+    sender: Sender, backend: BackendPlan, requests: Sequence[httpx.Request]
 ) -> BackendResult:
     """``for_each``: all calls concurrently; results in element order; the first failure
     (in element order) fails the backend and cancels the other calls."""
     results: list[BackendResult | None] = [None] * len(requests)
 
     async def one(index: int, request: httpx.Request, nursery: trio.Nursery) -> None:
-        result = await _attempt(client, backend, request)
+        result = await _attempt(sender, backend, request)
         results[index] = result
         if result.outcome != Outcome.OK:
             nursery.cancel_scope.cancel()  # the list is incomplete whatever the others do
@@ -248,7 +249,7 @@ async def _attempt_each(
 
 
 async def call_backend(
-    client: httpx.AsyncClient,
+    sender: Sender,
     backend: BackendPlan,
     ctx: CallContext,
     results: Sequence[BackendResult | None] = (),
@@ -263,12 +264,14 @@ async def call_backend(
         requests = build_requests(backend, ctx, results)
     except UnresolvedReference as exc:
         return BackendResult(Outcome.INVALID_REFERENCE, detail=str(exc))
+    except httpx.InvalidURL as exc:  # e.g. a filled-in URL over httpx's length limit
+        return BackendResult(Outcome.INVALID_REFERENCE, detail=f"invalid URL: {exc}")
     result: BackendResult | None = None
     with trio.move_on_after(backend.timeout_s):
         if backend.for_each:
-            result = await _attempt_each(client, backend, requests)
+            result = await _attempt_each(sender, backend, requests)
         else:
-            result = await _attempt(client, backend, requests[0])
+            result = await _attempt(sender, backend, requests[0])
     duration_s = trio.current_time() - start
     if result is None:  # our own timeout fired
         return BackendResult(Outcome.TIMEOUT, duration_s=duration_s, detail="backend timeout")
@@ -276,7 +279,7 @@ async def call_backend(
 
 
 async def fan_out(
-    client: httpx.AsyncClient, endpoint: EndpointPlan, ctx: CallContext
+    sender: Sender, endpoint: EndpointPlan, ctx: CallContext
 ) -> tuple[Aggregate, list[BackendResult]]:
     """Run the endpoint's backends as a graph: each starts as soon as the backends it
     references have finished, all in one nursery under the deadline; aggregate in config
@@ -307,7 +310,7 @@ async def fan_out(
                     Outcome.DEPENDENCY_FAILED, detail=f"{', '.join(failed)} failed"
                 )
             else:
-                result = await call_backend(client, backend, ctx, results)
+                result = await call_backend(sender, backend, ctx, results)
             result = replace(result, started_s=began)
             results[index] = result
         finally:

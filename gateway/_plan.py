@@ -104,6 +104,10 @@ class EndpointPlan:
     debug: bool = False
 
     @cached_property
+    def forward_header_names(self) -> frozenset[bytes]:
+        return frozenset(name.encode("latin-1") for name in self.forward_headers)
+
+    @cached_property
     def reads_body(self) -> bool:
         """Whether any backend sends (part of) the client's JSON body."""
         return any(b.body is not None for b in self.backends)
@@ -141,7 +145,7 @@ def _check_headers(
 ) -> tuple[tuple[str, str], ...]:
     out = []
     for name, value in headers.items():
-        if not _TOKEN.match(name):
+        if not _TOKEN.fullmatch(name):
             problems.append(ConfigProblem(file, format_path((*where, name)), "invalid header name"))
         elif name.lower() in NEVER_FORWARDED:
             problems.append(
@@ -220,7 +224,7 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
 
         forward_headers = []
         for hi, header in enumerate(ep.forward_headers):
-            if not _TOKEN.match(header):
+            if not _TOKEN.fullmatch(header):
                 problems.append(
                     ConfigProblem(
                         file, format_path((*where, "forward_headers", hi)), "invalid header name"
@@ -432,7 +436,7 @@ def _compile_backend(
     return_headers: list[bytes] = []
     for hi, header in enumerate(be.return_headers):
         low = header.lower()
-        if not _TOKEN.match(header):
+        if not _TOKEN.fullmatch(header):
             problem(("return_headers", hi), "invalid header name")
         elif low in NEVER_RETURNED or low.startswith("x-gateway-"):
             problem(

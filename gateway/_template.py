@@ -34,8 +34,9 @@ RefKind = Literal["param", "query", "header", "backend"]
 
 _REF = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
-_SEGMENT = re.compile(rf"^({_NAME}|\d+)((?:\[(?:\d+|\*)\])*)$")
-_INDEX = re.compile(r"\[(\d+|\*)\]")
+# ASCII digits only, at most 9 (an index, not a number to convert at any length)
+_SEGMENT = re.compile(rf"({_NAME}|[0-9]{{1,9}})((?:\[(?:[0-9]{{1,9}}|\*)\])*)")
+_INDEX = re.compile(r"\[([0-9]{1,9}|\*)\]")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -96,11 +97,11 @@ def _parse_ref(body: str, text: str) -> Ref:
         if not rest:
             raise TemplateSyntaxError(f"{where}: name the {head} after '{head}.'")
         if head == "header":
-            if not _HEADER_NAME.match(rest):
+            if not _HEADER_NAME.fullmatch(rest):
                 raise TemplateSyntaxError(f"{where}: invalid header name")
             return Ref("header", rest.lower(), (), f"{{{body}}}")
         return Ref("query", rest, (), f"{{{body}}}")
-    head_match = re.fullmatch(rf"({_NAME})((?:\[(?:\d+|\*)\])*)", head)
+    head_match = re.fullmatch(rf"({_NAME})((?:\[(?:[0-9]{{1,9}}|\*)\])*)", head)
     if head_match is None:
         raise TemplateSyntaxError(f"{where}: {head!r} is not a valid name")
     head = head_match.group(1)
@@ -109,13 +110,14 @@ def _parse_ref(body: str, text: str) -> Ref:
     ]
     if dot:
         for seg in rest.split("."):
-            match = _SEGMENT.match(seg)
+            match = _SEGMENT.fullmatch(seg)
             if match is None:
                 raise TemplateSyntaxError(
                     f"{where}: invalid path segment {seg!r} (use names, digits, [N] or [*])"
                 )
             key = match.group(1)
-            path.append(int(key) if key.isdigit() else key)
+            # "01" stays a key: only a canonical number can be an array index
+            path.append(int(key) if key.isdigit() and str(int(key)) == key else key)
             for index in _INDEX.findall(match.group(2)):
                 path.append(WILDCARD if index == "*" else int(index))
     kind: RefKind = "backend" if dot or path else "param"

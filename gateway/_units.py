@@ -27,7 +27,7 @@ def parse_duration_s(text: str) -> float:
     Raises:
         ValueError: the text has no unit, an unknown unit, or is not a positive number.
     """
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
         raise ValueError(
             f"invalid duration {text!r}: write a number with a unit, like 250ms, 2s, 1.5s or 1m"
@@ -44,7 +44,7 @@ def parse_size_bytes(text: str) -> int:
     Raises:
         ValueError: the text is not a size or is zero.
     """
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     if match is None:
         raise ValueError(f"invalid size {text!r}: write bytes or a unit, like 512KiB or 16MiB")
     size = int(float(match.group(1)) * _SIZE_FACTORS[match.group(2)])

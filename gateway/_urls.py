@@ -68,7 +68,7 @@ def parse_route(text: str) -> RoutePattern:
     segments = tuple(text[1:].split("/"))
     params: list[str | None] = []
     for seg in segments:
-        whole = _WHOLE_PARAM.match(seg)
+        whole = _WHOLE_PARAM.fullmatch(seg)
         if whole:
             name = whole.group(1)
             if name in params:
@@ -77,7 +77,7 @@ def parse_route(text: str) -> RoutePattern:
             continue
         if "{" in seg or "}" in seg:
             raise TemplateError(f"segment {seg!r}: a parameter must fill a whole segment")
-        if not _TEMPLATE_LITERAL.match(seg):
+        if not _TEMPLATE_LITERAL.fullmatch(seg):
             raise TemplateError(f"segment {seg!r} has characters not allowed in a path")
         params.append(None)
     return RoutePattern(text, segments, tuple(params))
@@ -186,7 +186,7 @@ def _params(pattern: RoutePattern, segments: list[str]) -> dict[str, str]:
 
 def is_url_literal(text: str) -> bool:
     """Whether config-written URL text needs no encoding (RFC 3986 pchar, ``/``, ``?``, ``%``)."""
-    return bool(_TEMPLATE_LITERAL.match(text))
+    return bool(_TEMPLATE_LITERAL.fullmatch(text))
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def parse_base_url(text: str) -> BaseUrl:
         raise TemplateError("must not contain credentials; use headers instead")
     if parts.query or parts.fragment or text.endswith(("?", "#")):
         raise TemplateError("must not contain a query or fragment")
-    if not _TEMPLATE_LITERAL.match(parts.path) or "{" in parts.path:
+    if not _TEMPLATE_LITERAL.fullmatch(parts.path) or "{" in parts.path:
         raise TemplateError("base path has characters that must be percent-encoded")
     default_port = 443 if parts.scheme == "https" else 80
     return BaseUrl(parts.scheme, parts.hostname, port or default_port, parts.path.rstrip("/"))
