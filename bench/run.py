@@ -61,7 +61,7 @@ class Wrk:
 @dataclass
 class Results:
     throughput: dict[tuple[str, int, int], Wrk] = field(default_factory=dict)
-    latency: dict[str, tuple[int, Wrk]] = field(default_factory=dict)
+    latency: dict[str, tuple[int, Wrk, Wrk]] = field(default_factory=dict)
     hung: dict[str, Wrk] = field(default_factory=dict)
     memory_kib: dict[str, float] = field(default_factory=dict)
 
@@ -218,10 +218,15 @@ def run(args: argparse.Namespace) -> Results:
             with sut(peer, upstream, 3, "/delay50/") as (url, _):
                 wrk(url, 16, 1)
                 peak = wrk(url, 256, d).rps
+                if peak < 1:
+                    print(f"latency    {peer:8} no request completed at c=256", flush=True)
+                    continue
                 # closed loop: connections = rate x latency (Little's law)
                 c = max(1, round(0.5 * peak * 0.050))
                 w = wrk(url, c, d)
-                results.latency[peer] = (c, w)
+                # the upstream's own latency at the same upstream concurrency
+                base = wrk(upstream + "/delay50/x", 3 * c, d)
+                results.latency[peer] = (c, w, base)
                 print(f"latency    {peer:8} peak={peak:.0f} c={c} p50={w.p50_ms:.2f}ms "
                       f"p99={w.p99_ms:.2f}ms rps={w.rps:.0f}", flush=True)  # fmt: skip
 

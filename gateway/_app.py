@@ -7,6 +7,7 @@ opened at startup and closed at shutdown.
 
 from __future__ import annotations
 
+import gc
 import http.cookiejar
 import logging
 from collections.abc import AsyncIterator
@@ -38,6 +39,16 @@ class _NoCookies(http.cookiejar.CookieJar):
 
     def extract_cookies(self, response: Any, request: Any) -> None:
         return
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections: a request allocates many short-lived objects,
+    and full collections over the long-lived ones (modules, config plans) showed up as
+    tens of milliseconds at p99. Objects alive at startup are frozen out of collection;
+    the youngest generation is collected every 50k allocations instead of 700."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def make_client(plan: GatewayPlan) -> httpx.AsyncClient:
@@ -138,6 +149,7 @@ class GatewayApp(QuartTrio):
         return self._transport
 
     async def _open_client(self) -> None:
+        tune_gc()
         self._client = make_client(self.plan)
         transport = self._client._transport
         assert isinstance(transport, GatewayTransport)

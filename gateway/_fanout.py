@@ -106,8 +106,7 @@ def build_request(
     path = render(backend.url, resolve, url_value)
     if ctx.extra_query:
         path += ("&" if backend.url.has_query else "?") + ctx.extra_query
-    headers: list[tuple[bytes, bytes]] = [(b"accept", b"application/json")]
-    headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in backend.headers)
+    headers = list(backend.static_headers)
     for name, template in backend.header_templates:
         value = render(template, resolve, header_value)
         headers.append((name.encode("latin-1"), value.encode("utf-8")))
@@ -166,7 +165,9 @@ async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
     """
     chunks = []
     total = 0
-    async for chunk in response.aiter_bytes():
+    # Without Content-Encoding the raw stream is the body: skip httpx's decoder chain.
+    stream = response.aiter_bytes() if "content-encoding" in response.headers else response.stream
+    async for chunk in stream:  # type: ignore[union-attr]
         total += len(chunk)
         if total > max_bytes:
             raise BodyTooLarge(f"response body exceeds {max_bytes} bytes")

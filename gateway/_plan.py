@@ -82,6 +82,13 @@ class BackendPlan:
     placement: Placement
     required: bool
     deps: tuple[int, ...] = ()  # indexes of the backends this one references
+
+    @cached_property
+    def static_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """``Accept`` and the upstream's headers, encoded once."""
+        encoded = ((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)
+        return ((b"accept", b"application/json"), *encoded)
+
     conditions: tuple[Condition, ...] = ()
     for_each: bool = False
     max_calls: int = 32
@@ -105,6 +112,7 @@ class EndpointPlan:
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:
+        """``forward_headers`` as the raw lower-case names ASGI gives."""
         return frozenset(name.encode("latin-1") for name in self.forward_headers)
 
     @cached_property
