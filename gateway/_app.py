@@ -20,7 +20,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ._aggregate import error_body
-from ._endpoint import build_context, send_error, serve_aggregate
+from ._endpoint import (
+    ambiguous_framing,
+    build_context,
+    send_error,
+    send_framing_error,
+    serve_aggregate,
+)
 from ._errors import RequestBodyTooLarge, RequestError
 from ._fanout import CallContext
 from ._passthrough import PassthroughAborted, open_passthrough
@@ -109,6 +115,9 @@ class GatewayApp(QuartTrio):
 
     async def asgi_app(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            if ambiguous_framing(scope):
+                await send_framing_error(send, head=scope["method"] == "HEAD")
+                return
             raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
             if not raw_path.startswith(ADMIN_PREFIX + "/"):
                 try:

@@ -122,6 +122,23 @@ async def send_error(send: Send, exc: RequestError, *, head: bool = False) -> No
     await send_json(send, exc.status, error_body(exc.code, exc.message), headers, head=head)
 
 
+def ambiguous_framing(scope: Scope) -> bool:
+    """Both Content-Length and Transfer-Encoding: a request smuggling vector.
+
+    RFC 9112 section 6.1: such a message may be rejected, and the connection must be
+    closed after responding. h11 accepts it (decoding the chunked body), so we refuse it.
+    """
+    names = {name for name, _ in scope["headers"]}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+async def send_framing_error(send: Send, *, head: bool = False) -> None:
+    exc = InvalidRequest("Content-Length together with Transfer-Encoding is not allowed")
+    await send_json(
+        send, exc.status, error_body(exc.code, exc.message), [(b"connection", b"close")], head=head
+    )
+
+
 async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
     while True:
         message = await receive()

@@ -387,3 +387,50 @@ async def test_error_bodies_keep_the_worker_alive(nursery: trio.Nursery) -> None
             r = await gw.get("/api/1")
             assert r.status_code == 200
             assert r.headers["x-gateway-backends"] == "g=unreachable, o=ok"
+
+
+async def test_content_length_with_transfer_encoding_is_refused_and_closed(
+    nursery: trio.Nursery,
+) -> None:
+    """RFC 9112 section 6.1: a smuggling vector; h11 alone would accept it."""
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={})})
+        gw = await start_gateway(
+            nursery, simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        )
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(
+                b"GET /api/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            )
+            data = b""
+            while chunk := await stream.receive_some(65536):  # the server closes
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 400")
+        assert b"invalid_request" in data
+        assert up.requests == []
+
+
+async def test_a_gzip_bomb_from_an_upstream_is_too_large(nursery: trio.Nursery) -> None:
+    """The size limit counts decompressed bytes and stops decompressing at the limit."""
+    import gzip
+
+    bomb = gzip.compress(b"[" + b"0," * 5_000_000 + b"0]")  # 10 MB of JSON in ~10 KB
+    with trio.fail_after(10):
+        up = await start_upstream(
+            nursery,
+            {
+                "/bomb": Reply(body=bomb, headers=[("Content-Encoding", "gzip")]),
+                "/ok": Reply(json={"a": 1}),
+            },
+        )
+        config = simple_config(
+            {"u": up}, [backend_config("bomb", "u", "/bomb"), backend_config("ok", "u", "/ok")]
+        )
+        config["upstreams"]["u"]["max_response_size"] = "1MiB"
+        gw = await start_gateway(nursery, config)
+        r = await gw.get("/api/1")
+        assert r.headers["x-gateway-backends"] == "bomb=too_large, ok=ok"
+        assert len(bomb) < 1024 * 1024 < 10_000_000
