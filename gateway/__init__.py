@@ -12,6 +12,8 @@ from ._aggregate import BackendResult as BackendResult
 from ._aggregate import Outcome as Outcome
 from ._app import GatewayApp as GatewayApp
 from ._app import create_app as create_app
+from ._compile import compile_config as compile_config
+from ._compile import load_config as load_config
 from ._config_model import GatewayConfig as GatewayConfig
 from ._config_model import json_schema as json_schema
 from ._errors import ConfigError as ConfigError
@@ -24,8 +26,6 @@ from ._errors import NotFound as NotFound
 from ._errors import RequestBodyTooLarge as RequestBodyTooLarge
 from ._errors import RequestError as RequestError
 from ._plan import GatewayPlan as GatewayPlan
-from ._plan import compile_config as compile_config
-from ._plan import load_config as load_config
 from ._server import hypercorn_config as hypercorn_config
 from ._server import serve_app as serve_app
 from ._transport import GatewayTransport as GatewayTransport

@@ -15,9 +15,10 @@ import orjson
 import trio
 
 from . import __version__
+from ._compile import load_config
 from ._config_model import json_schema
 from ._errors import ConfigError
-from ._plan import GatewayPlan, load_config
+from ._plan import GatewayPlan
 from ._units import format_duration
 
 EXIT_OK = 0

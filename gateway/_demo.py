@@ -20,7 +20,8 @@ import orjson
 import trio
 
 from ._app import create_app
-from ._plan import GatewayPlan, load_config
+from ._compile import load_config
+from ._plan import GatewayPlan
 from ._server import hypercorn_config, serve_app, wait_for_signal
 
 Scope = dict[str, Any]

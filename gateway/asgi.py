@@ -6,8 +6,8 @@ import os
 import sys
 
 from ._app import GatewayApp, create_app
+from ._compile import load_config
 from ._errors import ConfigError
-from ._plan import load_config
 from ._server import CONFIG_ENV
 
 

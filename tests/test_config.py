@@ -14,10 +14,10 @@ import pytest
 from pydantic import BaseModel
 
 from gateway._cli import main
+from gateway._compile import load_config
 from gateway._config_load import _find_model, interpolate, load_config_text
 from gateway._config_model import GatewayConfig
 from gateway._errors import ConfigError, ConfigProblem
-from gateway._plan import load_config
 from gateway._template import render, url_value
 
 REPO = Path(__file__).parent.parent

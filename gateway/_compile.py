@@ -1,0 +1,417 @@
+"""Compiling a validated config into plans (compile once, run many).
+
+Cross-references (unknown upstream, unknown path parameter or backend, duplicate names,
+dependency cycles) are checked here, every problem collected before raising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ._aggregate import Placement
+from ._config_load import format_path, load_config_text, read_config_file
+from ._config_model import (
+    BackendConfig,
+    BodySelectConfig,
+    EndpointConfig,
+    GatewayConfig,
+    backend_has_default,
+)
+from ._errors import ConfigError, ConfigProblem
+from ._graph import Condition, find_cycle
+from ._plan import (
+    ADMIN_PREFIX,
+    BAD_VALUE,
+    NEVER_FORWARDED,
+    RESERVED_BACKEND_NAMES,
+    TOKEN,
+    BackendPlan,
+    EndpointPlan,
+    GatewayPlan,
+    UpstreamPlan,
+)
+from ._template import Ref, Template, parse_template, parse_url_template
+from ._transform import Transform, split_path
+from ._urls import RoutePattern, Router, TemplateError, parse_base_url, parse_route
+
+
+def _check_headers(
+    headers: Mapping[str, str],
+    file: str,
+    where: tuple[int | str, ...],
+    problems: list[ConfigProblem],
+) -> tuple[tuple[str, str], ...]:
+    out = []
+    for name, value in headers.items():
+        if not TOKEN.fullmatch(name):
+            problems.append(ConfigProblem(file, format_path((*where, name)), "invalid header name"))
+        elif name.lower() in NEVER_FORWARDED:
+            problems.append(
+                ConfigProblem(
+                    file, format_path((*where, name)), "this header is set by the gateway"
+                )
+            )
+        elif BAD_VALUE.search(value):
+            problems.append(
+                ConfigProblem(
+                    file, format_path((*where, name)), "header value has a control character"
+                )
+            )
+        else:
+            out.append((name, value))
+    return tuple(out)
+
+
+def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan:
+    """Check cross-references and build the plans.
+
+    Raises:
+        ConfigError: with every problem found.
+    """
+    problems: list[ConfigProblem] = []
+    defaults = config.defaults
+
+    upstreams: dict[str, UpstreamPlan] = {}
+    for name, up in config.upstreams.items():
+        where: tuple[int | str, ...] = ("upstreams", name)
+        try:
+            base = parse_base_url(up.url)
+        except TemplateError as exc:
+            problems.append(ConfigProblem(file, format_path((*where, "url")), str(exc)))
+            continue
+        upstreams[name] = UpstreamPlan(
+            name=name,
+            base=base,
+            timeout_s=up.timeout if up.timeout is not None else defaults.timeout,
+            max_connections=up.max_connections or defaults.max_connections,
+            idle_timeout_s=up.idle_timeout,
+            max_response_bytes=up.max_response_size or defaults.max_response_size,
+            headers=_check_headers(up.headers, file, (*where, "headers"), problems),
+        )
+
+    endpoints: list[EndpointPlan] = []
+    seen_routes: dict[tuple[tuple[str | None, ...], str], int] = {}
+    for ei, ep in enumerate(config.endpoints):
+        where = ("endpoints", ei)
+        try:
+            route = parse_route(ep.path)
+        except TemplateError as exc:
+            problems.append(ConfigProblem(file, format_path((*where, "path")), str(exc)))
+            continue
+        if ep.path == ADMIN_PREFIX or ep.path.startswith(ADMIN_PREFIX + "/"):
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path((*where, "path")),
+                    f"{ADMIN_PREFIX}/ is reserved for the gateway",
+                )
+            )
+        shape = (
+            tuple(None if p else s for s, p in zip(route.segments, route.params, strict=True)),
+            ep.method,
+        )
+        if shape in seen_routes:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path((*where, "path")),
+                    f"{ep.method} {ep.path} is already defined by endpoints[{seen_routes[shape]}]",
+                )
+            )
+        seen_routes.setdefault(shape, ei)
+
+        forward_headers = []
+        for hi, header in enumerate(ep.forward_headers):
+            if not TOKEN.fullmatch(header):
+                problems.append(
+                    ConfigProblem(
+                        file, format_path((*where, "forward_headers", hi)), "invalid header name"
+                    )
+                )
+            elif header.lower() in NEVER_FORWARDED:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        format_path((*where, "forward_headers", hi)),
+                        f"{header} is hop-by-hop or framed by the gateway and cannot be forwarded",
+                    )
+                )
+            else:
+                forward_headers.append(header.lower())
+        for qi, name in enumerate(ep.forward_query):
+            if not name:
+                problems.append(
+                    ConfigProblem(
+                        file, format_path((*where, "forward_query", qi)), "empty parameter name"
+                    )
+                )
+
+        if ep.passthrough and len(ep.backends) != 1:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path((*where, "backends")),
+                    f"a passthrough endpoint has exactly one backend (found {len(ep.backends)})",
+                )
+            )
+
+        backends: list[BackendPlan] = []
+        names: dict[str, int] = {}
+        for bi, be in enumerate(ep.backends):
+            names.setdefault(be.name, bi)
+        for bi, be in enumerate(ep.backends):
+            plan = _compile_backend(
+                be, (*where, "backends", bi), route, names, upstreams, config, ep, file, problems
+            )
+            if names[be.name] != bi:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        format_path((*where, "backends", bi, "name")),
+                        f"duplicate backend name {be.name!r}",
+                    )
+                )
+                plan = None
+            if plan is not None:
+                backends.append(plan)
+        if len(backends) == len(ep.backends):
+            cycle = find_cycle({b.name: [backends[d].name for d in b.deps] for b in backends})
+            if cycle:
+                first = names[cycle[0]]
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        format_path((*where, "backends", first, "path")),
+                        "dependency cycle: " + " -> ".join(cycle),
+                    )
+                )
+
+        if len(backends) == len(ep.backends):
+            endpoints.append(
+                EndpointPlan(
+                    index=ei,
+                    path=ep.path,
+                    method=ep.method,
+                    route=route,
+                    deadline_s=ep.deadline if ep.deadline is not None else defaults.deadline,
+                    forward_headers=tuple(forward_headers),
+                    forward_query=frozenset(ep.forward_query),
+                    passthrough=ep.passthrough,
+                    backends=tuple(backends),
+                    placements=tuple(b.placement for b in backends),
+                    debug=ep.debug,
+                )
+            )
+
+    if problems:
+        raise ConfigError(problems)
+    router = Router((e.route, e.method, e) for e in endpoints)
+    return GatewayPlan(file, config, upstreams, tuple(endpoints), router)
+
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Response headers a backend may not copy into the aggregated response: hop-by-hop ones
+# (RFC 9110 section 7.6.1), the ones the gateway frames itself, and its own.
+NEVER_RETURNED = NEVER_FORWARDED | {"content-type", "content-encoding", "date", "server"}
+
+
+def _compile_backend(
+    be: BackendConfig,
+    where: tuple[int | str, ...],
+    route: RoutePattern,
+    names: Mapping[str, int],
+    upstreams: Mapping[str, UpstreamPlan],
+    config: GatewayConfig,
+    endpoint: EndpointConfig,
+    file: str,
+    problems: list[ConfigProblem],
+) -> BackendPlan | None:
+    before = len(problems)
+
+    def problem(key: str | tuple[int | str, ...], message: str) -> None:
+        loc = (*where, *key) if isinstance(key, tuple) else (*where, key)
+        problems.append(ConfigProblem(file, format_path(loc), message))
+
+    if be.name in RESERVED_BACKEND_NAMES:
+        problem("name", f"{be.name!r} is reserved for {{{be.name}.NAME}} references")
+    elif be.name in route.param_names:
+        problem("name", f"{be.name!r} is also a path parameter: {{{be.name}}} would be ambiguous")
+    upstream = upstreams.get(be.upstream)
+    # an upstream that exists but failed to compile was reported already
+    if upstream is None and be.upstream not in config.upstreams:
+        known = ", ".join(sorted(config.upstreams)) or "none defined"
+        problem("upstream", f"unknown upstream {be.upstream!r} (known: {known})")
+
+    deps: list[int] = []
+    wildcards: list[str] = []
+
+    def link(ref: Ref, key: str | tuple[int | str, ...]) -> Ref:
+        if ref.kind == "param":
+            if ref.name in route.param_names:
+                return ref
+            if ref.name not in names:
+                known = ", ".join(route.param_names) or "none"
+                problem(key, f"unknown path parameter {ref.text} (the endpoint path has: {known})")
+                return ref
+            ref = Ref("backend", ref.name, (), ref.text)
+        if ref.kind != "backend":
+            return ref
+        if ref.name not in names:
+            known = ", ".join(n for n in names if n != be.name) or "none"
+            problem(key, f"unknown backend in {ref.text} (other backends: {known})")
+            return ref
+        if ref.name == be.name:
+            problem(key, f"{ref.text} refers to this backend itself")
+            return ref
+        index = names[ref.name]
+        if index not in deps:
+            deps.append(index)
+        if ref.has_wildcard:
+            wildcards.append(ref.text)
+        return Ref(ref.kind, ref.name, ref.path, ref.text, index)
+
+    url: Template | None = None
+    try:
+        url = parse_url_template(be.path).with_refs(lambda r: link(r, "path"))
+    except TemplateError as exc:
+        problem("path", str(exc))
+    header_templates: list[tuple[str, Template]] = []
+    for header_name, value in _check_headers(be.headers, file, (*where, "headers"), problems):
+        header_key: tuple[int | str, ...] = ("headers", header_name)
+        try:
+            parsed = parse_template(value)
+        except TemplateError as exc:
+            problem(header_key, str(exc))
+            continue
+        header_templates.append(
+            (header_name, parsed.with_refs(lambda r, k=header_key: link(r, k)))  # type: ignore[misc]
+        )
+
+    if be.for_each and not wildcards:
+        problem("for_each", "needs a reference with [*], like {orders.items[*].id}")
+    elif not be.for_each and wildcards:
+        problem("path", f"{wildcards[0]} walks an array: set for_each: true")
+    elif len(wildcards) > 1:
+        problem("for_each", f"one [*] reference per backend (found {', '.join(wildcards)})")
+
+    conditions: list[Condition] = []
+    whens = be.when if isinstance(be.when, list) else [be.when] if be.when else []
+    for wi, when in enumerate(whens):
+        key: tuple[int | str, ...] = ("when", wi) if isinstance(be.when, list) else ("when",)
+        if (when.query is None) == (when.header is None):
+            problem(key, "give exactly one of query and header")
+            continue
+        if when.equals is not None and when.in_ is not None:
+            problem(key, "give at most one of equals and in")
+            continue
+        if when.query is not None:
+            source, subject = "query", when.query
+        else:
+            source, subject = "header", (when.header or "").lower()
+        conditions.append(
+            Condition(
+                source,
+                subject,
+                when.equals,
+                frozenset(when.in_) if when.in_ is not None else None,
+            )
+        )
+
+    body: tuple[str, ...] | None = None
+    if be.body is not None:
+        if be.method not in BODY_METHODS or endpoint.method not in BODY_METHODS:
+            problem(
+                "body", "sending a body needs POST, PUT or PATCH on the endpoint and the backend"
+            )
+        if isinstance(be.body, BodySelectConfig):
+            try:
+                body = split_path(be.body.select)
+            except ValueError as exc:
+                problem(("body", "select"), str(exc))
+        else:
+            body = ()
+
+    return_headers: list[bytes] = []
+    for hi, header in enumerate(be.return_headers):
+        low = header.lower()
+        if not TOKEN.fullmatch(header):
+            problem(("return_headers", hi), "invalid header name")
+        elif low in NEVER_RETURNED or low.startswith("x-gateway-"):
+            problem(
+                ("return_headers", hi), f"{header} is set by the gateway and cannot be returned"
+            )
+        else:
+            return_headers.append(low.encode("latin-1"))
+
+    transform = Transform()
+    # compile each field alone first, so an error names the key it is about
+    for key_name, args in (
+        ("select", {"select": be.select}),
+        ("allow", {"allow": be.allow}),
+        ("deny", {"deny": be.deny}),
+        ("rename", {"rename": be.rename}),
+    ):
+        try:
+            Transform.compile(**args)
+        except ValueError as exc:
+            problem(key_name, str(exc))
+    try:
+        transform = Transform.compile(be.select, be.allow, be.deny, be.rename)
+    except ValueError as exc:
+        if len(problems) == before:
+            problem("allow", str(exc))
+    if be.group is not None and not be.group:
+        problem("group", "must not be empty")
+    if endpoint.passthrough:
+        for key_name in (
+            "select",
+            "allow",
+            "deny",
+            "rename",
+            "group",
+            "default",
+            "when",
+            "for_each",
+            "body",
+            "return_headers",
+        ):
+            if key_name in be.model_fields_set:
+                problem(
+                    key_name, "not used by a passthrough endpoint (the body is streamed unchanged)"
+                )
+        if deps:
+            problem("path", "a passthrough backend cannot reference another backend")
+    if len(problems) > before or upstream is None or url is None:
+        return None
+    return BackendPlan(
+        name=be.name,
+        upstream=upstream,
+        method=be.method,
+        url=url,
+        timeout_s=be.timeout if be.timeout is not None else upstream.timeout_s,
+        max_response_bytes=upstream.max_response_bytes,
+        headers=upstream.headers,
+        header_templates=tuple(header_templates),
+        transform=transform,
+        placement=Placement(be.name, be.required, be.group, backend_has_default(be), be.default),
+        required=be.required,
+        deps=tuple(deps),
+        conditions=tuple(conditions),
+        for_each=be.for_each,
+        max_calls=be.max_calls,
+        body=body,
+        return_headers=frozenset(return_headers),
+    )
+
+
+def load_config(
+    path: str, env: Mapping[str, str] | None = None, *, text: str | None = None
+) -> GatewayPlan:
+    """Read, validate and compile a config file.
+
+    Raises:
+        ConfigError: every problem found, each naming the file and the path inside it.
+    """
+    if text is None:
+        text = read_config_file(path)
+    return compile_config(load_config_text(text, path, env), path)
