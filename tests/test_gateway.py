@@ -434,3 +434,40 @@ async def test_a_gzip_bomb_from_an_upstream_is_too_large(nursery: trio.Nursery) 
         r = await gw.get("/api/1")
         assert r.headers["x-gateway-backends"] == "bomb=too_large, ok=ok"
         assert len(bomb) < 1024 * 1024 < 10_000_000
+
+
+async def test_head_answers_headers_without_a_body(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        gw = await start_gateway(
+            nursery, simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        )
+        r = await gw.request("HEAD", "/api/1")
+        assert r.status_code == 200
+        assert r.content == b""
+        assert r.headers["content-length"] == str(len(b'{"a":1}'))
+        assert r.headers["x-gateway-backends"] == "a=ok"
+
+
+async def test_the_upstream_base_path_prefixes_every_backend_path(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/v2/users/7": Reply(json={"id": 7})})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/users/{id}")])
+        config["upstreams"]["u"]["url"] = up.url + "/v2/"
+        gw = await start_gateway(nursery, config)
+        r = await gw.get("/api/7")
+        assert r.json() == {"id": 7}
+        assert up.requests[-1].target == "/v2/users/7"
+
+
+async def test_max_connections_bounds_connections_to_an_upstream(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1}, delay_s=0.05)})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["upstreams"]["u"]["max_connections"] = 2
+        gw = await start_gateway(nursery, config)
+        async with trio.open_nursery() as n:
+            for i in range(12):
+                n.start_soon(gw.get, f"/api/{i}")
+        assert up.calls("/x") == 12
+        assert up.connections_total == 2
