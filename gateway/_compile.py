@@ -18,6 +18,7 @@ from ._config_model import (
     backend_has_default,
 )
 from ._errors import ConfigError, ConfigProblem
+from ._forwarded import Network, parse_networks
 from ._graph import Condition, find_cycle
 from ._plan import (
     ADMIN_PREFIX,
@@ -128,12 +129,12 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                         file, format_path((*where, "forward_headers", hi)), "invalid header name"
                     )
                 )
-            elif header.lower() in NEVER_FORWARDED:
+            elif header.lower() in NEVER_FORWARDED or header.lower().startswith("x-gateway-"):
                 problems.append(
                     ConfigProblem(
                         file,
                         format_path((*where, "forward_headers", hi)),
-                        f"{header} is hop-by-hop or framed by the gateway and cannot be forwarded",
+                        f"{header} is hop-by-hop or set by the gateway and cannot be forwarded",
                     )
                 )
             else:
@@ -203,10 +204,22 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                 )
             )
 
+    trusted: tuple[Network, ...] = ()
+    for ti, cidr in enumerate(config.server.trusted_proxies):
+        try:
+            trusted += parse_networks([cidr])
+        except ValueError:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path(("server", "trusted_proxies", ti)),
+                    f"{cidr!r} is not an IP address or CIDR network",
+                )
+            )
     if problems:
         raise ConfigError(problems)
     router = Router((e.route, e.method, e) for e in endpoints)
-    return GatewayPlan(file, config, upstreams, tuple(endpoints), router)
+    return GatewayPlan(file, config, upstreams, tuple(endpoints), router, trusted)
 
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

@@ -23,6 +23,9 @@ DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 DEFAULT_BACKLOG = 1024
 DEFAULT_GRACEFUL_TIMEOUT_S = 3.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_MAX_URL_BYTES = 8192
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -94,6 +97,21 @@ class ServerConfig(_Model):
     max_request_body: Size = DEFAULT_MAX_REQUEST_BYTES
     """Largest client request body accepted (413 beyond). Passthrough bodies are streamed
     and counted as they arrive."""
+
+    body_timeout: Duration = DEFAULT_BODY_TIMEOUT_S
+    """Total time to receive a client's request body for aggregated endpoints (408
+    beyond). Passthrough uploads are bounded by the backend's timeout between chunks."""
+
+    max_url_length: int = Field(default=DEFAULT_MAX_URL_BYTES, ge=256, le=65536)
+    """Longest request target (path and query) accepted (414 beyond)."""
+
+    max_header_size: Size = DEFAULT_MAX_HEADER_BYTES
+    """Largest request head (request line and headers) accepted (431 beyond)."""
+
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or CIDRs of proxies in front of the gateway whose `X-Forwarded-For`/
+    `-Proto` are believed (walking from the right). From anyone else those headers are
+    replaced."""
 
 
 class DefaultsConfig(_Model):

@@ -36,8 +36,10 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`endpoints[].backends[].body`", BodySelectConfig),
 )
 
-DURATION_FIELDS = frozenset({"timeout", "deadline", "idle_timeout", "graceful_timeout"})
-SIZE_FIELDS = frozenset({"max_response_size", "max_request_body"})
+DURATION_FIELDS = frozenset(
+    {"timeout", "deadline", "idle_timeout", "graceful_timeout", "body_timeout"}
+)
+SIZE_FIELDS = frozenset({"max_response_size", "max_request_body", "max_header_size"})
 
 
 def _type_name(name: str, field: FieldInfo) -> str:

@@ -19,10 +19,17 @@ import orjson
 import trio
 
 from ._aggregate import error_body
-from ._errors import InvalidRequest, RequestBodyTooLarge, RequestError
+from ._errors import (
+    InvalidRequest,
+    RequestBodyTooLarge,
+    RequestError,
+    RequestTimeout,
+    UrlTooLong,
+)
 from ._fanout import CallContext, Sender, fan_out
+from ._forwarded import Network, client_info
 from ._headers import select_headers
-from ._plan import EndpointPlan
+from ._plan import EndpointPlan, GatewayPlan
 from ._urls import RouteMatch, encode_query
 
 Scope = dict[str, Any]
@@ -37,14 +44,29 @@ class ClientGone(Exception):
 
 
 def build_context(
-    endpoint: EndpointPlan, params: dict[str, str], scope: Scope, body: bytes | None = None
+    endpoint: EndpointPlan,
+    params: dict[str, str],
+    scope: Scope,
+    body: bytes | None = None,
+    trusted_proxies: Sequence[Network] = (),
 ) -> CallContext:
-    """Take from the client request only what this endpoint's config uses.
+    """Take from the client request only what this endpoint's config uses, plus the
+    forwarding headers the gateway sets (``X-Forwarded-*``, ``Via``).
 
     Raises:
         InvalidRequest: the endpoint reads a JSON body and this one is not JSON.
     """
-    forward = select_headers(scope["headers"], endpoint.forward_header_names)
+    client = scope.get("client")
+    info = client_info(
+        client[0] if client else None,
+        scope.get("scheme", "http"),
+        scope["headers"],
+        trusted_proxies,
+    )
+    forward = [
+        *select_headers(scope["headers"], endpoint.forward_header_names),
+        *info.headers,
+    ]
     query_string: bytes = scope.get("query_string") or b""
     pairs = (
         parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if query_string else []
@@ -69,13 +91,20 @@ def build_context(
     return CallContext(params, forward, extra_query, query, headers, body or None, json_body)
 
 
-async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
-    """Read the whole request body, refusing more than ``max_bytes``.
+async def read_body(scope: Scope, receive: Receive, max_bytes: int, timeout_s: float) -> bytes:
+    """Read the whole request body, refusing more than ``max_bytes`` or ``timeout_s``.
 
     Raises:
         RequestBodyTooLarge: declared or sent beyond the limit.
+        RequestTimeout: the body did not arrive in time.
         ClientGone: the client disconnected first.
     """
+    with trio.move_on_after(timeout_s):
+        return await _read_body(scope, receive, max_bytes)
+    raise RequestTimeout(f"the request body did not arrive within {timeout_s:g}s")
+
+
+async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
             raise RequestBodyTooLarge(f"request body exceeds {max_bytes} bytes")
@@ -122,6 +151,14 @@ async def send_error(send: Send, exc: RequestError, *, head: bool = False) -> No
     await send_json(send, exc.status, error_body(exc.code, exc.message), headers, head=head)
 
 
+def check_target(scope: Scope, max_url_length: int) -> None:
+    """Raises:
+    UrlTooLong: the request target (path and query) is longer than allowed."""
+    length = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    if length > max_url_length:
+        raise UrlTooLong(f"the URL is longer than {max_url_length} bytes")
+
+
 def ambiguous_framing(scope: Scope) -> bool:
     """Both Content-Length and Transfer-Encoding: a request smuggling vector.
 
@@ -149,18 +186,21 @@ async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
 
 async def serve_aggregate(
     sender: Sender,
+    plan: GatewayPlan,
     match: RouteMatch[EndpointPlan],
     scope: Scope,
     receive: Receive,
     send: Send,
-    max_body_bytes: int,
 ) -> None:
     """Answer one request to an aggregated endpoint."""
     endpoint = match.target
     head = scope["method"] == "HEAD"
+    server = plan.config.server
     try:
-        body = await read_body(scope, receive, max_body_bytes) if endpoint.reads_body else None
-        ctx = build_context(endpoint, match.params, scope, body)
+        body = None
+        if endpoint.reads_body:
+            body = await read_body(scope, receive, server.max_request_body, server.body_timeout)
+        ctx = build_context(endpoint, match.params, scope, body, plan.trusted_proxies)
     except ClientGone:
         return
     except RequestError as exc:

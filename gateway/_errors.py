@@ -14,7 +14,9 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         ├── MethodNotAllowed          405 method_not_allowed: the path exists, the method does not
         ├── InvalidPathParameter      400 invalid_path_parameter: unsafe or malformed {param} value
         ├── InvalidRequest            400 invalid_request: another malformed part of the request
-        └── RequestBodyTooLarge       413 request_body_too_large
+        ├── RequestTimeout            408 request_timeout: the body took longer than body_timeout
+        ├── RequestBodyTooLarge       413 request_body_too_large
+        └── UrlTooLong                414 url_too_long: path and query over max_url_length
 """
 
 from __future__ import annotations
@@ -89,3 +91,13 @@ class InvalidRequest(RequestError):
 class RequestBodyTooLarge(RequestError):
     status = 413
     code = "request_body_too_large"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
+
+
+class UrlTooLong(RequestError):
+    status = 414
+    code = "url_too_long"

@@ -19,6 +19,10 @@ from ._fanout import CallContext, build_request
 from ._headers import RawHeaders, strip_hop_by_hop
 from ._plan import EndpointPlan
 
+# The server sets its own Date; an upstream's would be sent twice. X-Gateway-* fields are
+# the gateway's own (see _endpoint) and never come from an upstream.
+_NOT_PASSED_BACK = frozenset({b"date"})
+
 
 class PassthroughAborted(Exception):
     """The upstream stalled (longer than the backend's timeout) or failed mid-body.
@@ -96,8 +100,11 @@ async def open_passthrough(
     return PassthroughResult(
         outcome,
         status,
-        # the server sets its own Date; an upstream's would be sent twice
-        strip_hop_by_hop(response.headers.raw, also=frozenset({b"date"})),
+        [
+            (name, value)
+            for name, value in strip_hop_by_hop(response.headers.raw, also=_NOT_PASSED_BACK)
+            if not name.lower().startswith(b"x-gateway-")
+        ],
         _stream_body(response, timeout_s),
         f"{backend.name}={outcome}",
     )

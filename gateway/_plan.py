@@ -15,6 +15,7 @@ from functools import cached_property
 
 from ._aggregate import Placement
 from ._config_model import GatewayConfig
+from ._forwarded import Network
 from ._graph import Condition
 from ._template import Template
 from ._transform import Transform
@@ -38,6 +39,12 @@ NEVER_FORWARDED = frozenset(
         "host",
         "content-length",
         "expect",
+        # set by the gateway itself (see _forwarded)
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "via",
     }
 )
 
@@ -128,3 +135,4 @@ class GatewayPlan:
     upstreams: Mapping[str, UpstreamPlan]
     endpoints: tuple[EndpointPlan, ...]
     router: Router[EndpointPlan] = field(repr=False)
+    trusted_proxies: tuple[Network, ...] = ()

@@ -29,6 +29,8 @@ def hypercorn_config(
     config.backlog = server.backlog
     config.graceful_timeout = server.graceful_timeout
     config.include_server_header = False
+    # h11 answers 431 when the request head outgrows this buffer
+    config.h11_max_incomplete_size = server.max_header_size
     config.accesslog = None
     return config
 

@@ -475,7 +475,18 @@ def test_a_path_merely_starting_with_the_admin_name_is_allowed() -> None:
 
 
 @pytest.mark.parametrize(
-    "header", ["Connection", "Host", "transfer-encoding", "TE", "Content-Length"]
+    "header",
+    [
+        "Connection",
+        "Host",
+        "transfer-encoding",
+        "TE",
+        "Content-Length",
+        "X-Forwarded-For",
+        "Via",
+        "Forwarded",
+        "X-Gateway-Complete",
+    ],
 )
 def test_forwarding_a_hop_by_hop_or_gateway_framed_header_is_refused(header: str) -> None:
     text = one_endpoint(
@@ -483,7 +494,7 @@ def test_forwarding_a_hop_by_hop_or_gateway_framed_header_is_refused(header: str
         endpoint_extra=f"forward_headers: [Accept, {header}]\n",
     )
     assert problems_of(text) == [
-        f"gw.yaml: endpoints[0].forward_headers[1]: {header} is hop-by-hop or framed by the "
+        f"gw.yaml: endpoints[0].forward_headers[1]: {header} is hop-by-hop or set by the "
         "gateway and cannot be forwarded"
     ]
 
@@ -582,7 +593,7 @@ def test_several_cross_reference_problems_are_reported_at_once() -> None:
         """
     )
     assert problems_of(text) == [
-        "gw.yaml: endpoints[0].forward_headers[0]: Connection is hop-by-hop or framed by the "
+        "gw.yaml: endpoints[0].forward_headers[0]: Connection is hop-by-hop or set by the "
         "gateway and cannot be forwarded",
         "gw.yaml: endpoints[0].backends[0].path: unknown path parameter {id} "
         "(the endpoint path has: user_id)",
