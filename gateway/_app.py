@@ -23,7 +23,7 @@ from ._aggregate import error_body
 from ._endpoint import (
     ambiguous_framing,
     build_context,
-    check_target,
+    check_limits,
     send_error,
     send_framing_error,
     serve_aggregate,
@@ -122,7 +122,8 @@ class GatewayApp(QuartTrio):
             raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
             if not raw_path.startswith(ADMIN_PREFIX + "/"):
                 try:
-                    check_target(scope, self.plan.config.server.max_url_length)
+                    server = self.plan.config.server
+                    check_limits(scope, server.max_url_length, server.max_header_size)
                     match = self.plan.router.match(raw_path, scope["method"])
                 except RequestError as exc:
                     await send_error(send, exc, head=scope["method"] == "HEAD")

@@ -20,6 +20,7 @@ import trio
 
 from ._aggregate import error_body
 from ._errors import (
+    HeadersTooLarge,
     InvalidRequest,
     RequestBodyTooLarge,
     RequestError,
@@ -151,12 +152,22 @@ async def send_error(send: Send, exc: RequestError, *, head: bool = False) -> No
     await send_json(send, exc.status, error_body(exc.code, exc.message), headers, head=head)
 
 
-def check_target(scope: Scope, max_url_length: int) -> None:
-    """Raises:
-    UrlTooLong: the request target (path and query) is longer than allowed."""
-    length = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-    if length > max_url_length:
+def check_limits(scope: Scope, max_url_length: int, max_header_size: int) -> None:
+    """Refuse an oversized request head.
+
+    h11 (under hypercorn) enforces its buffer limit only while a head is incomplete, so a
+    large head that arrives in one read passes it: the sizes are checked here again.
+
+    Raises:
+        UrlTooLong: the request target (path and query) is longer than allowed.
+        HeadersTooLarge: the request line and headers are larger than allowed.
+    """
+    target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    if target > max_url_length:
         raise UrlTooLong(f"the URL is longer than {max_url_length} bytes")
+    size = target + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+    if size > max_header_size:
+        raise HeadersTooLarge(f"the request headers are larger than {max_header_size} bytes")
 
 
 def ambiguous_framing(scope: Scope) -> bool:

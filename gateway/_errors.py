@@ -16,7 +16,8 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         ├── InvalidRequest            400 invalid_request: another malformed part of the request
         ├── RequestTimeout            408 request_timeout: the body took longer than body_timeout
         ├── RequestBodyTooLarge       413 request_body_too_large
-        └── UrlTooLong                414 url_too_long: path and query over max_url_length
+        ├── UrlTooLong                414 url_too_long: path and query over max_url_length
+        └── HeadersTooLarge           431 headers_too_large: request head over max_header_size
 """
 
 from __future__ import annotations
@@ -101,3 +102,8 @@ class RequestTimeout(RequestError):
 class UrlTooLong(RequestError):
     status = 414
     code = "url_too_long"
+
+
+class HeadersTooLarge(RequestError):
+    status = 431
+    code = "headers_too_large"

@@ -1,0 +1,145 @@
+"""Hostile clients and upstreams: limits answer with clear statuses, nothing leaks through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from conftest import backend_config, raw_request, simple_config, start_gateway, start_upstream
+from upstream import RecordedRequest, Reply
+
+from gateway._forwarded import client_info, parse_networks
+
+
+def recorder() -> tuple[list[RecordedRequest], Any]:
+    seen: list[RecordedRequest] = []
+
+    async def handler(req: RecordedRequest) -> Reply:
+        seen.append(req)
+        return Reply(json={})
+
+    return seen, handler
+
+
+async def test_upstreams_get_forwarding_headers_and_client_claims_are_replaced(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(
+            nursery, simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        )
+        await gw.get(
+            "/api/1",
+            headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "Via": "1.1 evil"},
+        )
+        headers = seen[-1].headers
+        assert headers["x-forwarded-for"] == "127.0.0.1"  # the claim is replaced
+        assert headers["x-forwarded-proto"] == "http"
+        assert headers["x-forwarded-host"] == gw.url.removeprefix("http://")
+        assert headers["via"] == "1.1 trio-gateway"
+
+
+async def test_a_trusted_proxy_chain_is_believed(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["server"] = {"trusted_proxies": ["127.0.0.0/8"]}
+        gw = await start_gateway(nursery, config)
+        await gw.get(
+            "/api/1", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+        )
+        headers = seen[-1].headers
+        assert headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+        assert headers["x-forwarded-proto"] == "https"
+
+
+def test_the_client_is_the_first_untrusted_hop_from_the_right() -> None:
+    trusted = parse_networks(["10.0.0.0/8"])
+    xff = [(b"x-forwarded-for", b"1.1.1.1, 2.2.2.2, 10.0.0.5")]
+    info = client_info("10.0.0.1", "http", xff, trusted)
+    assert info.address == "2.2.2.2"  # 1.1.1.1 is 2.2.2.2's own claim
+    assert dict(info.headers)[b"x-forwarded-for"] == b"2.2.2.2, 10.0.0.5, 10.0.0.1"
+    untrusted = client_info("8.8.8.8", "http", xff, trusted)
+    assert untrusted.address == "8.8.8.8"
+    assert dict(untrusted.headers)[b"x-forwarded-for"] == b"8.8.8.8"
+
+
+async def test_limits_answer_414_431_and_408(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={})})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["endpoints"].append(
+            {
+                "path": "/post/{id}",
+                "method": "POST",
+                "backends": [backend_config("a", "u", "/x", method="POST", body="forward")],
+            }
+        )
+        config["server"] = {
+            "max_url_length": 1024,
+            "max_header_size": "4KiB",
+            "body_timeout": "300ms",
+        }
+        gw = await start_gateway(nursery, config)
+
+        r = await raw_request(gw.url, "/api/1?q=" + "a" * 1100)
+        assert r.status == 414
+        assert r.json()["error"]["code"] == "url_too_long"
+
+        r = await gw.get("/api/1", headers={"X-Big": "b" * 6000})
+        assert r.status_code == 431
+        assert r.json()["error"]["code"] == "headers_too_large"
+
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(
+                b'POST /post/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"a":'
+            )  # and then nothing: the body never completes
+            start = trio.current_time()
+            data = b""
+            while b"\r\n\r\n" not in data or b"request_timeout" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 408")
+        assert 0.25 < trio.current_time() - start < 2
+        assert up.requests == []
+
+
+async def test_passthrough_frames_the_upload_itself_and_hides_upstream_gateway_headers(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+
+        async def handler(req: RecordedRequest) -> Reply:
+            return Reply(
+                json={
+                    "cl": req.headers.get("content-length"),
+                    "te": req.headers.get("transfer-encoding"),
+                },
+                headers=[("X-Gateway-Complete", "forged")],
+            )
+
+        up = await start_upstream(nursery, handler)
+        config = {
+            "version": 1,
+            "upstreams": {"u": {"url": up.url}},
+            "endpoints": [
+                {
+                    "path": "/f",
+                    "method": "POST",
+                    "passthrough": True,
+                    "backends": [backend_config("f", "u", "/f")],
+                }
+            ],
+        }
+        gw = await start_gateway(nursery, config)
+        r = await gw.request("POST", "/f", content=b"x" * 1000)
+        assert r.json() == {"cl": None, "te": "chunked"}
+        assert "x-gateway-complete" not in r.headers
+        assert r.headers["x-gateway-backends"] == "f=ok"
