@@ -74,6 +74,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     plan = _load(args.file)
     if plan is None:
         return EXIT_CONFIG
+    for warning in plan.warnings:
+        print(warning, file=sys.stderr)
     print(summary(plan))
     return EXIT_OK
 
@@ -85,6 +87,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     plan = _load(args.file)
     if plan is None:
         return EXIT_CONFIG
+    for warning in plan.warnings:
+        print(warning, file=sys.stderr)
     config = hypercorn_config(plan, bind=args.bind, workers=args.workers)
     if config.workers > 1:
         return run_workers(args.file, config)

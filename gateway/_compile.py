@@ -6,7 +6,9 @@ dependency cycles) are checked here, every problem collected before raising.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
+from dataclasses import replace
 
 from ._aggregate import Placement
 from ._config_load import format_path, load_config_text, read_config_file
@@ -33,6 +35,7 @@ from ._plan import (
 )
 from ._template import Ref, Template, parse_template, parse_url_template
 from ._transform import Transform, split_path
+from ._units import format_duration
 from ._urls import RoutePattern, Router, TemplateError, parse_base_url, parse_route
 
 
@@ -219,7 +222,56 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
     if problems:
         raise ConfigError(problems)
     router = Router((e.route, e.method, e) for e in endpoints)
-    return GatewayPlan(file, config, upstreams, tuple(endpoints), router, trusted)
+    compiled = GatewayPlan(file, config, upstreams, tuple(endpoints), router, trusted)
+    return replace(compiled, warnings=tuple(risky_settings(compiled)))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
+    """Settings that load but are probably mistakes; ``gateway check`` prints them."""
+    file = plan.file
+    warnings = []
+    for name, up in plan.upstreams.items():
+        if up.base.scheme == "http" and not _is_loopback(up.base.host):
+            warnings.append(
+                ConfigProblem(
+                    file,
+                    format_path(("upstreams", name, "url")),
+                    "warning: plain http to a host that is not loopback: "
+                    "traffic and credentials cross the network unencrypted",
+                )
+            )
+    for ep in plan.endpoints:
+        for bi, be in enumerate(ep.backends):
+            where = ("endpoints", ep.index, "backends", bi)
+            if not ep.passthrough and be.timeout_s > ep.deadline_s:
+                warnings.append(
+                    ConfigProblem(
+                        file,
+                        format_path((*where, "timeout")),
+                        f"warning: timeout {format_duration(be.timeout_s)} is longer than the "
+                        f"endpoint's deadline {format_duration(ep.deadline_s)}; the deadline "
+                        "always cuts it first",
+                    )
+                )
+            if be.required and be.placement.has_default:
+                warnings.append(
+                    ConfigProblem(
+                        file,
+                        format_path((*where, "default")),
+                        "warning: a required backend's default is never used "
+                        "(its failure fails the request)",
+                    )
+                )
+    return warnings
 
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

@@ -15,6 +15,7 @@ from functools import cached_property
 
 from ._aggregate import Placement
 from ._config_model import GatewayConfig
+from ._errors import ConfigProblem
 from ._forwarded import Network
 from ._graph import Condition
 from ._template import Template
@@ -136,3 +137,4 @@ class GatewayPlan:
     endpoints: tuple[EndpointPlan, ...]
     router: Router[EndpointPlan] = field(repr=False)
     trusted_proxies: tuple[Network, ...] = ()
+    warnings: tuple[ConfigProblem, ...] = ()  # risky but valid settings

@@ -636,7 +636,11 @@ def test_check_prints_a_summary_and_exits_0(
     file = write(tmp_path, SPEC_CONFIG)
     assert main(["check", file]) == 0
     out, err = capsys.readouterr()
-    assert err == ""
+    # the spec's example: orders has no timeout of its own, so 2s against an 800ms deadline
+    assert err == (
+        f"{file}: endpoints[0].backends[1].timeout: warning: timeout 2s is longer than the "
+        "endpoint's deadline 800ms; the deadline always cuts it first\n"
+    )
     lines = out.splitlines()
     assert lines[0] == f"{file}: OK: 1 endpoint(s), 2 upstream(s)"
     assert any("GET /api/users/{user_id}/dashboard" in line for line in lines)
@@ -811,3 +815,37 @@ def test_default_applies_when_the_variable_is_set_but_empty() -> None:
     data, problems = interpolate({"v": "${X:-fallback}", "w": "${Y:-fb}"}, {"X": "", "Y": "y"}, "f")
     assert problems == []
     assert data == {"v": "fallback", "w": "y"}
+
+
+def test_check_warns_about_risky_settings_and_still_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "risky.yaml"
+    file.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            upstreams:
+              far: {url: "http://10.1.2.3:80"}
+              near: {url: "http://127.0.0.1:9"}
+              safe: {url: "https://10.1.2.3"}
+            endpoints:
+              - path: /a
+                deadline: 500ms
+                backends:
+                  - {name: a, upstream: near, path: /a, timeout: 2s, required: true, default: {}}
+                  - {name: b, upstream: safe, path: /b, timeout: 100ms}
+            """
+        )
+    )
+    assert main(["check", str(file)]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"{file}: upstreams.far.url: warning: plain http to a host that is not loopback: "
+        "traffic and credentials cross the network unencrypted",
+        f"{file}: endpoints[0].backends[0].timeout: warning: timeout 2s is longer than the "
+        "endpoint's deadline 500ms; the deadline always cuts it first",
+        f"{file}: endpoints[0].backends[0].default: warning: a required backend's default is "
+        "never used (its failure fails the request)",
+    ]
+    assert "OK: 1 endpoint(s)" in out
