@@ -204,6 +204,7 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                     backends=tuple(backends),
                     placements=tuple(b.placement for b in backends),
                     debug=ep.debug,
+                    max_total_response_bytes=defaults.max_total_response_size,
                 )
             )
 

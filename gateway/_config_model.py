@@ -21,6 +21,7 @@ DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_IDLE_TIMEOUT_S = 4.0
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_TOTAL_RESPONSE_BYTES = 64 * 1024 * 1024
 DEFAULT_BACKLOG = 1024
 DEFAULT_GRACEFUL_TIMEOUT_S = 3.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
@@ -129,6 +130,10 @@ class DefaultsConfig(_Model):
     max_response_size: Size = DEFAULT_MAX_RESPONSE_BYTES
     """Largest upstream response body read for one backend call (outcome `too_large`
     beyond). Not applied to passthrough."""
+
+    max_total_response_size: Size = DEFAULT_MAX_TOTAL_RESPONSE_BYTES
+    """Upstream response bytes one aggregated request may read, all backends together
+    (counted after decompression); a backend whose body crosses it gets `too_large`."""
 
 
 class UpstreamConfig(_Model):

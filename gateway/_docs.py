@@ -39,7 +39,9 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
 DURATION_FIELDS = frozenset(
     {"timeout", "deadline", "idle_timeout", "graceful_timeout", "body_timeout"}
 )
-SIZE_FIELDS = frozenset({"max_response_size", "max_request_body", "max_header_size"})
+SIZE_FIELDS = frozenset(
+    {"max_response_size", "max_request_body", "max_header_size", "max_total_response_size"}
+)
 
 
 def _type_name(name: str, field: FieldInfo) -> str:

@@ -27,7 +27,7 @@ from ._errors import (
     RequestTimeout,
     UrlTooLong,
 )
-from ._fanout import CallContext, Sender, fan_out
+from ._fanout import ByteBudget, CallContext, Sender, fan_out
 from ._forwarded import Network, client_info
 from ._headers import select_headers
 from ._plan import EndpointPlan, GatewayPlan
@@ -89,7 +89,16 @@ def build_context(
             json_body = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise InvalidRequest("the request body is not valid JSON") from None
-    return CallContext(params, forward, extra_query, query, headers, body or None, json_body)
+    return CallContext(
+        params,
+        forward,
+        extra_query,
+        query,
+        headers,
+        body or None,
+        json_body,
+        ByteBudget(endpoint.max_total_response_bytes),
+    )
 
 
 async def read_body(scope: Scope, receive: Receive, max_bytes: int, timeout_s: float) -> bytes:

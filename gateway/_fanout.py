@@ -36,6 +36,31 @@ log = logging.getLogger("gateway")
 DRAIN_ERROR_BODY_BYTES = 64 * 1024
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
+class ByteBudget:
+    """Upstream body bytes one request may still read, all its backends together."""
+
+    __slots__ = ("limit", "remaining")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.remaining = limit
+
+    def take(self, size: int) -> None:
+        """Raises:
+        BodyTooLarge: the request's upstream bodies crossed the limit."""
+        self.remaining -= size
+        if self.remaining < 0:
+            raise BodyTooLarge(f"upstream bodies of this request exceed {self.limit} bytes")
+
+
+def unlimited_budget() -> ByteBudget:
+    return ByteBudget(2**62)
+
+
 @dataclass(frozen=True)
 class CallContext:
     """What backend calls may take from the client request.
@@ -52,10 +77,7 @@ class CallContext:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes | None = None  # the client's JSON body, as received
     json_body: JSON = None  # ... and parsed
-
-
-class BodyTooLarge(Exception):
-    pass
+    budget: ByteBudget = field(default_factory=unlimited_budget)
 
 
 Sender = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -157,11 +179,13 @@ def build_requests(
     return [build_request(backend, ctx, results, element) for element in elements]
 
 
-async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
-    """Read the (decoded) body, refusing more than ``max_bytes``.
+async def read_limited(
+    response: httpx.Response, max_bytes: int, budget: ByteBudget | None = None
+) -> bytes:
+    """Read the (decoded) body, refusing more than ``max_bytes`` or the request's budget.
 
     Raises:
-        BodyTooLarge: the body exceeds the limit (counted after decompression).
+        BodyTooLarge: the body exceeds a limit (counted after decompression).
     """
     chunks = []
     total = 0
@@ -171,17 +195,21 @@ async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
         total += len(chunk)
         if total > max_bytes:
             raise BodyTooLarge(f"response body exceeds {max_bytes} bytes")
+        if budget is not None:
+            budget.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def _exchange(sender: Sender, backend: BackendPlan, request: httpx.Request) -> BackendResult:
+async def _exchange(
+    sender: Sender, backend: BackendPlan, request: httpx.Request, budget: ByteBudget
+) -> BackendResult:
     response = await sender(request)
     try:
         status = response.status_code
         if not 200 <= status < 300:
             return BackendResult(http_outcome(status), detail=f"upstream answered {status}")
-        body = await read_limited(response, backend.max_response_bytes)
+        body = await read_limited(response, backend.max_response_bytes, budget)
         headers = tuple(
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in response.headers.raw
@@ -206,10 +234,12 @@ async def _exchange(sender: Sender, backend: BackendPlan, request: httpx.Request
         await response.aclose()
 
 
-async def _attempt(sender: Sender, backend: BackendPlan, request: httpx.Request) -> BackendResult:
+async def _attempt(
+    sender: Sender, backend: BackendPlan, request: httpx.Request, budget: ByteBudget
+) -> BackendResult:
     """One upstream call; every failure but cancellation becomes an outcome."""
     try:
-        return await _exchange(sender, backend, request)
+        return await _exchange(sender, backend, request, budget)
     except BodyTooLarge as exc:
         return BackendResult(Outcome.TOO_LARGE, detail=str(exc))
     except httpx.DecodingError as exc:
@@ -222,14 +252,14 @@ async def _attempt(sender: Sender, backend: BackendPlan, request: httpx.Request)
 
 
 async def _attempt_each(
-    sender: Sender, backend: BackendPlan, requests: Sequence[httpx.Request]
+    sender: Sender, backend: BackendPlan, requests: Sequence[httpx.Request], budget: ByteBudget
 ) -> BackendResult:
     """``for_each``: all calls concurrently; results in element order; the first failure
     (in element order) fails the backend and cancels the other calls."""
     results: list[BackendResult | None] = [None] * len(requests)
 
     async def one(index: int, request: httpx.Request, nursery: trio.Nursery) -> None:
-        result = await _attempt(sender, backend, request)
+        result = await _attempt(sender, backend, request, budget)
         results[index] = result
         if result.outcome != Outcome.OK:
             nursery.cancel_scope.cancel()  # the list is incomplete whatever the others do
@@ -270,9 +300,9 @@ async def call_backend(
     result: BackendResult | None = None
     with trio.move_on_after(backend.timeout_s):
         if backend.for_each:
-            result = await _attempt_each(sender, backend, requests)
+            result = await _attempt_each(sender, backend, requests, ctx.budget)
         else:
-            result = await _attempt(sender, backend, requests[0])
+            result = await _attempt(sender, backend, requests[0], ctx.budget)
     duration_s = trio.current_time() - start
     if result is None:  # our own timeout fired
         return BackendResult(Outcome.TIMEOUT, duration_s=duration_s, detail="backend timeout")

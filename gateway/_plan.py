@@ -102,6 +102,7 @@ class EndpointPlan:
     backends: tuple[BackendPlan, ...]
     placements: tuple[Placement, ...]
     debug: bool = False
+    max_total_response_bytes: int = 64 * 1024 * 1024
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:

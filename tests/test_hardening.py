@@ -143,3 +143,25 @@ async def test_passthrough_frames_the_upload_itself_and_hides_upstream_gateway_h
         assert r.json() == {"cl": None, "te": "chunked"}
         assert "x-gateway-complete" not in r.headers
         assert r.headers["x-gateway-backends"] == "f=ok"
+
+
+async def test_the_merged_total_of_upstream_bodies_is_bounded(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        big = b'"' + b"x" * 60_000 + b'"'
+        up = await start_upstream(
+            nursery,
+            {"/a": Reply(body=big), "/b": Reply(body=big, delay_s=0.1), "/c": Reply(json={"c": 1})},
+        )
+        config = simple_config(
+            {"u": up},
+            [
+                backend_config("a", "u", "/a"),
+                backend_config("b", "u", "/b"),
+                backend_config("c", "u", "/c"),
+            ],
+        )
+        config["defaults"] = {"max_response_size": "100KiB", "max_total_response_size": "100KiB"}
+        gw = await start_gateway(nursery, config)
+        r = await gw.get("/api/1")
+        # each body fits its own limit; the second one to arrive crosses the request's total
+        assert r.headers["x-gateway-backends"] == "a=ok, b=too_large, c=ok"
