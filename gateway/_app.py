@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import http.cookiejar
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -69,8 +70,13 @@ def make_client(plan: GatewayPlan) -> httpx.AsyncClient:
         )
         for up in plan.upstreams.values()
     }
+    ssl_contexts = {
+        (up.base.scheme, up.base.host, up.base.port): ssl.create_default_context(cafile=up.ca_file)
+        for up in plan.upstreams.values()
+        if up.ca_file is not None
+    }
     return httpx.AsyncClient(
-        transport=GatewayTransport(limits),
+        transport=GatewayTransport(limits, ssl_contexts=ssl_contexts),
         trust_env=False,
         follow_redirects=False,
         timeout=None,

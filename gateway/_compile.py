@@ -7,6 +7,7 @@ dependency cycles) are checked here, every problem collected before raising.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -91,7 +92,36 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             idle_timeout_s=up.idle_timeout,
             max_response_bytes=up.max_response_size or defaults.max_response_size,
             headers=_check_headers(up.headers, file, (*where, "headers"), problems),
+            ca_file=up.ca_file,
         )
+        if up.ca_file is not None:
+            if base.scheme != "https":
+                problems.append(
+                    ConfigProblem(file, format_path((*where, "ca_file")), "only used with https")
+                )
+            elif not os.path.isfile(up.ca_file):
+                problems.append(
+                    ConfigProblem(
+                        file, format_path((*where, "ca_file")), f"no such file: {up.ca_file}"
+                    )
+                )
+
+    # Connections are pooled per origin: upstreams sharing one must agree on its settings.
+    by_origin: dict[str, UpstreamPlan] = {}
+    for up_name, up_plan in upstreams.items():
+        first = by_origin.setdefault(up_plan.base.origin, up_plan)
+        pool_settings = ("max_connections", "idle_timeout_s", "ca_file")
+        if first is not up_plan and any(
+            getattr(first, key) != getattr(up_plan, key) for key in pool_settings
+        ):
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path(("upstreams", up_name)),
+                    f"shares {up_plan.base.origin} with upstream {first.name!r} but sets "
+                    "different max_connections, idle_timeout or ca_file (one pool per origin)",
+                )
+            )
 
     endpoints: list[EndpointPlan] = []
     seen_routes: dict[tuple[tuple[str | None, ...], str], int] = {}
@@ -181,11 +211,10 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
         if len(backends) == len(ep.backends):
             cycle = find_cycle({b.name: [backends[d].name for d in b.deps] for b in backends})
             if cycle:
-                first = names[cycle[0]]
                 problems.append(
                     ConfigProblem(
                         file,
-                        format_path((*where, "backends", first, "path")),
+                        format_path((*where, "backends", names[cycle[0]], "path")),
                         "dependency cycle: " + " -> ".join(cycle),
                     )
                 )

@@ -160,6 +160,10 @@ class UpstreamConfig(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     """Headers sent on every call to this upstream; values may use `${VAR}`."""
 
+    ca_file: str | None = None
+    """For https: a PEM file of CA certificates to verify this upstream against, instead
+    of the system's. Certificates are always verified."""
+
 
 class ConditionConfig(_Model):
     """A test on the client request: a query parameter or header is present, equal to a

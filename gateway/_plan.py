@@ -59,6 +59,7 @@ class UpstreamPlan:
     idle_timeout_s: float
     max_response_bytes: int
     headers: tuple[tuple[str, str], ...]
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -341,6 +341,7 @@ class GatewayTransport(httpx.AsyncBaseTransport):
         limits: per-origin limits, keyed by ``(scheme, host, port)``.
         default_limits: for origins not listed.
         ssl_context: for https origins; the default verifies certificates.
+        ssl_contexts: per-origin TLS contexts (an upstream's own CA file).
     """
 
     def __init__(
@@ -348,16 +349,18 @@ class GatewayTransport(httpx.AsyncBaseTransport):
         limits: Mapping[Origin, PoolLimits] | None = None,
         default_limits: PoolLimits = PoolLimits(),
         ssl_context: ssl.SSLContext | None = None,
+        ssl_contexts: Mapping[Origin, ssl.SSLContext] | None = None,
     ) -> None:
         self._limits = dict(limits or {})
         self._default_limits = default_limits
         self._ssl_context = ssl_context
+        self._ssl_contexts = dict(ssl_contexts or {})
         self._pools: dict[Origin, ConnectionPool] = {}
 
     def pool(self, origin: Origin) -> ConnectionPool:
         pool = self._pools.get(origin)
         if pool is None:
-            ctx = self._ssl_context
+            ctx = self._ssl_contexts.get(origin, self._ssl_context)
             if origin[0] == "https" and ctx is None:
                 ctx = self._ssl_context = ssl.create_default_context()
             pool = ConnectionPool(origin, self._limits.get(origin, self._default_limits), ctx)

@@ -849,3 +849,19 @@ def test_check_warns_about_risky_settings_and_still_exits_0(
         "never used (its failure fails the request)",
     ]
     assert "OK: 1 endpoint(s)" in out
+
+
+def test_upstreams_sharing_an_origin_must_agree_on_pool_settings() -> None:
+    text = textwrap.dedent(
+        """\
+        version: 1
+        upstreams:
+          a: {url: "http://127.0.0.1:9001/v1", max_connections: 10}
+          b: {url: "http://127.0.0.1:9001/v2", max_connections: 20}
+          c: {url: "http://127.0.0.1:9001/v3", max_connections: 10}
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml: upstreams.b: shares http://127.0.0.1:9001 with upstream 'a' but sets "
+        "different max_connections, idle_timeout or ca_file (one pool per origin)"
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import trio
@@ -165,3 +166,35 @@ async def test_the_merged_total_of_upstream_bodies_is_bounded(nursery: trio.Nurs
         r = await gw.get("/api/1")
         # each body fits its own limit; the second one to arrive crosses the request's total
         assert r.headers["x-gateway-backends"] == "a=ok, b=too_large, c=ok"
+
+
+async def test_https_upstreams_are_verified_against_their_ca_file(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    import ssl
+
+    import trustme
+    from upstream import serve_upstream
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with trio.fail_after(10):
+        up = await nursery.start(
+            partial(serve_upstream, {"/x": Reply(json={"tls": True})}, ssl_context=server_ctx)
+        )
+        other = await nursery.start(
+            partial(serve_upstream, {"/x": Reply(json={"tls": True})}, ssl_context=server_ctx)
+        )
+        assert up.url.startswith("https://")
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["upstreams"]["untrusted"] = {"url": other.url}
+        config["endpoints"][0]["backends"].append(backend_config("b", "untrusted", "/x", group="b"))
+        config["upstreams"]["u"]["ca_file"] = str(ca_file)
+        gw = await start_gateway(nursery, config)
+        r = await gw.get("/api/1")
+        # the same certificate: trusted through the CA file, refused with the system's CAs
+        assert r.headers["x-gateway-backends"] == "a=ok, b=unreachable"
+        assert r.json() == {"tls": True}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json as _json
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -84,10 +85,10 @@ Handler = Callable[[RecordedRequest], Awaitable[Reply]]
 class Upstream:
     """State of a running upstream; everything is mutated only from trio tasks."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, scheme: str = "http") -> None:
         self.host = host
         self.port = port
-        self.url = f"http://{host}:{port}"
+        self.url = f"{scheme}://{host}:{port}"
         self.requests: list[RecordedRequest] = []
         self.aborted: list[str] = []
         self.aborted_event = trio.Event()
@@ -133,7 +134,7 @@ _Outcome = Literal["keep", "close", "reset"]
 
 class _Connection:
     def __init__(
-        self, up: Upstream, handler: Handler, stream: trio.SocketStream, conn_id: int
+        self, up: Upstream, handler: Handler, stream: trio.abc.Stream, conn_id: int
     ) -> None:
         self.up = up
         self.handler = handler
@@ -155,7 +156,11 @@ class _Connection:
                 outcome = await self.respond(request)
                 if outcome == "reset":
                     # SO_LINGER (on, 0): close() sends a TCP RST instead of a FIN.
-                    self.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+                    raw = self.stream
+                    if isinstance(raw, trio.SSLStream):
+                        raw = raw.transport_stream
+                    assert isinstance(raw, trio.SocketStream)
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
                 if outcome != "keep":
                     return
                 if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
@@ -294,11 +299,19 @@ class _Connection:
 
 
 async def _serve_connection(
-    up: Upstream, handler: Handler, stream: trio.SocketStream, conn_id: int
+    up: Upstream,
+    handler: Handler,
+    stream: trio.SocketStream,
+    conn_id: int,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     up.connections_open += 1
+    conn_stream: trio.abc.Stream = stream
     try:
-        await _Connection(up, handler, stream, conn_id).run()
+        if ssl_context is not None:
+            conn_stream = trio.SSLStream(stream, ssl_context, server_side=True)
+            await conn_stream.do_handshake()
+        await _Connection(up, handler, conn_stream, conn_id).run()
     except Exception:
         pass  # a broken client or protocol error must never take the server down
     finally:
@@ -309,13 +322,17 @@ async def _serve_connection(
 async def serve_upstream(
     handler: Handler | Mapping[str, Reply],
     *,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[Upstream] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve on 127.0.0.1:<ephemeral port> until cancelled; reports an ``Upstream``."""
+    """Serve on 127.0.0.1:<ephemeral port> until cancelled; reports an ``Upstream``.
+
+    With ``ssl_context`` the server speaks TLS (and ``Upstream.url`` is https).
+    """
     handle = _as_handler(handler)
     (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=1024)
     host, port = listener.socket.getsockname()[:2]
-    up = Upstream(host, port)
+    up = Upstream(host, port, scheme="https" if ssl_context else "http")
     async with listener, trio.open_nursery() as nursery:
         task_status.started(up)
         while True:
@@ -325,4 +342,6 @@ async def serve_upstream(
                 await trio.sleep(0.01)
                 continue
             up.connections_total += 1
-            nursery.start_soon(_serve_connection, up, handle, stream, up.connections_total)
+            nursery.start_soon(
+                _serve_connection, up, handle, stream, up.connections_total, ssl_context
+            )
