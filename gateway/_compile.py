@@ -469,6 +469,7 @@ def _compile_backend(
             "for_each",
             "body",
             "return_headers",
+            "follow_redirects",
         ):
             if key_name in be.model_fields_set:
                 problem(
@@ -496,6 +497,8 @@ def _compile_backend(
         max_calls=be.max_calls,
         body=body,
         return_headers=frozenset(return_headers),
+        follow_redirects=be.follow_redirects,
+        max_redirects=be.max_redirects,
     )
 
 

@@ -237,6 +237,13 @@ class BackendConfig(_Model):
     """For a POST, PUT or PATCH call: `forward` sends the client's JSON body unchanged;
     `{select: dot.path}` sends that part of it."""
 
+    follow_redirects: bool = False
+    """Follow redirects from the upstream, to the same origin only (scheme, host and port
+    from config), at most `max_redirects` times. Off: a 3xx is outcome `http_3xx`."""
+
+    max_redirects: int = Field(default=3, ge=1, le=10)
+    """With `follow_redirects`: how many redirects one call may follow."""
+
     return_headers: list[str] = Field(default_factory=list)
     """Response headers of this call copied into the aggregated response (when it
     succeeds); a later backend's value replaces an earlier one's."""

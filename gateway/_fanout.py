@@ -201,10 +201,50 @@ async def read_limited(
     return b"".join(chunks)
 
 
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def redirect_request(request: httpx.Request, status: int, location: str) -> httpx.Request | None:
+    """The request that follows a redirect, or None when it leaves the origin.
+
+    RFC 9110 section 15.4: 303 (and, by long practice, 301/302 after a POST) turn into a
+    GET without a body; 307 and 308 repeat the request as it was.
+    """
+    target = request.url.join(location)
+    if (target.scheme, target.host, target.port) != (
+        request.url.scheme,
+        request.url.host,
+        request.url.port,
+    ):
+        return None
+    if status == 303 or (status in (301, 302) and request.method == "POST"):
+        headers = [
+            (k, v)
+            for k, v in request.headers.raw
+            if k.lower() not in (b"content-type", b"content-length", b"transfer-encoding")
+        ]
+        return httpx.Request("GET" if request.method != "HEAD" else "HEAD", target, headers=headers)
+    headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"host"]
+    return httpx.Request(request.method, target, headers=headers, content=request.content)
+
+
 async def _exchange(
     sender: Sender, backend: BackendPlan, request: httpx.Request, budget: ByteBudget
 ) -> BackendResult:
     response = await sender(request)
+    for _ in range(backend.max_redirects if backend.follow_redirects else 0):
+        location = response.headers.get("location")
+        if response.status_code not in REDIRECTS or location is None:
+            break
+        await response.aclose()
+        followed = redirect_request(request, response.status_code, location)
+        if followed is None:
+            return BackendResult(
+                http_outcome(response.status_code),
+                detail="redirect to another origin not followed",
+            )
+        request = followed
+        response = await sender(request)
     try:
         status = response.status_code
         if not 200 <= status < 300:

@@ -88,6 +88,8 @@ class BackendPlan:
     max_calls: int = 32
     body: tuple[str, ...] | None = None  # () forwards the client's body whole
     return_headers: frozenset[bytes] = frozenset()
+    follow_redirects: bool = False
+    max_redirects: int = 3
 
 
 @dataclass(frozen=True)

@@ -198,3 +198,38 @@ async def test_https_upstreams_are_verified_against_their_ca_file(
         # the same certificate: trusted through the CA file, refused with the system's CAs
         assert r.headers["x-gateway-backends"] == "a=ok, b=unreachable"
         assert r.json() == {"tls": True}
+
+
+async def test_redirects_are_followed_only_when_asked_and_only_on_the_same_origin(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        other = await start_upstream(nursery, {"/elsewhere": Reply(json={"leaked": True})})
+        up = await start_upstream(
+            nursery,
+            {
+                "/old": Reply(status=301, headers=[("Location", "/new")]),
+                "/new": Reply(json={"moved": True}),
+                "/away": Reply(status=302, headers=[("Location", other.url + "/elsewhere")]),
+                "/loop": Reply(status=307, headers=[("Location", "/loop")]),
+            },
+        )
+        config = simple_config(
+            {"u": up},
+            [
+                backend_config("off", "u", "/old", group="off"),
+                backend_config("on", "u", "/old", follow_redirects=True, group="on"),
+                backend_config("away", "u", "/away", follow_redirects=True, group="away"),
+                backend_config(
+                    "loop", "u", "/loop", follow_redirects=True, max_redirects=2, group="loop"
+                ),
+            ],
+        )
+        gw = await start_gateway(nursery, config)
+        r = await gw.get("/api/1")
+        assert r.headers["x-gateway-backends"] == (
+            "off=http_301, on=ok, away=http_302, loop=http_307"
+        )
+        assert r.json() == {"on": {"moved": True}}
+        assert other.requests == []
+        assert up.calls("/loop") == 3  # the first call and 2 redirects
