@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway._aggregate import (
     BackendResult,
     Outcome,
@@ -240,3 +243,44 @@ def test_http_outcome_names_the_status() -> None:
 
 def test_error_body_without_backends_has_only_the_error() -> None:
     assert error_body("not_found", "nope") == {"error": {"code": "not_found", "message": "nope"}}
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_outcomes = st.sampled_from(["ok", "timeout", "http_500", "skipped", "cancelled"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            _json,
+            _outcomes,
+            st.none() | st.sampled_from(["g", "h"]),
+            st.booleans(),
+            st.booleans(),
+            _json,
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_merge_and_aggregate_never_raise_or_mutate_on_arbitrary_json(
+    rows: list[tuple[Any, str, str | None, bool, bool, Any]],
+) -> None:
+
+    placements = [
+        Placement(f"b{i}", required, group, has_default, default)
+        for i, (_, _, group, required, has_default, default) in enumerate(rows)
+    ]
+    results = [BackendResult(outcome, value) for value, outcome, *_ in rows]
+    before = copy.deepcopy((placements, results))
+    agg = aggregate(placements, results)
+    assert agg.status in (200, 502, 504)
+    assert isinstance(agg.body, dict)
+    assert (placements, results) == before

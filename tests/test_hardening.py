@@ -233,3 +233,69 @@ async def test_redirects_are_followed_only_when_asked_and_only_on_the_same_origi
         assert r.json() == {"on": {"moved": True}}
         assert other.requests == []
         assert up.calls("/loop") == 3  # the first call and 2 redirects
+
+
+async def test_proxy_environment_variables_are_ignored(
+    nursery: trio.Nursery, monkeypatch: Any
+) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={"direct": True})})
+        # a proxy that would refuse everything: if it were used, the call would fail
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+        monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:1")
+        gw = await start_gateway(
+            nursery, simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        )
+        r = await gw.get("/api/1")
+        assert r.json() == {"direct": True}
+
+
+async def test_secrets_never_reach_responses_or_logs(nursery: trio.Nursery, caplog: Any) -> None:
+    secret = "s3cr3t-t0ken-value"
+    with trio.fail_after(10):
+        up = await start_upstream(
+            nursery, {"/ok": Reply(json={"ok": 1}), "/boom": Reply(fault="garbage")}
+        )
+        config = simple_config(
+            {"u": up},
+            [backend_config("ok", "u", "/ok"), backend_config("boom", "u", "/boom", required=True)],
+        )
+        config["upstreams"]["u"]["headers"] = {"Authorization": "Bearer ${TOKEN}"}
+        gw = await start_gateway(nursery, config, env={"TOKEN": secret})
+        r = await gw.get("/api/1")
+        assert r.status_code == 502
+        assert secret not in r.text
+        assert all(secret not in v for v in r.headers.values())
+        assert up.requests[0].headers["authorization"] == f"Bearer {secret}"
+    assert secret not in caplog.text
+
+
+async def test_a_bug_while_shaping_one_result_fails_only_that_backend(
+    nursery: trio.Nursery, monkeypatch: Any
+) -> None:
+    from gateway._transform import Transform
+
+    original = Transform.shape
+
+    def broken(self: Transform, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("trigger"):
+            raise KeyError("a bug")
+        return original(self, value)
+
+    monkeypatch.setattr(Transform, "shape", broken)
+    with trio.fail_after(10):
+        up = await start_upstream(
+            nursery, {"/bad": Reply(json={"trigger": True}), "/good": Reply(json={"good": 1})}
+        )
+        gw = await start_gateway(
+            nursery,
+            simple_config(
+                {"u": up},
+                [backend_config("bad", "u", "/bad"), backend_config("good", "u", "/good")],
+            ),
+        )
+        for _ in range(3):
+            r = await gw.get("/api/1")
+            assert r.status_code == 200
+            assert r.headers["x-gateway-backends"] == "bad=internal_error, good=ok"
+            assert r.json() == {"good": 1}
