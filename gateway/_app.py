@@ -31,8 +31,10 @@ from ._endpoint import (
 )
 from ._errors import RequestBodyTooLarge, RequestError
 from ._fanout import CallContext
+from ._logging import AccessRecord, log_access
 from ._passthrough import PassthroughAborted, open_passthrough
 from ._plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
+from ._tracing import CURRENT, trace_context, with_request_id
 from ._transport import GatewayTransport, PoolLimits
 
 JSON_TYPE = "application/json"
@@ -87,7 +89,9 @@ def make_client(plan: GatewayPlan) -> httpx.AsyncClient:
 def json_response(
     body: object, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    return Response(orjson.dumps(body), status=status, headers=headers, content_type=JSON_TYPE)
+    return Response(
+        orjson.dumps(with_request_id(body)), status=status, headers=headers, content_type=JSON_TYPE
+    )
 
 
 def error_response(exc: RequestError) -> Response:
@@ -121,6 +125,37 @@ class GatewayApp(QuartTrio):
         self.register_error_handler(HTTPException, self._http_error)
 
     async def asgi_app(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._asgi(scope, receive, send, None)
+            return
+        trace = trace_context(scope["headers"])
+        token = CURRENT.set(trace)
+        client = scope.get("client")
+        record = AccessRecord(
+            trace.request_id.decode(),
+            client[0] if client else "unknown",
+            scope["method"],
+            (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+        )
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                for name, value in headers:
+                    if name.lower() == b"x-gateway-backends":
+                        record.backends_header = value.decode("latin-1")
+                headers.append((b"x-request-id", trace.request_id))
+                record.status = message["status"]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self._asgi(scope, receive, send_with_id, record)
+        finally:
+            CURRENT.reset(token)
+            log_access(record)
+
+    async def _asgi(self, scope: Any, receive: Any, send: Any, record: AccessRecord | None) -> None:
         if scope["type"] == "http":
             if ambiguous_framing(scope):
                 await send_framing_error(send, head=scope["method"] == "HEAD")
@@ -136,7 +171,13 @@ class GatewayApp(QuartTrio):
                     return
                 if not match.target.passthrough:
                     await serve_aggregate(
-                        self.transport.handle_async_request, self.plan, match, scope, receive, send
+                        self.transport.handle_async_request,
+                        self.plan,
+                        match,
+                        scope,
+                        receive,
+                        send,
+                        record,
                     )
                     return
         try:

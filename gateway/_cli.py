@@ -7,6 +7,7 @@ arguments. Errors are one line each on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -18,6 +19,7 @@ from . import __version__
 from ._compile import load_config
 from ._config_model import json_schema
 from ._errors import ConfigError
+from ._logging import configure_logging
 from ._plan import GatewayPlan
 from ._units import format_duration
 
@@ -89,8 +91,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
+    log_format = args.log_format or plan.config.server.log_format
+    log_level = args.log_level or plan.config.server.log_level
+    configure_logging(log_format, log_level)
     config = hypercorn_config(plan, bind=args.bind, workers=args.workers)
     if config.workers > 1:
+        # the workers are new processes: they read these back in gateway.asgi
+        os.environ["GATEWAY_LOG_FORMAT"] = log_format
+        os.environ["GATEWAY_LOG_LEVEL"] = log_level
         return run_workers(args.file, config)
 
     async def main() -> None:
@@ -111,6 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
+    configure_logging(args.log_format or "text", args.log_level or "info")
     trio.run(partial(run_demo, args.bind))
     return EXIT_OK
 
@@ -125,6 +134,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=["json", "text"], help="overrides server.log_format")
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="overrides server.log_level",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gateway", description="An API-aggregation gateway built on trio."
@@ -136,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("file", help="config file (YAML)")
     serve.add_argument("--bind", metavar="HOST:PORT", help="overrides server.bind")
     serve.add_argument("--workers", type=int, metavar="N", help="overrides server.workers")
+    _log_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate a config file without serving")
@@ -146,6 +165,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--bind", metavar="HOST:PORT", help="gateway address (default 127.0.0.1:8000)"
     )
+    _log_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     schema = sub.add_parser("schema", help="print the config file's JSON Schema")

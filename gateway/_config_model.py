@@ -109,6 +109,13 @@ class ServerConfig(_Model):
     max_header_size: Size = DEFAULT_MAX_HEADER_BYTES
     """Largest request head (request line and headers) accepted (431 beyond)."""
 
+    log_format: Literal["json", "text"] = "json"
+    """Log lines as JSON objects, or as readable text. The CLI's `--log-format` overrides it."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged; `info` includes one access line per request. The CLI's
+    `--log-level` overrides it."""
+
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses or CIDRs of proxies in front of the gateway whose `X-Forwarded-For`/
     `-Proto` are believed (walking from the right). From anyone else those headers are

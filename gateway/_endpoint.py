@@ -30,7 +30,9 @@ from ._errors import (
 from ._fanout import ByteBudget, CallContext, Sender, fan_out
 from ._forwarded import Network, client_info
 from ._headers import select_headers
+from ._logging import AccessRecord
 from ._plan import EndpointPlan, GatewayPlan
+from ._tracing import with_request_id
 from ._urls import RouteMatch, encode_query
 
 Scope = dict[str, Any]
@@ -98,6 +100,7 @@ def build_context(
         body or None,
         json_body,
         ByteBudget(endpoint.max_total_response_bytes),
+        info.address,
     )
 
 
@@ -141,7 +144,7 @@ async def send_json(
     *,
     head: bool = False,
 ) -> None:
-    data = orjson.dumps(body)
+    data = orjson.dumps(with_request_id(body))
     await send(
         {
             "type": "http.response.start",
@@ -211,9 +214,12 @@ async def serve_aggregate(
     scope: Scope,
     receive: Receive,
     send: Send,
+    record: AccessRecord | None = None,
 ) -> None:
     """Answer one request to an aggregated endpoint."""
     endpoint = match.target
+    if record is not None:
+        record.endpoint = endpoint.path
     head = scope["method"] == "HEAD"
     server = plan.config.server
     try:
@@ -221,6 +227,8 @@ async def serve_aggregate(
         if endpoint.reads_body:
             body = await read_body(scope, receive, server.max_request_body, server.body_timeout)
         ctx = build_context(endpoint, match.params, scope, body, plan.trusted_proxies)
+        if record is not None:
+            record.client = ctx.client_address
     except ClientGone:
         return
     except RequestError as exc:
@@ -230,7 +238,12 @@ async def serve_aggregate(
         # Request-scoped, cancelled below once the response is sent: a client that leaves
         # cancels the fan-out (and so every upstream call) at once.
         nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-        result, _ = await fan_out(sender, endpoint, ctx)
+        result, results = await fan_out(sender, endpoint, ctx)
+        if record is not None:
+            record.backends = {
+                b.name: {"outcome": r.outcome, "duration_ms": round(r.duration_s * 1000, 3)}
+                for b, r in zip(endpoint.backends, results, strict=True)
+            }
         headers = [
             (b"x-gateway-complete", b"true" if result.complete else b"false"),
             (b"x-gateway-backends", result.backends_header.encode("latin-1")),

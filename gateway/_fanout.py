@@ -28,6 +28,7 @@ from ._aggregate import Aggregate, BackendResult, Outcome, aggregate, http_outco
 from ._graph import all_hold, skipped_by_condition
 from ._plan import BackendPlan, EndpointPlan
 from ._template import Ref, UnresolvedReference, expand, header_value, render, url_value, walk
+from ._tracing import CURRENT
 from ._transform import JSON, SelectMissing
 
 log = logging.getLogger("gateway")
@@ -78,6 +79,7 @@ class CallContext:
     body: bytes | None = None  # the client's JSON body, as received
     json_body: JSON = None  # ... and parsed
     budget: ByteBudget = field(default_factory=unlimited_budget)
+    client_address: str = ""  # as believed under server.trusted_proxies
 
 
 Sender = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -133,6 +135,9 @@ def build_request(
         value = render(template, resolve, header_value)
         headers.append((name.encode("latin-1"), value.encode("utf-8")))
     headers.extend(ctx.forward_headers)
+    trace = CURRENT.get()
+    if trace is not None:
+        headers.extend(trace.child_headers())
     content: bytes | None = None
     if backend.body is not None:
         if ctx.body is None:

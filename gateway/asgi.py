@@ -8,6 +8,7 @@ import sys
 from ._app import GatewayApp, create_app
 from ._compile import load_config
 from ._errors import ConfigError
+from ._logging import configure_logging
 from ._server import CONFIG_ENV
 
 
@@ -17,10 +18,17 @@ def _load() -> GatewayApp:
         print(f"gateway: set {CONFIG_ENV} to the config file's path", file=sys.stderr)
         raise SystemExit(2)
     try:
-        return create_app(load_config(path))
+        plan = load_config(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
+    server = plan.config.server
+    log_format = os.environ.get("GATEWAY_LOG_FORMAT", server.log_format)
+    configure_logging(
+        "text" if log_format == "text" else "json",
+        os.environ.get("GATEWAY_LOG_LEVEL", server.log_level),
+    )
+    return create_app(plan)
 
 
 app = _load()

@@ -1,0 +1,137 @@
+"""Request ids, trace context and access logs, seen by real upstreams and real log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+from conftest import backend_config, simple_config, start_gateway, start_upstream
+from upstream import RecordedRequest, Reply
+
+from gateway._logging import configure_logging
+
+
+def recorder() -> tuple[list[RecordedRequest], Any]:
+    seen: list[RecordedRequest] = []
+
+    async def handler(req: RecordedRequest) -> Reply:
+        seen.append(req)
+        return Reply(json={"p": req.path}, status=500 if req.path == "/bad" else 200)
+
+    return seen, handler
+
+
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
+    configure_logging("json", "info")
+    yield lambda: [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    gateway_logger = logging.getLogger("gateway")
+    for handler in list(gateway_logger.handlers):
+        gateway_logger.removeHandler(handler)
+    gateway_logger.propagate = True
+
+
+async def test_a_sane_request_id_is_kept_and_sent_to_every_upstream(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(
+            nursery,
+            simple_config(
+                {"u": up},
+                [backend_config("a", "u", "/a"), backend_config("b", "u", "/b", group="b")],
+            ),
+        )
+        r = await gw.get("/api/1", headers={"X-Request-Id": "req-42.a:b"})
+        assert r.headers["x-request-id"] == "req-42.a:b"
+        assert [req.headers["x-request-id"] for req in seen] == ["req-42.a:b"] * 2
+
+
+async def test_an_insane_request_id_is_replaced_and_errors_carry_it(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(
+            nursery, simple_config({"u": up}, [backend_config("a", "u", "/bad", required=True)])
+        )
+        r = await gw.get("/api/1", headers={"X-Request-Id": "has space; and <script>"})
+        generated = r.headers["x-request-id"]
+        assert len(generated) == 32 and generated.isalnum()
+        assert seen[-1].headers["x-request-id"] == generated
+        assert r.status_code == 502
+        assert r.json()["error"]["request_id"] == generated
+        r = await gw.get("/nowhere")
+        assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
+
+
+async def test_a_trace_continues_with_a_new_span_per_backend_call(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(
+            nursery,
+            simple_config(
+                {"u": up},
+                [backend_config("a", "u", "/a"), backend_config("b", "u", "/b", group="b")],
+            ),
+        )
+        trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        await gw.get(
+            "/api/1",
+            headers={"traceparent": f"00-{trace_id}-{parent}-01", "tracestate": "vendor=x"},
+        )
+        parts = [req.headers["traceparent"].split("-") for req in seen]
+        assert [p[1] for p in parts] == [trace_id, trace_id]
+        spans = {p[2] for p in parts}
+        assert len(spans) == 2 and parent not in spans
+        assert all(p[3] == "01" for p in parts)
+        assert all(req.headers["tracestate"] == "vendor=x" for req in seen)
+
+        seen.clear()
+        await gw.get("/api/1", headers={"traceparent": "garbage", "tracestate": "vendor=x"})
+        parts = [req.headers["traceparent"].split("-") for req in seen]
+        assert parts[0][1] == parts[1][1] != trace_id  # one new trace for the request
+        assert all("tracestate" not in req.headers for req in seen)
+
+
+async def test_one_access_line_per_request_with_backends_and_no_secret(
+    nursery: trio.Nursery, json_logs: Any
+) -> None:
+    secret = "Bearer very-secret"
+    with trio.fail_after(10):
+        _, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        config = simple_config(
+            {"u": up}, [backend_config("a", "u", "/a"), backend_config("bad", "u", "/bad")]
+        )
+        config["upstreams"]["u"]["headers"] = {"Authorization": secret}
+        gw = await start_gateway(nursery, config)
+        await gw.get("/api/7", headers={"X-Request-Id": "r1", "Authorization": "client-secret"})
+        await gw.get("/nope", headers={"X-Request-Id": "r2"})
+        # the line is written when the server's request task ends, just after the client
+        # has the last byte
+        logs: list[Any] = []
+        while len([line for line in logs if line["logger"] == "gateway.access"]) < 2:
+            await trio.sleep(0.01)
+            logs += json_logs()
+    lines = [line for line in logs if line["logger"] == "gateway.access"]
+    assert [line["request_id"] for line in lines] == ["r1", "r2"]
+    first, second = lines
+    assert first["status"] == 200
+    assert first["method"] == "GET"
+    assert first["path"] == "/api/7"
+    assert first["endpoint"] == "/api/{id}"
+    assert first["client"] == "127.0.0.1"
+    assert first["backends"]["a"]["outcome"] == "ok"
+    assert first["backends"]["bad"]["outcome"] == "http_500"
+    assert first["duration_ms"] >= first["backends"]["a"]["duration_ms"] >= 0
+    assert "time" in first
+    assert second["status"] == 404 and second["endpoint"] is None
+    text = json.dumps(lines)
+    assert "very-secret" not in text and "client-secret" not in text
