@@ -118,7 +118,9 @@ class GatewayApp(QuartTrio):
         self.url_map.strict_slashes = False
         self.before_serving(self._open_client)
         self.after_serving(self._close_client)
+        self.draining = False
         self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
+        self.add_url_rule(f"{ADMIN_PREFIX}/ready", "ready", self._ready, methods=["GET"])
         # Endpoint routing is ours, on the raw path, before Quart's router (which decodes
         # the path first and would turn an encoded slash into a routing 404).
         self.before_request(self._dispatch)
@@ -216,7 +218,14 @@ class GatewayApp(QuartTrio):
             self._transport = None
 
     async def _health(self) -> Response:
+        """Liveness: the worker answers. Never touches upstreams."""
         return json_response({"status": "ok"})
+
+    async def _ready(self) -> Response:
+        """Readiness: 200 while serving, 503 once draining (or before the client is open)."""
+        if self.draining or self._client is None:
+            return json_response({"status": "draining" if self.draining else "starting"}, 503)
+        return json_response({"status": "ready"})
 
     async def _http_error(self, exc: HTTPException) -> Response:
         status = exc.code or 500

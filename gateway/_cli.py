@@ -84,7 +84,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._app import create_app
-    from ._server import hypercorn_config, run_workers, serve_app, wait_for_signal
+    from ._server import drain_on_signal, hypercorn_config, run_workers, serve_app
 
     plan = _load(args.file)
     if plan is None:
@@ -102,10 +102,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_workers(args.file, config)
 
     async def main() -> None:
+        app = create_app(plan)
+        trigger = drain_on_signal(app, plan.config.server.drain_delay)
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                partial(serve_app, create_app(plan), config, shutdown_trigger=wait_for_signal)
-            )
+            binds = await nursery.start(partial(serve_app, app, config, shutdown_trigger=trigger))
             print(
                 f"gateway: serving {len(plan.endpoints)} endpoint(s) from {plan.file} on "
                 + ", ".join(binds),

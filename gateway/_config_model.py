@@ -95,6 +95,11 @@ class ServerConfig(_Model):
     graceful_timeout: Duration = DEFAULT_GRACEFUL_TIMEOUT_S
     """On shutdown, how long in-flight requests may run before they are cancelled."""
 
+    drain_delay: Duration | None = None
+    """On SIGTERM/SIGINT, `/__gateway/ready` answers 503 at once but the listener keeps
+    accepting for this long (so load balancers notice), then closes; in-flight requests then
+    get `graceful_timeout`. None: close at once. Applies to `gateway serve` with one worker."""
+
     max_request_body: Size = DEFAULT_MAX_REQUEST_BYTES
     """Largest client request body accepted (413 beyond). Passthrough bodies are streamed
     and counted as they arrive."""

@@ -37,7 +37,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
 )
 
 DURATION_FIELDS = frozenset(
-    {"timeout", "deadline", "idle_timeout", "graceful_timeout", "body_timeout"}
+    {"timeout", "deadline", "idle_timeout", "graceful_timeout", "body_timeout", "drain_delay"}
 )
 SIZE_FIELDS = frozenset(
     {"max_response_size", "max_request_body", "max_header_size", "max_total_response_size"}

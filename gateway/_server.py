@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from ._app import GatewayApp
 from ._plan import GatewayPlan
 
 CONFIG_ENV = "GATEWAY_CONFIG"
+log = logging.getLogger("gateway")
 
 
 def hypercorn_config(
@@ -40,6 +42,21 @@ async def wait_for_signal() -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             return
+
+
+def drain_on_signal(app: GatewayApp, drain_delay_s: float | None) -> Callable[[], Awaitable[None]]:
+    """A shutdown trigger: on SIGINT/SIGTERM readiness turns 503 at once; the listener keeps
+    accepting for ``drain_delay_s`` so load balancers notice, then hypercorn closes it and
+    gives in-flight requests its ``graceful_timeout``."""
+
+    async def trigger() -> None:
+        await wait_for_signal()
+        app.draining = True
+        log.warning("draining: readiness is 503; closing the listener in %gs", drain_delay_s or 0)
+        if drain_delay_s:
+            await trio.sleep(drain_delay_s)
+
+    return trigger
 
 
 async def serve_app(

@@ -195,3 +195,44 @@ def test_a_bad_config_under_plain_hypercorn_exits_2_with_the_problem(tmp_path: P
     assert out.returncode == 2
     assert f"{file}: endpoints[0].backends[0].upstream: unknown upstream 'nope'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_sigterm_drains_readiness_first_and_finishes_in_flight_requests(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        up = await start_upstream(nursery, {"/slow": Reply(json={"done": True}, delay_s=1.5)})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/slow")], deadline="5s")
+        config["server"] = {"drain_delay": "700ms", "graceful_timeout": "5s"}
+        file = tmp_path / "drain.yaml"
+        file.write_text(config_text(config))
+        url, proc = await start_gateway_process(nursery, str(file))
+        async with httpx.AsyncClient(trust_env=False) as client:
+            assert (await client.get(url + "/__gateway/ready")).status_code == 200
+            slow: list[httpx.Response] = []
+
+            async def slow_request() -> None:
+                async with httpx.AsyncClient(trust_env=False) as own:
+                    slow.append(await own.get(url + "/api/1"))
+
+            async with trio.open_nursery() as n:
+                n.start_soon(slow_request)
+                await trio.sleep(0.2)  # the slow request is in flight
+                proc.send_signal(signal.SIGTERM)
+                await trio.sleep(0.2)
+                # during the drain window: still accepting, but not ready
+                async with httpx.AsyncClient(trust_env=False) as fresh:
+                    r = await fresh.get(url + "/__gateway/ready")
+                assert r.status_code == 503
+                assert r.json() == {"status": "draining"}
+                await trio.sleep(0.6)  # past the drain window: the listener is closed
+                async with httpx.AsyncClient(trust_env=False) as late:
+                    try:
+                        await late.get(url + "/__gateway/health")
+                    except httpx.ConnectError:
+                        pass
+                    else:
+                        raise AssertionError("new connections accepted after the drain window")
+        assert slow[0].status_code == 200
+        assert slow[0].json() == {"done": True}
+        assert await proc.wait() == 0
