@@ -20,6 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from . import _metrics as metrics
 from ._aggregate import error_body
 from ._endpoint import (
     ambiguous_framing,
@@ -78,7 +79,9 @@ def make_client(plan: GatewayPlan) -> httpx.AsyncClient:
         if up.ca_file is not None
     }
     return httpx.AsyncClient(
-        transport=GatewayTransport(limits, ssl_contexts=ssl_contexts),
+        transport=GatewayTransport(
+            limits, ssl_contexts=ssl_contexts, on_change=metrics.connections_changed
+        ),
         trust_env=False,
         follow_redirects=False,
         timeout=None,
@@ -121,6 +124,7 @@ class GatewayApp(QuartTrio):
         self.draining = False
         self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/ready", "ready", self._ready, methods=["GET"])
+        self.add_url_rule(f"{ADMIN_PREFIX}/metrics", "metrics", self._metrics, methods=["GET"])
         # Endpoint routing is ours, on the raw path, before Quart's router (which decodes
         # the path first and would turn an encoded slash into a routing 404).
         self.before_request(self._dispatch)
@@ -151,11 +155,16 @@ class GatewayApp(QuartTrio):
                 message = {**message, "headers": headers}
             await send(message)
 
+        metrics.IN_FLIGHT.inc()
         try:
             await self._asgi(scope, receive, send_with_id, record)
         finally:
             CURRENT.reset(token)
+            metrics.IN_FLIGHT.dec()
             log_access(record)
+            metrics.observe_request(
+                record.endpoint, record.method, record.status, record.elapsed_s, record.timings
+            )
 
     async def _asgi(self, scope: Any, receive: Any, send: Any, record: AccessRecord | None) -> None:
         if scope["type"] == "http":
@@ -171,6 +180,8 @@ class GatewayApp(QuartTrio):
                 except RequestError as exc:
                     await send_error(send, exc, head=scope["method"] == "HEAD")
                     return
+                if record is not None:
+                    record.endpoint = match.target.path
                 if not match.target.passthrough:
                     await serve_aggregate(
                         self.transport.handle_async_request,
@@ -220,6 +231,11 @@ class GatewayApp(QuartTrio):
     async def _health(self) -> Response:
         """Liveness: the worker answers. Never touches upstreams."""
         return json_response({"status": "ok"})
+
+    async def _metrics(self) -> Response:
+        """Prometheus exposition of this worker (of all workers in multiprocess mode)."""
+        body, content_type = metrics.render()
+        return Response(body, status=200, content_type=content_type)
 
     async def _ready(self) -> Response:
         """Readiness: 200 while serving, 503 once draining (or before the client is open)."""

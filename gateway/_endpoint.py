@@ -244,6 +244,10 @@ async def serve_aggregate(
                 b.name: {"outcome": r.outcome, "duration_ms": round(r.duration_s * 1000, 3)}
                 for b, r in zip(endpoint.backends, results, strict=True)
             }
+            record.timings = [
+                (b.name, r.outcome, r.duration_s)
+                for b, r in zip(endpoint.backends, results, strict=True)
+            ]
         headers = [
             (b"x-gateway-complete", b"true" if result.complete else b"false"),
             (b"x-gateway-backends", result.backends_header.encode("latin-1")),

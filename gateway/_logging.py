@@ -32,6 +32,11 @@ class AccessRecord:
     endpoint: str | None = None
     backends: dict[str, dict[str, Any]] = field(default_factory=dict)
     backends_header: str = ""
+    timings: list[tuple[str, str, float]] = field(default_factory=list)  # name, outcome, s
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 from collections.abc import Awaitable, Callable
 
 import hypercorn.config
@@ -84,4 +85,13 @@ def run_workers(config_path: str, config: hypercorn.config.Config) -> int:
 
     os.environ[CONFIG_ENV] = os.path.abspath(config_path)
     config.application_path = "gateway.asgi:app"
-    return int(run(config) or 0)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return int(run(config) or 0)
+    # Workers add up their metrics through files in one directory (multiprocess mode);
+    # the workers are spawned afresh, so they see the variable before importing the client.
+    with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            return int(run(config) or 0)
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]

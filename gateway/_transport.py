@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import select
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import h11
@@ -100,11 +100,17 @@ class ConnectionPool:
     """Connections to one origin (scheme, host, port)."""
 
     def __init__(
-        self, origin: Origin, limits: PoolLimits, ssl_context: ssl.SSLContext | None = None
+        self,
+        origin: Origin,
+        limits: PoolLimits,
+        ssl_context: ssl.SSLContext | None = None,
+        on_change: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.origin = origin
         self.limits = limits
         self._ssl_context = ssl_context
+        self._on_change = on_change
+        self._origin_text = "{}://{}:{}".format(*origin)
         self._limiter = trio.CapacityLimiter(limits.max_connections)
         self._idle: list[_Connection] = []
         self._open = 0
@@ -126,6 +132,10 @@ class ConnectionPool:
 
     # -- connections ----------------------------------------------------------------
 
+    def _report(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self._origin_text, self._open, len(self._idle))
+
     def _take_idle(self) -> _Connection | None:
         now = trio.current_time()
         while self._idle:
@@ -141,6 +151,7 @@ class ConnectionPool:
                 self._discard(conn)
                 continue
             self._reused_total += 1
+            self._report()
             return conn
         return None
 
@@ -152,6 +163,7 @@ class ConnectionPool:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         self._open += 1
         self._opened_total += 1
+        self._report()
         if scheme == "https":
             assert self._ssl_context is not None
             tls = trio.SSLStream(
@@ -172,6 +184,7 @@ class ConnectionPool:
     def _discard(self, conn: _Connection) -> None:
         conn.close_now()
         self._open -= 1
+        self._report()
 
     def _release(self, conn: _Connection, token: object, reusable: bool) -> None:
         self._limiter.release_on_behalf_of(token)
@@ -180,6 +193,7 @@ class ConnectionPool:
             state.start_next_cycle()
             conn.idle_since = trio.current_time()
             self._idle.append(conn)
+            self._report()
         else:
             self._discard(conn)
 
@@ -342,6 +356,7 @@ class GatewayTransport(httpx.AsyncBaseTransport):
         default_limits: for origins not listed.
         ssl_context: for https origins; the default verifies certificates.
         ssl_contexts: per-origin TLS contexts (an upstream's own CA file).
+        on_change: called with (origin, open, idle) whenever a pool's counts change.
     """
 
     def __init__(
@@ -350,7 +365,9 @@ class GatewayTransport(httpx.AsyncBaseTransport):
         default_limits: PoolLimits = PoolLimits(),
         ssl_context: ssl.SSLContext | None = None,
         ssl_contexts: Mapping[Origin, ssl.SSLContext] | None = None,
+        on_change: Callable[[str, int, int], None] | None = None,
     ) -> None:
+        self._on_change = on_change
         self._limits = dict(limits or {})
         self._default_limits = default_limits
         self._ssl_context = ssl_context
@@ -363,7 +380,9 @@ class GatewayTransport(httpx.AsyncBaseTransport):
             ctx = self._ssl_contexts.get(origin, self._ssl_context)
             if origin[0] == "https" and ctx is None:
                 ctx = self._ssl_context = ssl.create_default_context()
-            pool = ConnectionPool(origin, self._limits.get(origin, self._default_limits), ctx)
+            pool = ConnectionPool(
+                origin, self._limits.get(origin, self._default_limits), ctx, self._on_change
+            )
             self._pools[origin] = pool
         return pool
 

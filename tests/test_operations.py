@@ -135,3 +135,56 @@ async def test_one_access_line_per_request_with_backends_and_no_secret(
     assert second["status"] == 404 and second["endpoint"] is None
     text = json.dumps(lines)
     assert "very-secret" not in text and "client-secret" not in text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus exposition text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        sample, value = line.rsplit(" ", 1)
+        sample_name, _, label_text = sample.partition("{")
+        got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if sample_name == name and got == want:
+            return float(value)
+    return 0.0
+
+
+async def test_metrics_count_requests_backends_and_connections(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        _, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(
+            nursery,
+            simple_config(
+                {"u": up}, [backend_config("a", "u", "/a"), backend_config("bad", "u", "/bad")]
+            ),
+        )
+        before = (await gw.get("/__gateway/metrics")).text
+        for i in range(5):
+            assert (await gw.get(f"/api/{i}")).status_code == 200
+        await gw.get("/nothing")
+        r = await gw.get("/__gateway/metrics")
+        assert r.headers["content-type"].startswith("text/plain")
+        after = r.text
+
+        def delta(name: str, **labels: str) -> float:
+            return metric(after, name, **labels) - metric(before, name, **labels)
+
+        assert (
+            delta("gateway_requests_total", endpoint="/api/{id}", method="GET", status="200") == 5
+        )
+        assert delta("gateway_requests_total", endpoint="none", method="GET", status="404") == 1
+        assert delta("gateway_request_duration_seconds_count", endpoint="/api/{id}") == 5
+        assert (
+            delta(
+                "gateway_backend_duration_seconds_count",
+                endpoint="/api/{id}",
+                backend="bad",
+                outcome="http_500",
+            )
+            == 5
+        )
+        assert metric(after, "gateway_upstream_connections", origin=up.url, state="open") >= 1
+        assert metric(after, "gateway_requests_in_flight") >= 1  # the scrape itself

@@ -236,3 +236,41 @@ async def test_sigterm_drains_readiness_first_and_finishes_in_flight_requests(
         assert slow[0].status_code == 200
         assert slow[0].json() == {"done": True}
         assert await proc.wait() == 0
+
+
+async def test_metrics_add_up_across_two_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
+    import subprocess
+
+    from test_operations import metric
+
+    with trio.fail_after(30):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        port = free_port()
+        cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--workers", "2"]
+        proc: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [*cmd, "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        )
+        url = f"http://127.0.0.1:{port}"
+        await wait_healthy(url)
+        for i in range(40):  # a new connection each time: the kernel spreads them
+            async with httpx.AsyncClient(trust_env=False) as client:
+                assert (await client.get(f"{url}/api/{i}")).status_code == 200
+        totals = set()
+        for _ in range(6):  # whichever worker answers, the sum is the same
+            async with httpx.AsyncClient(trust_env=False) as client:
+                text = (await client.get(url + "/__gateway/metrics")).text
+            totals.add(
+                metric(
+                    text, "gateway_requests_total", endpoint="/api/{id}", method="GET", status="200"
+                )
+            )
+        assert totals == {40.0}
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0

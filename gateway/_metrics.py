@@ -1,0 +1,87 @@
+"""Prometheus metrics, served at ``GET /__gateway/metrics``.
+
+With several workers (``gateway serve --workers N``) each worker writes its numbers to
+files under ``PROMETHEUS_MULTIPROC_DIR`` (set by ``gateway serve``), and whichever worker
+answers a scrape adds them all up (prometheus-client's multiprocess mode), so counters
+from different workers add up instead of overwriting each other.
+
+Metrics (all prefixed ``gateway_``):
+
+- ``requests_total{endpoint, method, status}``: counter;
+- ``request_duration_seconds{endpoint}``: histogram of whole requests;
+- ``backend_duration_seconds{endpoint, backend, outcome}``: histogram per backend call;
+- ``requests_in_flight``: gauge;
+- ``upstream_connections{origin, state}``: gauge of open and idle upstream connections.
+
+``endpoint`` is the config's route (``/api/users/{user_id}``), or ``none`` for requests no
+route matched, so label values stay bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+REQUESTS = Counter("gateway_requests", "Requests answered", ["endpoint", "method", "status"])
+REQUEST_DURATION = Histogram(
+    "gateway_request_duration_seconds", "Whole-request latency", ["endpoint"], buckets=BUCKETS_S
+)
+BACKEND_DURATION = Histogram(
+    "gateway_backend_duration_seconds",
+    "Backend call latency by outcome",
+    ["endpoint", "backend", "outcome"],
+    buckets=BUCKETS_S,
+)
+IN_FLIGHT = Gauge(
+    "gateway_requests_in_flight", "Requests being answered", multiprocess_mode="livesum"
+)
+UPSTREAM_CONNECTIONS = Gauge(
+    "gateway_upstream_connections",
+    "Upstream connections by state",
+    ["origin", "state"],
+    multiprocess_mode="livesum",
+)
+
+
+def observe_request(
+    endpoint: str | None,
+    method: str,
+    status: int,
+    duration_s: float,
+    backends: Iterable[tuple[str, str, float]] = (),
+) -> None:
+    """Count one answered request and its backend calls ``(name, outcome, duration_s)``."""
+    route = endpoint or "none"
+    REQUESTS.labels(route, method, str(status)).inc()
+    REQUEST_DURATION.labels(route).observe(duration_s)
+    for name, outcome, backend_s in backends:
+        BACKEND_DURATION.labels(route, name, outcome).observe(backend_s)
+
+
+def connections_changed(origin: str, open_count: int, idle_count: int) -> None:
+    """The transport reports a pool's counts whenever they change."""
+    UPSTREAM_CONNECTIONS.labels(origin, "open").set(open_count)
+    UPSTREAM_CONNECTIONS.labels(origin, "idle").set(idle_count)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text: all workers' numbers in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
