@@ -11,7 +11,8 @@ Metrics (all prefixed ``gateway_``):
 - ``request_duration_seconds{endpoint}``: histogram of whole requests;
 - ``backend_duration_seconds{endpoint, backend, outcome}``: histogram per backend call;
 - ``requests_in_flight``: gauge;
-- ``upstream_connections{origin, state}``: gauge of open and idle upstream connections.
+- ``upstream_connections{origin, state}``: gauge of open and idle upstream connections,
+  updated whenever a connection opens or closes.
 
 ``endpoint`` is the config's route (``/api/users/{user_id}``), or ``none`` for requests no
 route matched, so label values stay bounded whatever clients send.

@@ -133,6 +133,8 @@ class ConnectionPool:
     # -- connections ----------------------------------------------------------------
 
     def _report(self) -> None:
+        # called when connections open or close, not on every reuse: cheap enough for the
+        # hot path; the idle count is as of the last such change
         if self._on_change is not None:
             self._on_change(self._origin_text, self._open, len(self._idle))
 
@@ -151,7 +153,6 @@ class ConnectionPool:
                 self._discard(conn)
                 continue
             self._reused_total += 1
-            self._report()
             return conn
         return None
 
@@ -193,7 +194,6 @@ class ConnectionPool:
             state.start_next_cycle()
             conn.idle_since = trio.current_time()
             self._idle.append(conn)
-            self._report()
         else:
             self._discard(conn)
 
