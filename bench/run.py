@@ -125,7 +125,8 @@ def sut(
     else:
         config = {
             "version": 1,
-            "server": {"backlog": 4096},
+            # no access log: the peers write none either
+            "server": {"backlog": 4096, "log_level": "warning"},
             "defaults": {"timeout": "2s", "deadline": "200ms" if hang else "5s"},
             "upstreams": {"nginx": {"url": upstream}},
             "endpoints": [
