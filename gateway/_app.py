@@ -10,8 +10,9 @@ from __future__ import annotations
 import gc
 import http.cookiejar
 import logging
-import ssl
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx
@@ -22,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import _metrics as metrics
 from ._aggregate import error_body
+from ._compile import load_config
 from ._endpoint import (
     ambiguous_framing,
     build_context,
@@ -30,7 +32,7 @@ from ._endpoint import (
     send_framing_error,
     serve_aggregate,
 )
-from ._errors import RequestBodyTooLarge, RequestError
+from ._errors import ConfigError, RequestBodyTooLarge, RequestError
 from ._fanout import CallContext
 from ._logging import AccessRecord, log_access
 from ._passthrough import PassthroughAborted, open_passthrough
@@ -62,26 +64,39 @@ def tune_gc() -> None:
     gc.freeze()
 
 
+MASK = "***"
+
+
+def masked_config(plan: GatewayPlan) -> dict[str, Any]:
+    """The config as JSON with every header value masked: that is where secrets live."""
+    data: dict[str, Any] = plan.config.model_dump(mode="json", by_alias=True)
+    for upstream in data.get("upstreams", {}).values():
+        upstream["headers"] = dict.fromkeys(upstream.get("headers", {}), MASK)
+    for endpoint in data.get("endpoints", []):
+        for backend in endpoint.get("backends", []):
+            backend["headers"] = dict.fromkeys(backend.get("headers", {}), MASK)
+    return data
+
+
+def pool_limits(plan: GatewayPlan) -> dict[tuple[str, str, int], PoolLimits]:
+    """Each upstream origin's pool settings."""
+    return {
+        (up.base.scheme, up.base.host, up.base.port): PoolLimits(
+            max_connections=up.max_connections,
+            idle_timeout_s=up.idle_timeout_s,
+            ca_file=up.ca_file,
+        )
+        for up in plan.upstreams.values()
+    }
+
+
 def make_client(plan: GatewayPlan) -> httpx.AsyncClient:
     """The worker's upstream client: our transport, no env proxies, no redirects, no cookies.
 
     Timeouts are trio cancel scopes around each call, not httpx's per-operation ones.
     """
-    limits = {
-        (up.base.scheme, up.base.host, up.base.port): PoolLimits(
-            max_connections=up.max_connections, idle_timeout_s=up.idle_timeout_s
-        )
-        for up in plan.upstreams.values()
-    }
-    ssl_contexts = {
-        (up.base.scheme, up.base.host, up.base.port): ssl.create_default_context(cafile=up.ca_file)
-        for up in plan.upstreams.values()
-        if up.ca_file is not None
-    }
     return httpx.AsyncClient(
-        transport=GatewayTransport(
-            limits, ssl_contexts=ssl_contexts, on_change=metrics.connections_changed
-        ),
+        transport=GatewayTransport(pool_limits(plan), on_change=metrics.connections_changed),
         trust_env=False,
         follow_redirects=False,
         timeout=None,
@@ -122,9 +137,11 @@ class GatewayApp(QuartTrio):
         self.before_serving(self._open_client)
         self.after_serving(self._close_client)
         self.draining = False
+        self.loaded_at = time.time()
         self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/ready", "ready", self._ready, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/metrics", "metrics", self._metrics, methods=["GET"])
+        self.add_url_rule(f"{ADMIN_PREFIX}/config", "config", self._config, methods=["GET"])
         # Endpoint routing is ours, on the raw path, before Quart's router (which decodes
         # the path first and would turn an encoded slash into a routing 404).
         self.before_request(self._dispatch)
@@ -167,6 +184,7 @@ class GatewayApp(QuartTrio):
             )
 
     async def _asgi(self, scope: Any, receive: Any, send: Any, record: AccessRecord | None) -> None:
+        plan = self.plan  # the whole request runs on the config it started with
         if scope["type"] == "http":
             if ambiguous_framing(scope):
                 await send_framing_error(send, head=scope["method"] == "HEAD")
@@ -174,9 +192,9 @@ class GatewayApp(QuartTrio):
             raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
             if not raw_path.startswith(ADMIN_PREFIX + "/"):
                 try:
-                    server = self.plan.config.server
+                    server = plan.config.server
                     check_limits(scope, server.max_url_length, server.max_header_size)
-                    match = self.plan.router.match(raw_path, scope["method"])
+                    match = plan.router.match(raw_path, scope["method"])
                 except RequestError as exc:
                     await send_error(send, exc, head=scope["method"] == "HEAD")
                     return
@@ -185,7 +203,7 @@ class GatewayApp(QuartTrio):
                 if not match.target.passthrough:
                     await serve_aggregate(
                         self.transport.handle_async_request,
-                        self.plan,
+                        plan,
                         match,
                         scope,
                         receive,
@@ -231,6 +249,35 @@ class GatewayApp(QuartTrio):
     async def _health(self) -> Response:
         """Liveness: the worker answers. Never touches upstreams."""
         return json_response({"status": "ok"})
+
+    def reload(self) -> bool:
+        """Load the config file again. A config that fails validation is refused (the
+        reason is logged) and the old one keeps serving. Requests already running finish
+        on the plan they started with; pools of unchanged upstreams keep their connections.
+        """
+        try:
+            plan = load_config(self.plan.file)
+        except ConfigError as exc:
+            log.error("reload refused, still serving the previous config: %s", exc)
+            return False
+        if self._transport is not None:
+            self._transport.reconfigure(pool_limits(plan))
+        self.plan = plan
+        self.loaded_at = time.time()
+        for warning in plan.warnings:
+            log.warning("%s", warning)
+        log.info("reloaded %s: %d endpoint(s)", plan.file, len(plan.endpoints))
+        return True
+
+    async def _config(self) -> Response:
+        """The active config, header values masked, and when it was loaded."""
+        return json_response(
+            {
+                "file": self.plan.file,
+                "loaded_at": datetime.fromtimestamp(self.loaded_at, UTC).isoformat(),
+                "config": masked_config(self.plan),
+            }
+        )
 
     async def _metrics(self) -> Response:
         """Prometheus exposition of this worker (of all workers in multiprocess mode)."""

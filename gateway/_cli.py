@@ -84,7 +84,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._app import create_app
-    from ._server import drain_on_signal, hypercorn_config, run_workers, serve_app
+    from ._server import (
+        drain_on_signal,
+        hypercorn_config,
+        reload_on_change,
+        reload_on_sighup,
+        run_workers,
+        serve_app,
+    )
 
     plan = _load(args.file)
     if plan is None:
@@ -105,7 +112,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(plan)
         trigger = drain_on_signal(app, plan.config.server.drain_delay)
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve_app, app, config, shutdown_trigger=trigger))
+
+            async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
+                await serve_app(app, config, shutdown_trigger=trigger, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the reload watchers end with the server
+
+            # Both live exactly as long as the server: cancelled by serve_then_stop.
+            nursery.start_soon(reload_on_sighup, app)
+            if args.watch:
+                nursery.start_soon(reload_on_change, app)
+            binds = await nursery.start(serve_then_stop)
             print(
                 f"gateway: serving {len(plan.endpoints)} endpoint(s) from {plan.file} on "
                 + ", ".join(binds),
@@ -154,6 +170,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("file", help="config file (YAML)")
     serve.add_argument("--bind", metavar="HOST:PORT", help="overrides server.bind")
     serve.add_argument("--workers", type=int, metavar="N", help="overrides server.workers")
+    serve.add_argument(
+        "--watch", action="store_true", help="reload the config when the file changes"
+    )
     _log_options(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -45,6 +45,33 @@ async def wait_for_signal() -> None:
             return
 
 
+async def reload_on_sighup(app: GatewayApp) -> None:
+    """Reload the config on every SIGHUP, until cancelled."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            app.reload()
+
+
+async def reload_on_change(app: GatewayApp, interval_s: float = 1.0) -> None:
+    """Reload the config when its file changes (polled every ``interval_s``), until
+    cancelled."""
+
+    def stamp() -> tuple[float, int] | None:
+        try:
+            info = os.stat(app.plan.file)
+        except OSError:
+            return None
+        return (info.st_mtime, info.st_size)
+
+    last = stamp()
+    while True:
+        await trio.sleep(interval_s)
+        current = stamp()
+        if current is not None and current != last:
+            last = current
+            app.reload()
+
+
 def drain_on_signal(app: GatewayApp, drain_delay_s: float | None) -> Callable[[], Awaitable[None]]:
     """A shutdown trigger: on SIGINT/SIGTERM readiness turns 503 at once; the listener keeps
     accepting for ``drain_delay_s`` so load balancers notice, then hypercorn closes it and

@@ -43,8 +43,11 @@ Origin = tuple[str, str, int]
 
 @dataclass(frozen=True)
 class PoolLimits:
+    """One origin's pool settings."""
+
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    ca_file: str | None = None  # https: verify against these CAs instead of the system's
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class ConnectionPool:
         self._ssl_context = ssl_context
         self._on_change = on_change
         self._origin_text = "{}://{}:{}".format(*origin)
+        self._retired = False
         self._limiter = trio.CapacityLimiter(limits.max_connections)
         self._idle: list[_Connection] = []
         self._open = 0
@@ -190,12 +194,25 @@ class ConnectionPool:
     def _release(self, conn: _Connection, token: object, reusable: bool) -> None:
         self._limiter.release_on_behalf_of(token)
         state = conn.h11
-        if reusable and state.our_state is h11.DONE and state.their_state is h11.DONE:
+        if (
+            reusable
+            and not self._retired
+            and state.our_state is h11.DONE
+            and state.their_state is h11.DONE
+        ):
             state.start_next_cycle()
             conn.idle_since = trio.current_time()
             self._idle.append(conn)
         else:
             self._discard(conn)
+
+    def retire(self) -> None:
+        """Replaced by a pool with new settings: close idle connections now, and each busy
+        one when its response ends."""
+        self._retired = True
+        for conn in self._idle:
+            self._discard(conn)
+        self._idle.clear()
 
     async def aclose(self) -> None:
         for conn in self._idle:
@@ -354,8 +371,8 @@ class GatewayTransport(httpx.AsyncBaseTransport):
     Args:
         limits: per-origin limits, keyed by ``(scheme, host, port)``.
         default_limits: for origins not listed.
-        ssl_context: for https origins; the default verifies certificates.
-        ssl_contexts: per-origin TLS contexts (an upstream's own CA file).
+        ssl_context: for https origins without their own ``ca_file``; the default
+            verifies certificates against the system's CAs.
         on_change: called with (origin, open, idle) whenever a pool's counts change.
     """
 
@@ -364,27 +381,35 @@ class GatewayTransport(httpx.AsyncBaseTransport):
         limits: Mapping[Origin, PoolLimits] | None = None,
         default_limits: PoolLimits = PoolLimits(),
         ssl_context: ssl.SSLContext | None = None,
-        ssl_contexts: Mapping[Origin, ssl.SSLContext] | None = None,
         on_change: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self._on_change = on_change
         self._limits = dict(limits or {})
         self._default_limits = default_limits
         self._ssl_context = ssl_context
-        self._ssl_contexts = dict(ssl_contexts or {})
         self._pools: dict[Origin, ConnectionPool] = {}
 
     def pool(self, origin: Origin) -> ConnectionPool:
         pool = self._pools.get(origin)
         if pool is None:
-            ctx = self._ssl_contexts.get(origin, self._ssl_context)
-            if origin[0] == "https" and ctx is None:
+            limits = self._limits.get(origin, self._default_limits)
+            ctx = self._ssl_context
+            if origin[0] == "https" and limits.ca_file is not None:
+                ctx = ssl.create_default_context(cafile=limits.ca_file)
+            elif origin[0] == "https" and ctx is None:
                 ctx = self._ssl_context = ssl.create_default_context()
-            pool = ConnectionPool(
-                origin, self._limits.get(origin, self._default_limits), ctx, self._on_change
-            )
+            pool = ConnectionPool(origin, limits, ctx, self._on_change)
             self._pools[origin] = pool
         return pool
+
+    def reconfigure(self, limits: Mapping[Origin, PoolLimits]) -> None:
+        """New per-origin settings (a config reload). Pools whose settings are unchanged
+        are kept with their connections; changed ones are retired and rebuilt on next use."""
+        self._limits = dict(limits)
+        for origin, pool in list(self._pools.items()):
+            if pool.limits != self._limits.get(origin, self._default_limits):
+                pool.retire()
+                del self._pools[origin]
 
     def statistics(self) -> list[PoolStatistics]:
         return [pool.statistics() for pool in self._pools.values()]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from conftest import backend_config, simple_config, start_gateway, start_upstream
@@ -188,3 +190,46 @@ async def test_metrics_count_requests_backends_and_connections(nursery: trio.Nur
         )
         assert metric(after, "gateway_upstream_connections", origin=up.url, state="open") >= 1
         assert metric(after, "gateway_requests_in_flight") >= 1  # the scrape itself
+
+
+async def test_reload_swaps_the_config_keeps_unchanged_pools_and_refuses_a_bad_one(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    from conftest import config_text
+
+    from gateway import create_app, hypercorn_config, load_config, serve_app
+
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={"v": 1}), "/y": Reply(json={"v": 2})})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["upstreams"]["u"]["headers"] = {"Authorization": "Bearer hunter2"}
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(config))
+        app = create_app(load_config(str(file)))
+        binds = await nursery.start(
+            partial(serve_app, app, hypercorn_config(app.plan, bind="127.0.0.1:0"))
+        )
+        async with httpx.AsyncClient(trust_env=False) as client:
+            url = binds[0]
+            assert (await client.get(url + "/api/1")).json() == {"v": 1}
+            before = app.transport.statistics()
+
+            config["endpoints"].append(
+                {"path": "/new", "backends": [backend_config("b", "u", "/y")]}
+            )
+            file.write_text(config_text(config))
+            assert app.reload()
+            assert (await client.get(url + "/new")).json() == {"v": 2}
+            assert (await client.get(url + "/api/1")).json() == {"v": 1}
+            assert up.connections_total == 1  # the unchanged upstream kept its connection
+            assert app.transport.statistics()[0].connections_opened == before[0].connections_opened
+
+            file.write_text("version: 1\nendpoints: [{path: /broken}]\n")
+            assert not app.reload()
+            assert (await client.get(url + "/new")).json() == {"v": 2}  # still the old config
+
+            shown = (await client.get(url + "/__gateway/config")).json()
+            assert shown["file"] == str(file)
+            assert shown["config"]["upstreams"]["u"]["headers"] == {"Authorization": "***"}
+            assert "hunter2" not in json.dumps(shown)
+            assert shown["loaded_at"].endswith("+00:00")

@@ -274,3 +274,68 @@ async def test_metrics_add_up_across_two_workers(nursery: trio.Nursery, tmp_path
         assert totals == {40.0}
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
+
+
+async def test_ten_reloads_under_steady_load_fail_no_request(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        up = await start_upstream(
+            nursery, {"/x": Reply(json={"a": 1}, delay_s=0.02), "/y": Reply(json={"b": 2})}
+        )
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        file = tmp_path / "live.yaml"
+        file.write_text(config_text(config))
+        url, proc = await start_gateway_process(nursery, str(file), "--log-level", "warning")
+        failures: list[str] = []
+        answered = 0
+        stop = trio.Event()
+
+        async def load() -> None:
+            nonlocal answered
+            async with httpx.AsyncClient(trust_env=False) as client:
+                while not stop.is_set():
+                    r = await client.get(url + "/api/1")
+                    if r.status_code != 200 or r.json() != {"a": 1}:
+                        failures.append(f"{r.status_code} {r.text}")
+                    answered += 1
+
+        async with trio.open_nursery() as n:
+            for _ in range(8):
+                n.start_soon(load)
+            for i in range(10):
+                await trio.sleep(0.15)
+                if i == 4:
+                    file.write_text("version: 1\nendpoints: [{path: /broken}]\n")  # refused
+                else:
+                    config["endpoints"] = [
+                        config["endpoints"][0],
+                        {"path": f"/v{i}", "backends": [backend_config("b", "u", "/y")]},
+                    ]
+                    file.write_text(config_text(config))
+                proc.send_signal(signal.SIGHUP)
+            await trio.sleep(0.3)
+            stop.set()
+        assert failures == []
+        assert answered > 100
+        async with httpx.AsyncClient(trust_env=False) as client:
+            assert (await client.get(url + "/v9")).json() == {"b": 2}  # the last reload is live
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+
+
+async def test_watch_reloads_when_the_file_changes(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1}), "/y": Reply(json={"b": 2})})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        file = tmp_path / "watched.yaml"
+        file.write_text(config_text(config))
+        url, proc = await start_gateway_process(nursery, str(file), "--watch")
+        config["endpoints"].append({"path": "/later", "backends": [backend_config("b", "u", "/y")]})
+        file.write_text(config_text(config))
+        async with httpx.AsyncClient(trust_env=False) as client:
+            while (r := await client.get(url + "/later")).status_code == 404:  # noqa: ASYNC110 - polling another process
+                await trio.sleep(0.1)
+            assert r.json() == {"b": 2}
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
