@@ -7,6 +7,7 @@ opened at startup and closed at shutdown.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import http.cookiejar
 import logging
@@ -17,6 +18,7 @@ from typing import Any, cast
 
 import httpx
 import orjson
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -35,6 +37,7 @@ from ._endpoint import (
 from ._errors import ConfigError, RequestBodyTooLarge, RequestError
 from ._fanout import CallContext
 from ._logging import AccessRecord, log_access
+from ._otel import SpanExporter
 from ._passthrough import PassthroughAborted, open_passthrough
 from ._plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
 from ._tracing import CURRENT, trace_context, with_request_id
@@ -138,6 +141,7 @@ class GatewayApp(QuartTrio):
         self.after_serving(self._close_client)
         self.draining = False
         self.loaded_at = time.time()
+        self.exporter: SpanExporter | None = None
         self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/ready", "ready", self._ready, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/metrics", "metrics", self._metrics, methods=["GET"])
@@ -152,6 +156,23 @@ class GatewayApp(QuartTrio):
             await self._asgi(scope, receive, send, None)
             return
         trace = trace_context(scope["headers"])
+        if self.exporter is not None:
+            # the server span's ids become the request's; backend spans are its children
+            parent = (
+                (trace.trace_id, trace.parent_span_id, trace.flags)
+                if trace.parent_span_id is not None
+                else None
+            )
+            span = self.exporter.start_request(f"{scope['method']} request", parent)
+            trace_id, span_id, flags = self.exporter.ids(span)
+            trace = dataclasses.replace(
+                trace,
+                trace_id=trace_id,
+                span_id=span_id,
+                flags=flags,
+                span=span,
+                exporter=self.exporter,
+            )
         token = CURRENT.set(trace)
         client = scope.get("client")
         record = AccessRecord(
@@ -182,6 +203,11 @@ class GatewayApp(QuartTrio):
             metrics.observe_request(
                 record.endpoint, record.method, record.status, record.elapsed_s, record.timings
             )
+            if trace.span is not None:
+                trace.span.update_name(f"{record.method} {record.endpoint or 'unmatched'}")
+                trace.span.set_attribute("http.response.status_code", record.status)
+                trace.span.set_attribute("gateway.request_id", record.request_id)
+                trace.span.end()
 
     async def _asgi(self, scope: Any, receive: Any, send: Any, record: AccessRecord | None) -> None:
         plan = self.plan  # the whole request runs on the config it started with
@@ -236,11 +262,18 @@ class GatewayApp(QuartTrio):
     async def _open_client(self) -> None:
         tune_gc()
         self._client = make_client(self.plan)
+        tracing = self.plan.config.tracing
+        if tracing is not None:
+            self.exporter = SpanExporter(tracing.otlp_endpoint, tracing.service_name)
         transport = self._client._transport
         assert isinstance(transport, GatewayTransport)
         self._transport = transport
 
     async def _close_client(self) -> None:
+        if self.exporter is not None:
+            # flushes the spans still queued; a blocking call, at shutdown only
+            await trio.to_thread.run_sync(self.exporter.shutdown)
+            self.exporter = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None

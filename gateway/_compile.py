@@ -23,6 +23,7 @@ from ._config_model import (
 from ._errors import ConfigError, ConfigProblem
 from ._forwarded import Network, parse_networks
 from ._graph import Condition, find_cycle
+from ._otel import OTEL_MISSING, otel_available
 from ._plan import (
     ADMIN_PREFIX,
     BAD_VALUE,
@@ -237,6 +238,8 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                 )
             )
 
+    if config.tracing is not None and not otel_available():
+        problems.append(ConfigProblem(file, "tracing", OTEL_MISSING))
     trusted: tuple[Network, ...] = ()
     for ti, cidr in enumerate(config.server.trusted_proxies):
         try:

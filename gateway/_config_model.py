@@ -313,6 +313,17 @@ class EndpointConfig(_Model):
     """The upstream calls; their results merge in this order."""
 
 
+class TracingConfig(_Model):
+    """Export spans over OTLP/HTTP (needs the `otel` extra). Trace context is propagated
+    to upstreams with or without this section."""
+
+    otlp_endpoint: str
+    """OTLP/HTTP traces endpoint, like `http://127.0.0.1:4318/v1/traces`."""
+
+    service_name: str = "trio-gateway"
+    """The `service.name` resource attribute of exported spans."""
+
+
 class GatewayConfig(_Model):
     """A gateway config file."""
 
@@ -330,6 +341,9 @@ class GatewayConfig(_Model):
 
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     """The aggregation endpoints."""
+
+    tracing: TracingConfig | None = None
+    """Span export (optional)."""
 
 
 def backend_has_default(backend: BackendConfig) -> bool:

@@ -21,6 +21,7 @@ from ._config_model import (
     EndpointConfig,
     GatewayConfig,
     ServerConfig,
+    TracingConfig,
     UpstreamConfig,
 )
 from ._units import format_duration
@@ -34,6 +35,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`endpoints[].backends[]`", BackendConfig),
     ("`endpoints[].backends[].when`", ConditionConfig),
     ("`endpoints[].backends[].body`", BodySelectConfig),
+    ("`tracing`", TracingConfig),
 )
 
 DURATION_FIELDS = frozenset(

@@ -120,6 +120,7 @@ def build_request(
     ctx: CallContext,
     results: Sequence[BackendResult | None] = (),
     element: object = _NO_ELEMENT,
+    span_id: bytes | None = None,
 ) -> httpx.Request:
     """The upstream request for one backend call: URL from config, references filled in.
 
@@ -137,7 +138,7 @@ def build_request(
     headers.extend(ctx.forward_headers)
     trace = CURRENT.get()
     if trace is not None:
-        headers.extend(trace.child_headers())
+        headers.extend(trace.child_headers(span_id))
     content: bytes | None = None
     if backend.body is not None:
         if ctx.body is None:
@@ -155,7 +156,10 @@ def build_request(
 
 
 def build_requests(
-    backend: BackendPlan, ctx: CallContext, results: Sequence[BackendResult | None]
+    backend: BackendPlan,
+    ctx: CallContext,
+    results: Sequence[BackendResult | None],
+    span_id: bytes | None = None,
 ) -> list[httpx.Request]:
     """One request, or one per array element for ``for_each``.
 
@@ -164,7 +168,7 @@ def build_requests(
             longer than ``max_calls``.
     """
     if not backend.for_each:
-        return [build_request(backend, ctx, results)]
+        return [build_request(backend, ctx, results, span_id=span_id)]
     ref = next(
         r
         for t in (backend.url, *(t for _, t in backend.header_templates))
@@ -181,7 +185,7 @@ def build_requests(
         raise UnresolvedReference(
             f"{ref.text}: {len(elements)} elements exceed max_calls {backend.max_calls}"
         )
-    return [build_request(backend, ctx, results, element) for element in elements]
+    return [build_request(backend, ctx, results, element, span_id) for element in elements]
 
 
 async def read_limited(
@@ -335,9 +339,32 @@ async def call_backend(
     Cancellation from outside (deadline, a failed required sibling, a client that left)
     is not caught: it propagates, and the caller records the outcome.
     """
+    trace = CURRENT.get()
+    if trace is None or trace.span is None:
+        return await _call_backend(sender, backend, ctx, results)
+    # exported spans (the otel extra): the backend's span id is the one sent upstream
+    span = trace.exporter.start_backend(trace.span, backend.name)
+    try:
+        result = await _call_backend(sender, backend, ctx, results, trace.exporter.ids(span)[1])
+        span.set_attribute("gateway.backend.outcome", result.outcome)
+        return result
+    except BaseException:
+        span.set_attribute("gateway.backend.outcome", "cancelled")
+        raise
+    finally:
+        span.end()
+
+
+async def _call_backend(
+    sender: Sender,
+    backend: BackendPlan,
+    ctx: CallContext,
+    results: Sequence[BackendResult | None],
+    span_id: bytes | None = None,
+) -> BackendResult:
     start = trio.current_time()
     try:
-        requests = build_requests(backend, ctx, results)
+        requests = build_requests(backend, ctx, results, span_id)
     except UnresolvedReference as exc:
         return BackendResult(Outcome.INVALID_REFERENCE, detail=str(exc))
     except httpx.InvalidURL as exc:  # e.g. a filled-in URL over httpx's length limit

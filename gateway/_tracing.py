@@ -38,12 +38,17 @@ class TraceContext:
     span_id: bytes  # the gateway's own span for this request
     flags: bytes
     tracestate: bytes | None = None
+    parent_span_id: bytes | None = None  # the incoming traceparent's span, if valid
+    span: Any = None  # the exported server span (with the otel extra), else None
+    exporter: Any = None
 
-    def child_headers(self) -> list[tuple[bytes, bytes]]:
-        """Headers for one upstream call: a fresh span id, child of the gateway's span."""
+    def child_headers(self, span_id: bytes | None = None) -> list[tuple[bytes, bytes]]:
+        """Headers for one upstream call: ``span_id`` (or a fresh one) as the child of the
+        gateway's span."""
+        child = span_id or new_id(8)
         headers = [
             (b"x-request-id", self.request_id),
-            (b"traceparent", b"00-" + self.trace_id + b"-" + new_id(8) + b"-" + self.flags),
+            (b"traceparent", b"00-" + self.trace_id + b"-" + child + b"-" + self.flags),
         ]
         if self.tracestate:
             headers.append((b"tracestate", self.tracestate))
@@ -77,7 +82,9 @@ def trace_context(headers: Sequence[tuple[bytes, bytes]]) -> TraceContext:
         return TraceContext(request_id, new_id(16), new_id(8), b"01")
     if tracestate is not None and (len(tracestate) > 512 or b"\n" in tracestate):
         tracestate = None
-    return TraceContext(request_id, match.group(2), new_id(8), match.group(4), tracestate)
+    return TraceContext(
+        request_id, match.group(2), new_id(8), match.group(4), tracestate, match.group(3)
+    )
 
 
 CURRENT: ContextVar[TraceContext | None] = ContextVar("gateway_trace", default=None)

@@ -259,7 +259,8 @@ def test_unknown_backend_key_names_its_path_and_the_allowed_keys() -> None:
 
 def test_unknown_top_level_key_lists_the_top_level_keys() -> None:
     assert problems_of("version: 1\nfoo: 1\n") == [
-        "gw.yaml: foo: unknown key 'foo' (allowed: version, server, defaults, upstreams, endpoints)"
+        "gw.yaml: foo: unknown key 'foo' (allowed: version, server, defaults, upstreams, "
+        "endpoints, tracing)"
     ]
 
 
@@ -753,7 +754,14 @@ def test_schema_prints_json_with_every_top_level_key(capsys: pytest.CaptureFixtu
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["properties"]) == set(GatewayConfig.model_fields)
-    assert set(schema["properties"]) == {"version", "server", "defaults", "upstreams", "endpoints"}
+    assert set(schema["properties"]) == {
+        "version",
+        "server",
+        "defaults",
+        "upstreams",
+        "endpoints",
+        "tracing",
+    }
     assert schema["additionalProperties"] is False
 
 
@@ -783,6 +791,7 @@ def test_every_config_model_is_walked() -> None:
         "BackendConfig",
         "ConditionConfig",
         "BodySelectConfig",
+        "TracingConfig",
     }
 
 
