@@ -874,3 +874,16 @@ def test_upstreams_sharing_an_origin_must_agree_on_pool_settings() -> None:
         "gw.yaml: upstreams.b: shares http://127.0.0.1:9001 with upstream 'a' but sets "
         "different max_connections, idle_timeout or ca_file (one pool per origin)"
     ]
+
+
+def test_tracing_without_the_otel_extra_is_a_clear_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gateway._compile
+
+    monkeypatch.setattr(gateway._compile, "otel_available", lambda: False)
+    text = "version: 1\ntracing: {otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}\n"
+    assert problems_of(text) == [
+        "gw.yaml: tracing: tracing needs the otel extra: "
+        "pip install 'trio-aggregation-gateway[otel]'"
+    ]

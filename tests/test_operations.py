@@ -233,3 +233,43 @@ async def test_reload_swaps_the_config_keeps_unchanged_pools_and_refuses_a_bad_o
             assert shown["config"]["upstreams"]["u"]["headers"] == {"Authorization": "***"}
             assert "hunter2" not in json.dumps(shown)
             assert shown["loaded_at"].endswith("+00:00")
+
+
+async def test_spans_are_exported_and_match_what_upstreams_saw(nursery: trio.Nursery) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    with trio.fail_after(20):
+        collector = await start_upstream(nursery, {"/v1/traces": Reply(json={})})
+        seen, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        config = simple_config(
+            {"u": up}, [backend_config("a", "u", "/a"), backend_config("b", "u", "/b", group="b")]
+        )
+        config["tracing"] = {
+            "otlp_endpoint": collector.url + "/v1/traces",
+            "service_name": "gw-test",
+        }
+        gw = await start_gateway(nursery, config)
+        trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        r = await gw.get("/api/1", headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+        assert r.status_code == 200
+        exporter = gw.app.exporter
+        assert exporter is not None
+        await trio.to_thread.run_sync(exporter.force_flush)  # the SDK posts from a thread
+
+        spans = []
+        for req in collector.requests:
+            export = ExportTraceServiceRequest.FromString(req.body)
+            for resource_spans in export.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    spans.extend(scope_spans.spans)
+        by_name = {s.name: s for s in spans}
+        server = by_name["GET /api/{id}"]
+        assert server.trace_id.hex() == trace_id
+        assert server.parent_span_id.hex() == parent
+        backends = [by_name["backend a"], by_name["backend b"]]
+        assert all(b.parent_span_id == server.span_id for b in backends)
+        sent = {req.path: req.headers["traceparent"].split("-")[2] for req in seen}
+        assert sent == {"/a": backends[0].span_id.hex(), "/b": backends[1].span_id.hex()}
