@@ -1,0 +1,198 @@
+"""Resilience state machines (pure, with an injected clock): circuit breaker, retry budget.
+
+Neither does I/O or sleeps; callers pass ``now`` (seconds, any monotonic origin). Each
+exposes a frozen ``statistics()`` snapshot, as trio's synchronisation primitives do.
+
+Cancellation by the gateway itself (a deadline, a failed sibling, a client that left) is
+never recorded as a failure: callers simply do not report it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """Either trigger opens the breaker.
+
+    Args:
+        consecutive_failures: failures in a row that open it.
+        failure_ratio: failed share of the calls in ``window_s`` that opens it, once at
+            least ``min_requests`` calls were made in the window.
+        window_s: the sliding window for ``failure_ratio``.
+        min_requests: calls needed in the window before the ratio counts.
+        open_for_s: how long it stays open before letting probes through.
+        half_open_requests: probes allowed at once when half-open; all must succeed to close.
+    """
+
+    consecutive_failures: int = 5
+    failure_ratio: float = 0.5
+    window_s: float = 10.0
+    min_requests: int = 20
+    open_for_s: float = 30.0
+    half_open_requests: int = 1
+
+
+@dataclass(frozen=True)
+class BreakerStatistics:
+    state: BreakerState
+    consecutive_failures: int
+    window_requests: int
+    window_failures: int
+    opened_total: int
+    rejected_total: int
+
+
+class CircuitBreaker:
+    """closed -> open (a trigger fires) -> half_open (after ``open_for_s``) -> closed (all
+    probes succeeded) or open again (a probe failed)."""
+
+    def __init__(self, settings: BreakerSettings) -> None:
+        self.settings = settings
+        self._state: BreakerState = "closed"
+        self._consecutive = 0
+        self._window: deque[tuple[float, bool]] = deque()  # (time, failed)
+        self._failures_in_window = 0
+        self._opened_at = 0.0
+        self._probes_in_flight = 0
+        self._probe_successes = 0
+        self._opened_total = 0
+        self._rejected_total = 0
+
+    def state(self, now: float) -> BreakerState:
+        if self._state == "open" and now - self._opened_at >= self.settings.open_for_s:
+            self._state = "half_open"
+            self._probes_in_flight = 0
+            self._probe_successes = 0
+        return self._state
+
+    def allow(self, now: float) -> bool:
+        """May a call go out now? A half-open breaker admits a few probes; the caller must
+        report each admitted call with :meth:`record` (or :meth:`release` if cancelled)."""
+        state = self.state(now)
+        if state == "closed":
+            return True
+        if state == "half_open" and self._probes_in_flight < self.settings.half_open_requests:
+            self._probes_in_flight += 1
+            return True
+        self._rejected_total += 1
+        return False
+
+    def release(self, now: float) -> None:
+        """An admitted call ended without a verdict (cancelled by the gateway)."""
+        if self._state == "half_open" and self._probes_in_flight > 0:
+            self._probes_in_flight -= 1
+
+    def record(self, now: float, failed: bool) -> None:
+        """Report an admitted call's result."""
+        state = self.state(now)
+        if state == "half_open":
+            self._probes_in_flight = max(0, self._probes_in_flight - 1)
+            if failed:
+                self._open(now)
+            else:
+                self._probe_successes += 1
+                if self._probe_successes >= self.settings.half_open_requests:
+                    self._close()
+            return
+        if state == "open":
+            return  # a call admitted before it opened: its verdict no longer matters
+        self._trim(now)
+        self._window.append((now, failed))
+        if failed:
+            self._failures_in_window += 1
+            self._consecutive += 1
+        else:
+            self._consecutive = 0
+        s = self.settings
+        if self._consecutive >= s.consecutive_failures or (
+            len(self._window) >= s.min_requests
+            and self._failures_in_window >= s.failure_ratio * len(self._window)
+        ):
+            self._open(now)
+
+    def _trim(self, now: float) -> None:
+        while self._window and now - self._window[0][0] > self.settings.window_s:
+            _, failed = self._window.popleft()
+            if failed:
+                self._failures_in_window -= 1
+
+    def _open(self, now: float) -> None:
+        self._state = "open"
+        self._opened_at = now
+        self._opened_total += 1
+        self._consecutive = 0
+        self._window.clear()
+        self._failures_in_window = 0
+
+    def _close(self) -> None:
+        self._state = "closed"
+        self._consecutive = 0
+        self._window.clear()
+        self._failures_in_window = 0
+
+    def statistics(self, now: float) -> BreakerStatistics:
+        state = self.state(now)
+        self._trim(now)
+        return BreakerStatistics(
+            state,
+            self._consecutive,
+            len(self._window),
+            self._failures_in_window,
+            self._opened_total,
+            self._rejected_total,
+        )
+
+
+@dataclass(frozen=True)
+class BudgetStatistics:
+    requests_in_flight: int
+    retries_in_flight: int
+    retries_allowed: int
+    retries_total: int
+    retries_refused: int
+
+
+class RetryBudget:
+    """Envoy's retry budget: retries in flight may be at most ``ratio`` of the requests in
+    flight, but never fewer than ``min_retries`` (so a quiet upstream can still retry).
+    Retries cannot multiply an outage."""
+
+    def __init__(self, ratio: float = 0.2, min_retries: int = 3) -> None:
+        self.ratio = ratio
+        self.min_retries = min_retries
+        self._requests = 0
+        self._retries = 0
+        self._retries_total = 0
+        self._refused = 0
+
+    def request_started(self) -> None:
+        self._requests += 1
+
+    def request_ended(self) -> None:
+        self._requests -= 1
+
+    def allowed(self) -> int:
+        return max(self.min_retries, int(self.ratio * self._requests))
+
+    def try_retry(self) -> bool:
+        """Take a retry slot if the budget allows; release it with :meth:`retry_ended`."""
+        if self._retries >= self.allowed():
+            self._refused += 1
+            return False
+        self._retries += 1
+        self._retries_total += 1
+        return True
+
+    def retry_ended(self) -> None:
+        self._retries -= 1
+
+    def statistics(self) -> BudgetStatistics:
+        return BudgetStatistics(
+            self._requests, self._retries, self.allowed(), self._retries_total, self._refused
+        )
