@@ -26,6 +26,8 @@ class Outcome:
     INTERNAL_ERROR: Final = "internal_error"
     INVALID_REFERENCE: Final = "invalid_reference"
     DEPENDENCY_FAILED: Final = "dependency_failed"
+    CIRCUIT_OPEN: Final = "circuit_open"
+    """The upstream's circuit breaker is open: not called."""
     SKIPPED: Final = "skipped"
     """Not called because its ``when:`` condition (or a dependency's) did not hold.
     Not a failure: left out of the body, the response stays complete."""

@@ -40,6 +40,7 @@ from ._logging import AccessRecord, log_access
 from ._otel import SpanExporter
 from ._passthrough import PassthroughAborted, open_passthrough
 from ._plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
+from ._resilience import UpstreamGuard
 from ._tracing import CURRENT, trace_context, with_request_id
 from ._transport import GatewayTransport, PoolLimits
 
@@ -68,6 +69,18 @@ def tune_gc() -> None:
 
 
 MASK = "***"
+
+
+def build_guards(plan: GatewayPlan, previous: dict[str, UpstreamGuard]) -> dict[str, UpstreamGuard]:
+    """Resilience state per upstream; kept across reloads where the settings are unchanged."""
+    guards = {}
+    for name, up in plan.upstreams.items():
+        old = previous.get(name)
+        if old is not None and old.same_settings(up.retry, up.breaker):
+            guards[name] = old
+        elif up.retry is not None or up.breaker is not None:
+            guards[name] = UpstreamGuard.build(up.retry, up.breaker)
+    return guards
 
 
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
@@ -142,10 +155,14 @@ class GatewayApp(QuartTrio):
         self.draining = False
         self.loaded_at = time.time()
         self.exporter: SpanExporter | None = None
+        self.guards: dict[str, UpstreamGuard] = build_guards(plan, {})
         self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/ready", "ready", self._ready, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/metrics", "metrics", self._metrics, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/config", "config", self._config, methods=["GET"])
+        self.add_url_rule(
+            f"{ADMIN_PREFIX}/upstreams", "upstreams", self._upstreams, methods=["GET"]
+        )
         # Endpoint routing is ours, on the raw path, before Quart's router (which decodes
         # the path first and would turn an encoded slash into a routing 404).
         self.before_request(self._dispatch)
@@ -235,6 +252,7 @@ class GatewayApp(QuartTrio):
                         receive,
                         send,
                         record,
+                        self.guards,
                     )
                     return
         try:
@@ -295,12 +313,29 @@ class GatewayApp(QuartTrio):
             return False
         if self._transport is not None:
             self._transport.reconfigure(pool_limits(plan))
+        self.guards = build_guards(plan, self.guards)
         self.plan = plan
         self.loaded_at = time.time()
         for warning in plan.warnings:
             log.warning("%s", warning)
         log.info("reloaded %s: %d endpoint(s)", plan.file, len(plan.endpoints))
         return True
+
+    async def _upstreams(self) -> Response:
+        """Each upstream's circuit breaker, retry budget and connection pool, as JSON."""
+        now = trio.current_time()
+        pools = {
+            s.origin: vars(s) for s in (self._transport.statistics() if self._transport else [])
+        }
+        return json_response(
+            {
+                name: {
+                    **(self.guards[name].statistics(now) if name in self.guards else {}),
+                    "pool": pools.get(up.base.origin),
+                }
+                for name, up in self.plan.upstreams.items()
+            }
+        )
 
     async def _config(self) -> Response:
         """The active config, header values masked, and when it was loaded."""

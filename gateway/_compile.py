@@ -35,6 +35,7 @@ from ._plan import (
     GatewayPlan,
     UpstreamPlan,
 )
+from ._resilience import BreakerSettings, RetrySettings
 from ._template import Ref, Template, parse_template, parse_url_template
 from ._transform import Transform, split_path
 from ._units import format_duration
@@ -94,6 +95,25 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             max_response_bytes=up.max_response_size or defaults.max_response_size,
             headers=_check_headers(up.headers, file, (*where, "headers"), problems),
             ca_file=up.ca_file,
+            retry=RetrySettings(
+                up.retries.attempts,
+                up.retries.backoff,
+                frozenset(up.retries.on),
+                up.retries.budget,
+                up.retries.unsafe,
+            )
+            if up.retries
+            else None,
+            breaker=BreakerSettings(
+                up.circuit_breaker.consecutive_failures,
+                up.circuit_breaker.failure_ratio,
+                up.circuit_breaker.window,
+                up.circuit_breaker.min_requests,
+                up.circuit_breaker.open_for,
+                up.circuit_breaker.half_open_requests,
+            )
+            if up.circuit_breaker
+            else None,
         )
         if up.ca_file is not None:
             if base.scheme != "https":

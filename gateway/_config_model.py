@@ -148,6 +148,71 @@ class DefaultsConfig(_Model):
     (counted after decompression); a backend whose body crosses it gets `too_large`."""
 
 
+def _percent(value: object) -> float:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            number = float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError(f"invalid percentage {value!r}") from None
+        if not 0 <= number <= 100:
+            raise ValueError("a percentage must be between 0% and 100%")
+        return number / 100
+    raise ValueError("write a percentage like 20%")
+
+
+Percent = Annotated[
+    float,
+    BeforeValidator(_percent),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?%$"}),
+]
+
+RETRYABLE = ("unreachable", "http_500", "http_502", "http_503", "http_504")
+
+
+class RetryConfig(_Model):
+    """Retry failed calls, within the deadline and the upstream's retry budget."""
+
+    attempts: int = Field(default=2, ge=1, le=10)
+    """Retries after the first try (so `2` means up to 3 calls)."""
+
+    backoff: Duration = 0.05
+    """Base wait before a retry; doubled each time, with +-50% jitter."""
+
+    on: list[Literal[RETRYABLE]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["unreachable", "http_502", "http_503"]
+    )
+    """Outcomes that are retried."""
+
+    budget: Percent = 0.2
+    """Retries in flight to this upstream at most this share of its requests in flight
+    (never fewer than 3), so retries cannot multiply an outage."""
+
+    unsafe: bool = False
+    """Also retry methods that are not idempotent (POST, PATCH)."""
+
+
+class CircuitBreakerConfig(_Model):
+    """Stop calling an upstream that keeps failing; either trigger opens the breaker."""
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    """Failures in a row that open it."""
+
+    failure_ratio: Percent = 0.5
+    """Share of failed calls in `window` that opens it (after `min_requests` calls)."""
+
+    window: Duration = 10.0
+    """Sliding window for `failure_ratio`."""
+
+    min_requests: int = Field(default=20, ge=1)
+    """Calls in the window before `failure_ratio` counts."""
+
+    open_for: Duration = 30.0
+    """How long it stays open (calls fail at once with `circuit_open`) before probing."""
+
+    half_open_requests: int = Field(default=1, ge=1)
+    """Probes let through after `open_for`; all must succeed to close it again."""
+
+
 class UpstreamConfig(_Model):
     """A service the gateway calls. Hosts come only from here, never from a client."""
 
@@ -175,6 +240,13 @@ class UpstreamConfig(_Model):
     ca_file: str | None = None
     """For https: a PEM file of CA certificates to verify this upstream against, instead
     of the system's. Certificates are always verified."""
+
+    retries: RetryConfig | None = None
+    """Retry failed calls to this upstream (idempotent methods only, unless `unsafe`)."""
+
+    circuit_breaker: CircuitBreakerConfig | None = None
+    """Fail calls at once (outcome `circuit_open`) while this upstream keeps failing.
+    Failures are `unreachable`, `timeout` and `http_5xx`; cancellation by the gateway is not."""
 
 
 class ConditionConfig(_Model):

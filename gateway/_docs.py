@@ -16,10 +16,12 @@ from pydantic.fields import FieldInfo
 from ._config_model import (
     BackendConfig,
     BodySelectConfig,
+    CircuitBreakerConfig,
     ConditionConfig,
     DefaultsConfig,
     EndpointConfig,
     GatewayConfig,
+    RetryConfig,
     ServerConfig,
     TracingConfig,
     UpstreamConfig,
@@ -31,6 +33,8 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`server`", ServerConfig),
     ("`defaults`", DefaultsConfig),
     ("`upstreams.NAME`", UpstreamConfig),
+    ("`upstreams.NAME.retries`", RetryConfig),
+    ("`upstreams.NAME.circuit_breaker`", CircuitBreakerConfig),
     ("`endpoints[]`", EndpointConfig),
     ("`endpoints[].backends[]`", BackendConfig),
     ("`endpoints[].backends[].when`", ConditionConfig),
@@ -39,14 +43,29 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
 )
 
 DURATION_FIELDS = frozenset(
-    {"timeout", "deadline", "idle_timeout", "graceful_timeout", "body_timeout", "drain_delay"}
+    {
+        "timeout",
+        "deadline",
+        "idle_timeout",
+        "graceful_timeout",
+        "body_timeout",
+        "drain_delay",
+        "backoff",
+        "window",
+        "open_for",
+    }
 )
 SIZE_FIELDS = frozenset(
     {"max_response_size", "max_request_body", "max_header_size", "max_total_response_size"}
 )
 
 
+PERCENT_FIELDS = frozenset({"budget", "failure_ratio"})
+
+
 def _type_name(name: str, field: FieldInfo) -> str:
+    if name in PERCENT_FIELDS:
+        return "percentage"
     if name in DURATION_FIELDS:
         return "duration"
     if name in SIZE_FIELDS:
@@ -94,6 +113,8 @@ def _default(field: FieldInfo, name: str) -> str:
         return "none"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if name in PERCENT_FIELDS:
+        return f"`{value * 100:g}%`"
     if name in DURATION_FIELDS:
         return f"`{format_duration(value)}`"
     if name in SIZE_FIELDS:

@@ -11,7 +11,7 @@ call it started.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,6 +32,7 @@ from ._forwarded import Network, client_info
 from ._headers import select_headers
 from ._logging import AccessRecord
 from ._plan import EndpointPlan, GatewayPlan
+from ._resilience import UpstreamGuard
 from ._tracing import with_request_id
 from ._urls import RouteMatch, encode_query
 
@@ -52,6 +53,7 @@ def build_context(
     scope: Scope,
     body: bytes | None = None,
     trusted_proxies: Sequence[Network] = (),
+    guards: Mapping[str, UpstreamGuard] | None = None,
 ) -> CallContext:
     """Take from the client request only what this endpoint's config uses, plus the
     forwarding headers the gateway sets (``X-Forwarded-*``, ``Via``).
@@ -101,6 +103,7 @@ def build_context(
         json_body,
         ByteBudget(endpoint.max_total_response_bytes),
         info.address,
+        guards or {},
     )
 
 
@@ -215,6 +218,7 @@ async def serve_aggregate(
     receive: Receive,
     send: Send,
     record: AccessRecord | None = None,
+    guards: Mapping[str, UpstreamGuard] | None = None,
 ) -> None:
     """Answer one request to an aggregated endpoint."""
     endpoint = match.target
@@ -226,7 +230,7 @@ async def serve_aggregate(
         body = None
         if endpoint.reads_body:
             body = await read_body(scope, receive, server.max_request_body, server.body_timeout)
-        ctx = build_context(endpoint, match.params, scope, body, plan.trusted_proxies)
+        ctx = build_context(endpoint, match.params, scope, body, plan.trusted_proxies, guards)
         if record is not None:
             record.client = ctx.client_address
     except ClientGone:

@@ -16,6 +16,7 @@ every connection whose exchange was cut, so the upstreams see the close.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,9 +28,11 @@ import trio
 from ._aggregate import Aggregate, BackendResult, Outcome, aggregate, http_outcome
 from ._graph import all_hold, skipped_by_condition
 from ._plan import BackendPlan, EndpointPlan
+from ._resilience import UpstreamGuard
 from ._template import Ref, UnresolvedReference, expand, header_value, render, url_value, walk
 from ._tracing import CURRENT
 from ._transform import JSON, SelectMissing
+from ._transport import IDEMPOTENT_METHODS
 
 log = logging.getLogger("gateway")
 
@@ -80,6 +83,7 @@ class CallContext:
     json_body: JSON = None  # ... and parsed
     budget: ByteBudget = field(default_factory=unlimited_budget)
     client_address: str = ""  # as believed under server.trusted_proxies
+    guards: Mapping[str, UpstreamGuard] = field(default_factory=dict)  # by upstream name
 
 
 Sender = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -369,16 +373,76 @@ async def _call_backend(
         return BackendResult(Outcome.INVALID_REFERENCE, detail=str(exc))
     except httpx.InvalidURL as exc:  # e.g. a filled-in URL over httpx's length limit
         return BackendResult(Outcome.INVALID_REFERENCE, detail=f"invalid URL: {exc}")
+    guard = ctx.guards.get(backend.upstream.name)
     result: BackendResult | None = None
-    with trio.move_on_after(backend.timeout_s):
-        if backend.for_each:
-            result = await _attempt_each(sender, backend, requests, ctx.budget)
-        else:
-            result = await _attempt(sender, backend, requests[0], ctx.budget)
+    if guard is not None:
+        guard.budget.request_started()
+    try:
+        with trio.move_on_after(backend.timeout_s):
+            if backend.for_each:
+                result = await _attempt_each(sender, backend, requests, ctx.budget)
+            elif guard is not None:
+                result = await _guarded(sender, backend, requests[0], ctx.budget, guard)
+            else:
+                result = await _attempt(sender, backend, requests[0], ctx.budget)
+    finally:
+        if guard is not None:
+            guard.budget.request_ended()
     duration_s = trio.current_time() - start
-    if result is None:  # our own timeout fired
+    if result is None:  # our own timeout fired: the upstream's failure, for the breaker too
+        if guard is not None and guard.breaker is not None:
+            guard.breaker.record(trio.current_time(), failed=True)
         return BackendResult(Outcome.TIMEOUT, duration_s=duration_s, detail="backend timeout")
     return replace(result, duration_s=duration_s)
+
+
+def _counts_as_failure(outcome: str) -> bool:
+    """What a circuit breaker counts: the upstream failing, not the client or the gateway."""
+    return outcome in (Outcome.UNREACHABLE, Outcome.TIMEOUT) or outcome.startswith("http_5")
+
+
+async def _guarded(
+    sender: Sender,
+    backend: BackendPlan,
+    request: httpx.Request,
+    budget: ByteBudget,
+    guard: UpstreamGuard,
+) -> BackendResult:
+    """One call with the upstream's circuit breaker and retries (within the retry budget,
+    with jittered exponential backoff). Everything runs inside the caller's timeout and
+    deadline scopes, so no retry outlives them."""
+    retry = guard.retry
+    idempotent = request.method in IDEMPOTENT_METHODS or (retry is not None and retry.unsafe)
+    attempts = 1 + (retry.attempts if retry is not None and idempotent else 0)
+    result = BackendResult(Outcome.CIRCUIT_OPEN, detail="circuit breaker open")
+    for attempt in range(attempts):
+        breaker = guard.breaker
+        if breaker is not None and not breaker.allow(trio.current_time()):
+            return (
+                result
+                if attempt
+                else BackendResult(Outcome.CIRCUIT_OPEN, detail="circuit breaker open")
+            )
+        is_retry = attempt > 0
+        if is_retry and not guard.budget.try_retry():
+            if breaker is not None:
+                breaker.release(trio.current_time())
+            return result
+        try:
+            result = await _attempt(sender, backend, request, budget)
+        except BaseException:
+            if breaker is not None:
+                breaker.release(trio.current_time())
+            raise
+        finally:
+            if is_retry:
+                guard.budget.retry_ended()
+        if breaker is not None:
+            breaker.record(trio.current_time(), _counts_as_failure(result.outcome))
+        if retry is None or result.outcome not in retry.on or attempt == attempts - 1:
+            return result
+        await trio.sleep(retry.backoff_s * (2**attempt) * random.uniform(0.5, 1.5))
+    return result
 
 
 async def fan_out(

@@ -18,6 +18,7 @@ from ._config_model import GatewayConfig
 from ._errors import ConfigProblem
 from ._forwarded import Network
 from ._graph import Condition
+from ._resilience import BreakerSettings, RetrySettings
 from ._template import Template
 from ._transform import Transform
 from ._urls import BaseUrl, RoutePattern, Router
@@ -60,6 +61,8 @@ class UpstreamPlan:
     max_response_bytes: int
     headers: tuple[tuple[str, str], ...]
     ca_file: str | None = None
+    retry: RetrySettings | None = None
+    breaker: BreakerSettings | None = None
 
 
 @dataclass(frozen=True)

@@ -196,3 +196,39 @@ class RetryBudget:
         return BudgetStatistics(
             self._requests, self._retries, self.allowed(), self._retries_total, self._refused
         )
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    attempts: int
+    backoff_s: float
+    on: frozenset[str]
+    budget_ratio: float
+    unsafe: bool
+
+
+@dataclass
+class UpstreamGuard:
+    """One upstream's resilience state, shared by every request of a worker."""
+
+    breaker: CircuitBreaker | None
+    budget: RetryBudget
+    retry: RetrySettings | None
+
+    @classmethod
+    def build(cls, retry: RetrySettings | None, breaker: BreakerSettings | None) -> UpstreamGuard:
+        return cls(
+            CircuitBreaker(breaker) if breaker else None,
+            RetryBudget(retry.budget_ratio if retry else 0.2),
+            retry,
+        )
+
+    def same_settings(self, retry: RetrySettings | None, breaker: BreakerSettings | None) -> bool:
+        current = self.breaker.settings if self.breaker else None
+        return self.retry == retry and current == breaker
+
+    def statistics(self, now: float) -> dict[str, object]:
+        return {
+            "circuit_breaker": vars(self.breaker.statistics(now)) if self.breaker else None,
+            "retry_budget": vars(self.budget.statistics()),
+        }

@@ -265,11 +265,9 @@ def test_unknown_top_level_key_lists_the_top_level_keys() -> None:
 
 
 def test_unknown_upstream_key_lists_the_upstream_keys() -> None:
-    text = "version: 1\nupstreams:\n  users: {url: 'http://h', retries: 3}\n"
+    text = "version: 1\nupstreams:\n  users: {url: 'http://h', retry: 3}\n"
     (problem,) = problems_of(text)
-    assert problem.startswith(
-        "gw.yaml: upstreams.users.retries: unknown key 'retries' (allowed: url,"
-    )
+    assert problem.startswith("gw.yaml: upstreams.users.retry: unknown key 'retry' (allowed: url,")
 
 
 def test_unknown_endpoint_key_lists_the_endpoint_keys() -> None:
@@ -792,6 +790,8 @@ def test_every_config_model_is_walked() -> None:
         "ConditionConfig",
         "BodySelectConfig",
         "TracingConfig",
+        "RetryConfig",
+        "CircuitBreakerConfig",
     }
 
 

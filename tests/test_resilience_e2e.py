@@ -1,0 +1,115 @@
+"""Retries and circuit breakers against real failing upstreams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from conftest import backend_config, simple_config, start_gateway, start_upstream
+from upstream import RecordedRequest, Reply
+
+
+def flaky(failures: int, fault: str | None = None, status: int = 503) -> tuple[list[int], Any]:
+    """An upstream handler that fails ``failures`` times, then answers."""
+    calls = [0]
+
+    async def handler(req: RecordedRequest) -> Reply:
+        calls[0] += 1
+        if calls[0] <= failures:
+            return Reply(fault=fault) if fault else Reply(status=status)
+        return Reply(json={"attempt": calls[0]})
+
+    return calls, handler
+
+
+async def test_a_failed_call_is_retried_and_succeeds(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        calls, handler = flaky(2)
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["upstreams"]["u"]["retries"] = {"attempts": 2, "backoff": "10ms"}
+        gw = await start_gateway(nursery, config)
+        r = await gw.get("/api/1")
+        assert r.headers["x-gateway-backends"] == "a=ok"
+        assert r.json() == {"attempt": 3}
+        assert calls[0] == 3
+
+
+async def test_resets_are_retried_but_not_for_post_unless_unsafe(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        calls, handler = flaky(1, fault="reset")
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x", method="POST")])
+        config["upstreams"]["u"]["retries"] = {"attempts": 3, "backoff": "10ms"}
+        gw = await start_gateway(nursery, config)
+        r = await gw.get("/api/1")
+        assert r.headers["x-gateway-backends"] == "a=unreachable"
+        assert calls[0] == 1
+        config["upstreams"]["u"]["retries"]["unsafe"] = True
+        calls[0] = 0
+        gw2 = await start_gateway(nursery, config)
+        r = await gw2.get("/api/1")
+        assert r.headers["x-gateway-backends"] == "a=ok"
+
+
+async def test_retries_never_run_past_the_deadline(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        calls, handler = flaky(100, status=503)
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")], deadline="250ms")
+        config["upstreams"]["u"]["retries"] = {"attempts": 10, "backoff": "100ms"}
+        gw = await start_gateway(nursery, config)
+        start = trio.current_time()
+        r = await gw.get("/api/1")
+        elapsed = trio.current_time() - start
+        assert elapsed < 0.45
+        assert r.headers["x-gateway-backends"] == "a=timeout"
+        assert calls[0] < 5
+
+
+async def test_the_breaker_opens_fails_fast_then_probes_and_closes(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        calls, handler = flaky(3, status=500)
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x", default=None)])
+        config["upstreams"]["u"]["circuit_breaker"] = {
+            "consecutive_failures": 3,
+            "open_for": "300ms",
+        }
+        gw = await start_gateway(nursery, config)
+        outcomes = [(await gw.get("/api/1")).headers["x-gateway-backends"] for _ in range(5)]
+        assert outcomes == ["a=http_500"] * 3 + ["a=circuit_open"] * 2
+        assert calls[0] == 3  # the open breaker did not call the upstream
+        state = (await gw.get("/__gateway/upstreams")).json()["u"]
+        assert state["circuit_breaker"]["state"] == "open"
+        assert state["circuit_breaker"]["rejected_total"] == 2
+        await trio.sleep(0.35)
+        r = await gw.get("/api/1")  # the probe: the upstream has recovered
+        assert r.headers["x-gateway-backends"] == "a=ok"
+        state = (await gw.get("/__gateway/upstreams")).json()["u"]
+        assert state["circuit_breaker"]["state"] == "closed"
+        assert state["pool"]["open_connections"] >= 1
+
+
+async def test_cancellation_by_the_gateway_never_counts_against_the_breaker(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(
+            nursery, {"/slow": Reply(json={}, delay_s=1), "/fail": Reply(status=500)}
+        )
+        config = simple_config(
+            {"u": up},
+            [
+                backend_config("slow", "u", "/slow"),
+                backend_config("main", "u", "/fail", required=True),
+            ],
+        )
+        config["upstreams"]["u"]["circuit_breaker"] = {"consecutive_failures": 4}
+        gw = await start_gateway(nursery, config)
+        for _ in range(3):  # each: main fails (counted), slow is cancelled (not counted)
+            r = await gw.get("/api/1")
+            assert r.headers["x-gateway-backends"] == "slow=cancelled, main=http_500"
+        state = (await gw.get("/__gateway/upstreams")).json()["u"]["circuit_breaker"]
+        assert state["state"] == "closed"
+        assert state["consecutive_failures"] == 3
