@@ -26,6 +26,8 @@ class Outcome:
     INTERNAL_ERROR: Final = "internal_error"
     INVALID_REFERENCE: Final = "invalid_reference"
     DEPENDENCY_FAILED: Final = "dependency_failed"
+    OVERLOADED: Final = "overloaded"
+    """The upstream's bulkhead had no free slot within its queue timeout."""
     CIRCUIT_OPEN: Final = "circuit_open"
     """The upstream's circuit breaker is open: not called."""
     SKIPPED: Final = "skipped"

@@ -76,10 +76,10 @@ def build_guards(plan: GatewayPlan, previous: dict[str, UpstreamGuard]) -> dict[
     guards = {}
     for name, up in plan.upstreams.items():
         old = previous.get(name)
-        if old is not None and old.same_settings(up.retry, up.breaker):
+        if old is not None and old.same_settings(up.retry, up.breaker, up.bulkhead):
             guards[name] = old
-        elif up.retry is not None or up.breaker is not None:
-            guards[name] = UpstreamGuard.build(up.retry, up.breaker)
+        elif up.retry is not None or up.breaker is not None or up.bulkhead is not None:
+            guards[name] = UpstreamGuard.build(up.retry, up.breaker, up.bulkhead)
     return guards
 
 

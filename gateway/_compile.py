@@ -35,7 +35,7 @@ from ._plan import (
     GatewayPlan,
     UpstreamPlan,
 )
-from ._resilience import BreakerSettings, RetrySettings
+from ._resilience import BreakerSettings, BulkheadSettings, RetrySettings
 from ._template import Ref, Template, parse_template, parse_url_template
 from ._transform import Transform, split_path
 from ._units import format_duration
@@ -113,6 +113,9 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                 up.circuit_breaker.half_open_requests,
             )
             if up.circuit_breaker
+            else None,
+            bulkhead=BulkheadSettings(up.bulkhead.max_concurrent, up.bulkhead.queue_timeout)
+            if up.bulkhead
             else None,
         )
         if up.ca_file is not None:

@@ -213,6 +213,17 @@ class CircuitBreakerConfig(_Model):
     """Probes let through after `open_for`; all must succeed to close it again."""
 
 
+class BulkheadConfig(_Model):
+    """Bound the calls in flight to one upstream, so a slow one cannot take every
+    connection and all the memory of a worker."""
+
+    max_concurrent: int = Field(default=100, ge=1)
+    """Calls in flight to this upstream at once (per worker)."""
+
+    queue_timeout: Duration = 0.05
+    """How long a call may wait for a slot; longer: outcome `overloaded`."""
+
+
 class UpstreamConfig(_Model):
     """A service the gateway calls. Hosts come only from here, never from a client."""
 
@@ -243,6 +254,9 @@ class UpstreamConfig(_Model):
 
     retries: RetryConfig | None = None
     """Retry failed calls to this upstream (idempotent methods only, unless `unsafe`)."""
+
+    bulkhead: BulkheadConfig | None = None
+    """Limit the calls in flight to this upstream (outcome `overloaded` beyond)."""
 
     circuit_breaker: CircuitBreakerConfig | None = None
     """Fail calls at once (outcome `circuit_open`) while this upstream keeps failing.

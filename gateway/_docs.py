@@ -16,6 +16,7 @@ from pydantic.fields import FieldInfo
 from ._config_model import (
     BackendConfig,
     BodySelectConfig,
+    BulkheadConfig,
     CircuitBreakerConfig,
     ConditionConfig,
     DefaultsConfig,
@@ -35,6 +36,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`upstreams.NAME`", UpstreamConfig),
     ("`upstreams.NAME.retries`", RetryConfig),
     ("`upstreams.NAME.circuit_breaker`", CircuitBreakerConfig),
+    ("`upstreams.NAME.bulkhead`", BulkheadConfig),
     ("`endpoints[]`", EndpointConfig),
     ("`endpoints[].backends[]`", BackendConfig),
     ("`endpoints[].backends[].when`", ConditionConfig),
@@ -53,6 +55,7 @@ DURATION_FIELDS = frozenset(
         "backoff",
         "window",
         "open_for",
+        "queue_timeout",
     }
 )
 SIZE_FIELDS = frozenset(

@@ -375,6 +375,17 @@ async def _call_backend(
         return BackendResult(Outcome.INVALID_REFERENCE, detail=f"invalid URL: {exc}")
     guard = ctx.guards.get(backend.upstream.name)
     result: BackendResult | None = None
+    limiter = guard.limiter if guard is not None else None
+    if limiter is not None and guard is not None and guard.bulkhead is not None:
+        with trio.move_on_after(guard.bulkhead.queue_timeout_s) as queued:
+            await limiter.acquire()
+        if queued.cancelled_caught:
+            guard.overloaded_total += 1
+            return BackendResult(
+                Outcome.OVERLOADED,
+                duration_s=trio.current_time() - start,
+                detail="bulkhead full",
+            )
     if guard is not None:
         guard.budget.request_started()
     try:
@@ -388,6 +399,8 @@ async def _call_backend(
     finally:
         if guard is not None:
             guard.budget.request_ended()
+        if limiter is not None:
+            limiter.release()
     duration_s = trio.current_time() - start
     if result is None:  # our own timeout fired: the upstream's failure, for the breaker too
         if guard is not None and guard.breaker is not None:

@@ -18,7 +18,7 @@ from ._config_model import GatewayConfig
 from ._errors import ConfigProblem
 from ._forwarded import Network
 from ._graph import Condition
-from ._resilience import BreakerSettings, RetrySettings
+from ._resilience import BreakerSettings, BulkheadSettings, RetrySettings
 from ._template import Template
 from ._transform import Transform
 from ._urls import BaseUrl, RoutePattern, Router
@@ -63,6 +63,7 @@ class UpstreamPlan:
     ca_file: str | None = None
     retry: RetrySettings | None = None
     breaker: BreakerSettings | None = None
+    bulkhead: BulkheadSettings | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+import trio  # only for the bulkhead's CapacityLimiter: state, not I/O
+
 BreakerState = Literal["closed", "open", "half_open"]
 
 
@@ -207,6 +209,12 @@ class RetrySettings:
     unsafe: bool
 
 
+@dataclass(frozen=True)
+class BulkheadSettings:
+    max_concurrent: int
+    queue_timeout_s: float
+
+
 @dataclass
 class UpstreamGuard:
     """One upstream's resilience state, shared by every request of a worker."""
@@ -214,21 +222,46 @@ class UpstreamGuard:
     breaker: CircuitBreaker | None
     budget: RetryBudget
     retry: RetrySettings | None
+    bulkhead: BulkheadSettings | None = None
+    limiter: trio.CapacityLimiter | None = None  # the bulkhead's slots
+    overloaded_total: int = 0
 
     @classmethod
-    def build(cls, retry: RetrySettings | None, breaker: BreakerSettings | None) -> UpstreamGuard:
+    def build(
+        cls,
+        retry: RetrySettings | None,
+        breaker: BreakerSettings | None,
+        bulkhead: BulkheadSettings | None = None,
+    ) -> UpstreamGuard:
         return cls(
             CircuitBreaker(breaker) if breaker else None,
             RetryBudget(retry.budget_ratio if retry else 0.2),
             retry,
+            bulkhead,
+            trio.CapacityLimiter(bulkhead.max_concurrent) if bulkhead else None,
         )
 
-    def same_settings(self, retry: RetrySettings | None, breaker: BreakerSettings | None) -> bool:
+    def same_settings(
+        self,
+        retry: RetrySettings | None,
+        breaker: BreakerSettings | None,
+        bulkhead: BulkheadSettings | None = None,
+    ) -> bool:
         current = self.breaker.settings if self.breaker else None
-        return self.retry == retry and current == breaker
+        return self.retry == retry and current == breaker and self.bulkhead == bulkhead
 
     def statistics(self, now: float) -> dict[str, object]:
+        bulkhead = None
+        if self.limiter is not None:
+            stats = self.limiter.statistics()
+            bulkhead = {
+                "in_flight": stats.borrowed_tokens,
+                "waiting": stats.tasks_waiting,
+                "max_concurrent": stats.total_tokens,
+                "overloaded_total": self.overloaded_total,
+            }
         return {
             "circuit_breaker": vars(self.breaker.statistics(now)) if self.breaker else None,
             "retry_budget": vars(self.budget.statistics()),
+            "bulkhead": bulkhead,
         }

@@ -792,6 +792,7 @@ def test_every_config_model_is_walked() -> None:
         "TracingConfig",
         "RetryConfig",
         "CircuitBreakerConfig",
+        "BulkheadConfig",
     }
 
 

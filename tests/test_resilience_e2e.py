@@ -113,3 +113,24 @@ async def test_cancellation_by_the_gateway_never_counts_against_the_breaker(
         state = (await gw.get("/__gateway/upstreams")).json()["u"]["circuit_breaker"]
         assert state["state"] == "closed"
         assert state["consecutive_failures"] == 3
+
+
+async def test_a_full_bulkhead_fails_calls_fast_with_overloaded(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/slow": Reply(json={"ok": 1}, delay_s=0.3)})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/slow")])
+        config["upstreams"]["u"]["bulkhead"] = {"max_concurrent": 2, "queue_timeout": "50ms"}
+        gw = await start_gateway(nursery, config)
+        outcomes: list[str] = []
+
+        async def one() -> None:
+            r = await gw.get("/api/1")
+            outcomes.append(r.headers["x-gateway-backends"])
+
+        async with trio.open_nursery() as n:
+            for _ in range(5):
+                n.start_soon(one)
+        assert sorted(outcomes) == ["a=ok"] * 2 + ["a=overloaded"] * 3
+        assert up.calls("/slow") == 2
+        state = (await gw.get("/__gateway/upstreams")).json()["u"]["bulkhead"]
+        assert state == {"in_flight": 0, "waiting": 0, "max_concurrent": 2, "overloaded_total": 3}
