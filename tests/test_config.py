@@ -888,3 +888,19 @@ def test_tracing_without_the_otel_extra_is_a_clear_config_error(
         "gw.yaml: tracing: tracing needs the otel extra: "
         "pip install 'trio-aggregation-gateway[otel]'"
     ]
+
+
+def test_yaml_reads_only_true_and_false_as_booleans() -> None:
+    """YAML 1.2: `on:` (the retries key) stays a string, as do yes/no/off."""
+    text = textwrap.dedent(
+        """\
+        version: 1
+        upstreams:
+          u:
+            url: http://127.0.0.1:9
+            retries: {attempts: 1, on: [http_503]}
+        """
+    )
+    config = load_config_text(text, "gw.yaml", {})
+    assert config.upstreams["u"].retries is not None
+    assert config.upstreams["u"].retries.on == ["http_503"]
