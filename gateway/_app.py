@@ -76,10 +76,11 @@ def build_guards(plan: GatewayPlan, previous: dict[str, UpstreamGuard]) -> dict[
     guards = {}
     for name, up in plan.upstreams.items():
         old = previous.get(name)
-        if old is not None and old.same_settings(up.retry, up.breaker, up.bulkhead):
+        settings = (up.retry, up.breaker, up.bulkhead, up.hedge)
+        if old is not None and old.same_settings(*settings):
             guards[name] = old
-        elif up.retry is not None or up.breaker is not None or up.bulkhead is not None:
-            guards[name] = UpstreamGuard.build(up.retry, up.breaker, up.bulkhead)
+        elif any(s is not None for s in settings):
+            guards[name] = UpstreamGuard.build(*settings)
     return guards
 
 

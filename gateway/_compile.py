@@ -18,6 +18,7 @@ from ._config_model import (
     BodySelectConfig,
     EndpointConfig,
     GatewayConfig,
+    HedgeConfig,
     backend_has_default,
 )
 from ._errors import ConfigError, ConfigProblem
@@ -35,7 +36,7 @@ from ._plan import (
     GatewayPlan,
     UpstreamPlan,
 )
-from ._resilience import BreakerSettings, BulkheadSettings, RetrySettings
+from ._resilience import BreakerSettings, BulkheadSettings, HedgeSettings, RetrySettings
 from ._template import Ref, Template, parse_template, parse_url_template
 from ._transform import Transform, split_path
 from ._units import format_duration
@@ -117,6 +118,7 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             bulkhead=BulkheadSettings(up.bulkhead.max_concurrent, up.bulkhead.queue_timeout)
             if up.bulkhead
             else None,
+            hedge=_hedge_settings(up.hedge) if up.hedge else None,
         )
         if up.ca_file is not None:
             if base.scheme != "https":
@@ -280,6 +282,12 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
     router = Router((e.route, e.method, e) for e in endpoints)
     compiled = GatewayPlan(file, config, upstreams, tuple(endpoints), router, trusted)
     return replace(compiled, warnings=tuple(risky_settings(compiled)))
+
+
+def _hedge_settings(hedge: HedgeConfig) -> HedgeSettings:
+    if isinstance(hedge.after, str):
+        return HedgeSettings(None, int(hedge.after[1:]), hedge.max)
+    return HedgeSettings(hedge.after, None, hedge.max)
 
 
 def _is_loopback(host: str) -> bool:

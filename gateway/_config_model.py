@@ -8,6 +8,7 @@ byte counts or strings with a unit (``512KiB``, ``16MiB``).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
@@ -213,6 +214,31 @@ class CircuitBreakerConfig(_Model):
     """Probes let through after `open_for`; all must succeed to close it again."""
 
 
+def _hedge_after(value: object) -> float | str:
+    if isinstance(value, str) and re.fullmatch(r"p(50|75|90|95|99)", value.strip()):
+        return value.strip()
+    return _duration(value)
+
+
+HedgeAfter = Annotated[
+    float | str,
+    BeforeValidator(_hedge_after),
+    WithJsonSchema({"type": "string", "pattern": r"^(p(50|75|90|95|99)|\d+(\.\d+)?(ms|s))$"}),
+]
+
+
+class HedgeConfig(_Model):
+    """Delayed hedging: if a call has not answered after `after`, send another; the first
+    success wins and the others are cancelled (their connections closed)."""
+
+    after: HedgeAfter
+    """A duration, or a percentile of this upstream's recent latency (`p50`, `p75`, `p90`,
+    `p95`, `p99`; no hedging until 20 calls have been seen)."""
+
+    max: int = Field(default=1, ge=1, le=3)
+    """Extra calls at most per attempt. Hedges count against the retry budget."""
+
+
 class BulkheadConfig(_Model):
     """Bound the calls in flight to one upstream, so a slow one cannot take every
     connection and all the memory of a worker."""
@@ -257,6 +283,9 @@ class UpstreamConfig(_Model):
 
     bulkhead: BulkheadConfig | None = None
     """Limit the calls in flight to this upstream (outcome `overloaded` beyond)."""
+
+    hedge: HedgeConfig | None = None
+    """Send a second call when the first is slow (idempotent methods only)."""
 
     circuit_breaker: CircuitBreakerConfig | None = None
     """Fail calls at once (outcome `circuit_open`) while this upstream keeps failing.

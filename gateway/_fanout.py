@@ -409,6 +409,67 @@ async def _call_backend(
     return replace(result, duration_s=duration_s)
 
 
+async def _timed(
+    sender: Sender,
+    backend: BackendPlan,
+    request: httpx.Request,
+    budget: ByteBudget,
+    guard: UpstreamGuard,
+) -> BackendResult:
+    """One attempt, its duration fed to the upstream's latency window when it succeeds."""
+    start = trio.current_time()
+    result = await _attempt(sender, backend, request, budget)
+    if result.outcome == Outcome.OK:
+        guard.latency.add(trio.current_time() - start)
+    return result
+
+
+async def _hedged(
+    sender: Sender,
+    backend: BackendPlan,
+    request: httpx.Request,
+    budget: ByteBudget,
+    guard: UpstreamGuard,
+) -> BackendResult:
+    """Delayed hedging: if the call has not answered after the hedge delay, send another
+    (up to ``max``); the first success wins and the rest are cancelled, which closes their
+    connections. Hedges count against the retry budget."""
+    hedge = guard.hedge
+    delay = guard.hedge_delay()
+    if hedge is None or delay is None:
+        return await _timed(sender, backend, request, budget, guard)
+    results: list[BackendResult] = []
+    winner: BackendResult | None = None
+    first_done = trio.Event()
+
+    async def one(is_hedge: bool, nursery: trio.Nursery) -> None:
+        nonlocal winner
+        try:
+            result = await _timed(sender, backend, request, budget, guard)
+        finally:
+            if is_hedge:
+                guard.budget.retry_ended()
+        results.append(result)
+        first_done.set()
+        if result.outcome == Outcome.OK and winner is None:
+            winner = result
+            nursery.cancel_scope.cancel()  # the slower calls no longer matter
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, False, nursery)
+        for _ in range(hedge.max_extra):
+            with trio.move_on_after(delay):
+                await first_done.wait()
+            if first_done.is_set() or not guard.budget.try_retry():
+                break
+            guard.hedges_total += 1
+            nursery.start_soon(one, True, nursery)
+        # wait for a success or for every call to end
+    if winner is not None:
+        return winner
+    return results[0]
+
+
 def _counts_as_failure(outcome: str) -> bool:
     """What a circuit breaker counts: the upstream failing, not the client or the gateway."""
     return outcome in (Outcome.UNREACHABLE, Outcome.TIMEOUT) or outcome.startswith("http_5")
@@ -442,7 +503,10 @@ async def _guarded(
                 breaker.release(trio.current_time())
             return result
         try:
-            result = await _attempt(sender, backend, request, budget)
+            if idempotent and guard.hedge is not None:
+                result = await _hedged(sender, backend, request, budget, guard)
+            else:
+                result = await _timed(sender, backend, request, budget, guard)
         except BaseException:
             if breaker is not None:
                 breaker.release(trio.current_time())

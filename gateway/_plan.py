@@ -18,7 +18,7 @@ from ._config_model import GatewayConfig
 from ._errors import ConfigProblem
 from ._forwarded import Network
 from ._graph import Condition
-from ._resilience import BreakerSettings, BulkheadSettings, RetrySettings
+from ._resilience import BreakerSettings, BulkheadSettings, HedgeSettings, RetrySettings
 from ._template import Template
 from ._transform import Transform
 from ._urls import BaseUrl, RoutePattern, Router
@@ -64,6 +64,7 @@ class UpstreamPlan:
     retry: RetrySettings | None = None
     breaker: BreakerSettings | None = None
     bulkhead: BulkheadSettings | None = None
+    hedge: HedgeSettings | None = None
 
 
 @dataclass(frozen=True)

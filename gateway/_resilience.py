@@ -10,7 +10,7 @@ never recorded as a failure: callers simply do not report it.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import trio  # only for the bulkhead's CapacityLimiter: state, not I/O
@@ -210,6 +210,33 @@ class RetrySettings:
 
 
 @dataclass(frozen=True)
+class HedgeSettings:
+    after_s: float | None  # a fixed delay, or
+    percentile: int | None  # a percentile of recent latency
+    max_extra: int
+
+
+MIN_LATENCY_SAMPLES = 20
+
+
+class LatencyWindow:
+    """The last ``size`` successful call durations of an upstream (for ``after: p95``)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._samples.append(seconds)
+
+    def percentile(self, p: int) -> float | None:
+        """None until there are enough samples to say anything."""
+        if len(self._samples) < MIN_LATENCY_SAMPLES:
+            return None
+        ordered = sorted(self._samples)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+@dataclass(frozen=True)
 class BulkheadSettings:
     max_concurrent: int
     queue_timeout_s: float
@@ -225,6 +252,18 @@ class UpstreamGuard:
     bulkhead: BulkheadSettings | None = None
     limiter: trio.CapacityLimiter | None = None  # the bulkhead's slots
     overloaded_total: int = 0
+    hedge: HedgeSettings | None = None
+    latency: LatencyWindow = field(default_factory=LatencyWindow)
+    hedges_total: int = 0
+
+    def hedge_delay(self) -> float | None:
+        """When to send a hedge, or None for no hedging (not configured, or a percentile
+        without enough samples yet)."""
+        if self.hedge is None:
+            return None
+        if self.hedge.percentile is not None:
+            return self.latency.percentile(self.hedge.percentile)
+        return self.hedge.after_s
 
     @classmethod
     def build(
@@ -232,6 +271,7 @@ class UpstreamGuard:
         retry: RetrySettings | None,
         breaker: BreakerSettings | None,
         bulkhead: BulkheadSettings | None = None,
+        hedge: HedgeSettings | None = None,
     ) -> UpstreamGuard:
         return cls(
             CircuitBreaker(breaker) if breaker else None,
@@ -239,6 +279,7 @@ class UpstreamGuard:
             retry,
             bulkhead,
             trio.CapacityLimiter(bulkhead.max_concurrent) if bulkhead else None,
+            hedge=hedge,
         )
 
     def same_settings(
@@ -246,9 +287,15 @@ class UpstreamGuard:
         retry: RetrySettings | None,
         breaker: BreakerSettings | None,
         bulkhead: BulkheadSettings | None = None,
+        hedge: HedgeSettings | None = None,
     ) -> bool:
         current = self.breaker.settings if self.breaker else None
-        return self.retry == retry and current == breaker and self.bulkhead == bulkhead
+        return (
+            self.retry == retry
+            and current == breaker
+            and self.bulkhead == bulkhead
+            and self.hedge == hedge
+        )
 
     def statistics(self, now: float) -> dict[str, object]:
         bulkhead = None
@@ -264,4 +311,5 @@ class UpstreamGuard:
             "circuit_breaker": vars(self.breaker.statistics(now)) if self.breaker else None,
             "retry_budget": vars(self.budget.statistics()),
             "bulkhead": bulkhead,
+            "hedges_total": self.hedges_total,
         }

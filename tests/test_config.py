@@ -793,6 +793,7 @@ def test_every_config_model_is_walked() -> None:
         "RetryConfig",
         "CircuitBreakerConfig",
         "BulkheadConfig",
+        "HedgeConfig",
     }
 
 

@@ -134,3 +134,42 @@ async def test_a_full_bulkhead_fails_calls_fast_with_overloaded(nursery: trio.Nu
         assert up.calls("/slow") == 2
         state = (await gw.get("/__gateway/upstreams")).json()["u"]["bulkhead"]
         assert state == {"in_flight": 0, "waiting": 0, "max_concurrent": 2, "overloaded_total": 3}
+
+
+async def test_a_slow_call_is_hedged_and_the_loser_is_cancelled(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        calls = [0]
+
+        async def handler(req: RecordedRequest) -> Reply:
+            calls[0] += 1
+            # the first call is slow, the hedge answers at once
+            return Reply(json={"call": calls[0]}, delay_s=2 if calls[0] == 1 else 0)
+
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")], deadline="5s")
+        config["upstreams"]["u"]["hedge"] = {"after": "50ms"}
+        gw = await start_gateway(nursery, config)
+        start = trio.current_time()
+        r = await gw.get("/api/1")
+        elapsed = trio.current_time() - start
+        assert r.json() == {"call": 2}
+        assert r.headers["x-gateway-backends"] == "a=ok"
+        assert 0.05 <= elapsed < 0.5
+        with trio.fail_after(2):
+            await up.aborted_event.wait()  # the slow first call's connection was closed
+        state = (await gw.get("/__gateway/upstreams")).json()["u"]
+        assert state["hedges_total"] == 1
+
+
+async def test_percentile_hedging_waits_for_enough_samples(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={"ok": 1}, delay_s=0.01)})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["upstreams"]["u"]["hedge"] = {"after": "p95"}
+        gw = await start_gateway(nursery, config)
+        guard = gw.app.guards["u"]
+        assert guard.hedge_delay() is None  # no samples: no hedging yet
+        for _ in range(25):
+            await gw.get("/api/1")
+        delay = guard.hedge_delay()
+        assert delay is not None and 0.005 < delay < 0.2
