@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -19,7 +19,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from upstream import Handler, Reply, Upstream, serve_upstream
+from upstream import Handler, RecordedRequest, Reply, Upstream, serve_upstream
 
 from gateway import GatewayApp, create_app, hypercorn_config, load_config, serve_app
 
@@ -43,6 +43,19 @@ def config_text(config: Mapping[str, Any]) -> str:
 
 def backend_config(name: str, upstream: str, path: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "upstream": upstream, "path": path, **extra}
+
+
+def recorder(
+    reply: Callable[[RecordedRequest], Reply] = lambda req: Reply(json={}),
+) -> tuple[list[RecordedRequest], Handler]:
+    """An upstream handler that records every request it answers with ``reply(request)``."""
+    seen: list[RecordedRequest] = []
+
+    async def handler(req: RecordedRequest) -> Reply:
+        seen.append(req)
+        return reply(req)
+
+    return seen, handler
 
 
 async def start_upstream(nursery: trio.Nursery, handler: Handler | Mapping[str, Reply]) -> Upstream:

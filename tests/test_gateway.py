@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import trio
-from conftest import backend_config, raw_request, simple_config, start_gateway, start_upstream
-from upstream import RecordedRequest, Reply
+from conftest import (
+    backend_config,
+    raw_request,
+    recorder,
+    simple_config,
+    start_gateway,
+    start_upstream,
+)
+from upstream import Reply
 
 
 async def test_results_merge_in_config_order_not_arrival_order(nursery: trio.Nursery) -> None:
@@ -250,11 +257,7 @@ async def test_all_failed_is_502_and_all_timed_out_is_504(nursery: trio.Nursery)
 
 async def test_path_parameter_is_percent_encoded_into_one_segment(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        seen: list[RecordedRequest] = []
-
-        async def handler(req: RecordedRequest) -> Reply:
-            seen.append(req)
-            return Reply(json={})
+        seen, handler = recorder()
 
         up = await start_upstream(nursery, handler)
         gw = await start_gateway(
@@ -300,11 +303,7 @@ async def test_unknown_path_is_404_and_wrong_method_is_405_as_json(nursery: trio
 
 async def test_only_listed_headers_and_query_are_forwarded(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        seen: list[RecordedRequest] = []
-
-        async def handler(req: RecordedRequest) -> Reply:
-            seen.append(req)
-            return Reply(json={})
+        seen, handler = recorder()
 
         up = await start_upstream(nursery, handler)
         config = simple_config(
@@ -333,11 +332,9 @@ async def test_upstream_cookies_are_never_replayed_to_other_requests(
     nursery: trio.Nursery,
 ) -> None:
     with trio.fail_after(10):
-        seen: list[RecordedRequest] = []
-
-        async def handler(req: RecordedRequest) -> Reply:
-            seen.append(req)
-            return Reply(json={}, headers=[("Set-Cookie", "session=alice; Path=/")])
+        seen, handler = recorder(
+            lambda req: Reply(json={}, headers=[("Set-Cookie", "session=alice; Path=/")])
+        )
 
         up = await start_upstream(nursery, handler)
         gw = await start_gateway(

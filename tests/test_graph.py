@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import backend_config, start_gateway, start_upstream
+from conftest import backend_config, recorder, start_gateway, start_upstream
 from upstream import RecordedRequest, Reply
 
 from gateway import ConfigError, load_config
@@ -232,11 +232,7 @@ async def test_conditions_skip_without_marking_the_response_incomplete(
 
 async def test_query_and_header_references_are_encoded_and_checked(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        seen: list[RecordedRequest] = []
-
-        async def handler(req: RecordedRequest) -> Reply:
-            seen.append(req)
-            return Reply(json={"v": "a/b", "obj": {"k": 1}})
+        seen, handler = recorder(lambda req: Reply(json={"v": "a/b", "obj": {"k": 1}}))
 
         up = await start_upstream(nursery, handler)
         gw = await start_gateway(

@@ -6,20 +6,17 @@ from functools import partial
 from typing import Any
 
 import trio
-from conftest import backend_config, raw_request, simple_config, start_gateway, start_upstream
+from conftest import (
+    backend_config,
+    raw_request,
+    recorder,
+    simple_config,
+    start_gateway,
+    start_upstream,
+)
 from upstream import RecordedRequest, Reply
 
 from gateway._forwarded import client_info, parse_networks
-
-
-def recorder() -> tuple[list[RecordedRequest], Any]:
-    seen: list[RecordedRequest] = []
-
-    async def handler(req: RecordedRequest) -> Reply:
-        seen.append(req)
-        return Reply(json={})
-
-    return seen, handler
 
 
 async def test_upstreams_get_forwarding_headers_and_client_claims_are_replaced(

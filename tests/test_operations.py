@@ -11,20 +11,17 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import backend_config, simple_config, start_gateway, start_upstream
+from conftest import backend_config, recorder, simple_config, start_gateway, start_upstream
 from upstream import RecordedRequest, Reply
 
 from gateway._logging import configure_logging
 
 
-def recorder() -> tuple[list[RecordedRequest], Any]:
-    seen: list[RecordedRequest] = []
-
-    async def handler(req: RecordedRequest) -> Reply:
-        seen.append(req)
-        return Reply(json={"p": req.path}, status=500 if req.path == "/bad" else 200)
-
-    return seen, handler
+def path_recorder() -> tuple[list[RecordedRequest], Any]:
+    """Answers ``{"p": path}``, or 500 for ``/bad``."""
+    return recorder(
+        lambda req: Reply(json={"p": req.path}, status=500 if req.path == "/bad" else 200)
+    )
 
 
 @pytest.fixture
@@ -41,7 +38,7 @@ def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
 
 async def test_a_sane_request_id_is_kept_and_sent_to_every_upstream(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        seen, handler = recorder()
+        seen, handler = path_recorder()
         up = await start_upstream(nursery, handler)
         gw = await start_gateway(
             nursery,
@@ -57,7 +54,7 @@ async def test_a_sane_request_id_is_kept_and_sent_to_every_upstream(nursery: tri
 
 async def test_an_insane_request_id_is_replaced_and_errors_carry_it(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        seen, handler = recorder()
+        seen, handler = path_recorder()
         up = await start_upstream(nursery, handler)
         gw = await start_gateway(
             nursery, simple_config({"u": up}, [backend_config("a", "u", "/bad", required=True)])
@@ -74,7 +71,7 @@ async def test_an_insane_request_id_is_replaced_and_errors_carry_it(nursery: tri
 
 async def test_a_trace_continues_with_a_new_span_per_backend_call(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        seen, handler = recorder()
+        seen, handler = path_recorder()
         up = await start_upstream(nursery, handler)
         gw = await start_gateway(
             nursery,
@@ -107,7 +104,7 @@ async def test_one_access_line_per_request_with_backends_and_no_secret(
 ) -> None:
     secret = "Bearer very-secret"
     with trio.fail_after(10):
-        _, handler = recorder()
+        _, handler = path_recorder()
         up = await start_upstream(nursery, handler)
         config = simple_config(
             {"u": up}, [backend_config("a", "u", "/a"), backend_config("bad", "u", "/bad")]
@@ -155,7 +152,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 async def test_metrics_count_requests_backends_and_connections(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        _, handler = recorder()
+        _, handler = path_recorder()
         up = await start_upstream(nursery, handler)
         gw = await start_gateway(
             nursery,
@@ -242,7 +239,7 @@ async def test_spans_are_exported_and_match_what_upstreams_saw(nursery: trio.Nur
 
     with trio.fail_after(20):
         collector = await start_upstream(nursery, {"/v1/traces": Reply(json={})})
-        seen, handler = recorder()
+        seen, handler = path_recorder()
         up = await start_upstream(nursery, handler)
         config = simple_config(
             {"u": up}, [backend_config("a", "u", "/a"), backend_config("b", "u", "/b", group="b")]

@@ -7,8 +7,8 @@ import resource
 import httpx
 import pytest
 import trio
-from conftest import backend_config, start_gateway, start_upstream
-from upstream import RecordedRequest, Reply
+from conftest import backend_config, recorder, start_gateway, start_upstream
+from upstream import Reply
 
 
 def passthrough_config(up_url: str, **backend: object) -> dict[str, object]:
@@ -68,11 +68,7 @@ async def test_upstream_error_status_passes_through(nursery: trio.Nursery) -> No
 
 async def test_request_body_method_and_content_type_are_streamed(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
-        seen: list[RecordedRequest] = []
-
-        async def handler(req: RecordedRequest) -> Reply:
-            seen.append(req)
-            return Reply(json={"got": len(req.body)})
+        seen, handler = recorder(lambda req: Reply(json={"got": len(req.body)}))
 
         up = await start_upstream(nursery, handler)
         gw = await start_gateway(nursery, passthrough_config(up.url))

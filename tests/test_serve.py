@@ -120,24 +120,30 @@ async def wait_healthy(url: str) -> httpx.Response:
                 await trio.sleep(0.05)
 
 
-async def test_serve_with_several_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def start_workers(nursery: trio.Nursery, file: Path, *extra: str) -> tuple[str, trio.Process]:
+    """``gateway serve FILE --workers 2`` on a free port (hypercorn prints no bound port)."""
     import subprocess
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--workers", "2"]
+    proc: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            [*cmd, "--bind", f"127.0.0.1:{port}", *extra],
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+    )
+    return f"http://127.0.0.1:{port}", proc
+
+
+async def test_serve_with_several_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
 
     with trio.fail_after(30):
         up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
         file = tmp_path / "g.yaml"
         file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
-        port = free_port()
-        cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--workers", "2"]
-        proc: trio.Process = await nursery.start(
-            partial(
-                trio.run_process,
-                [*cmd, "--bind", f"127.0.0.1:{port}"],
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-        )
-        url = f"http://127.0.0.1:{port}"
+        url, proc = await start_workers(nursery, file)
         assert (await wait_healthy(url)).status_code == 200
         async with httpx.AsyncClient(trust_env=False) as client:
             for i in range(10):
@@ -239,7 +245,6 @@ async def test_sigterm_drains_readiness_first_and_finishes_in_flight_requests(
 
 
 async def test_metrics_add_up_across_two_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
-    import subprocess
 
     from test_operations import metric
 
@@ -247,17 +252,7 @@ async def test_metrics_add_up_across_two_workers(nursery: trio.Nursery, tmp_path
         up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
         file = tmp_path / "g.yaml"
         file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
-        port = free_port()
-        cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--workers", "2"]
-        proc: trio.Process = await nursery.start(
-            partial(
-                trio.run_process,
-                [*cmd, "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-        )
-        url = f"http://127.0.0.1:{port}"
+        url, proc = await start_workers(nursery, file, "--log-level", "warning")
         await wait_healthy(url)
         for i in range(40):  # a new connection each time: the kernel spreads them
             async with httpx.AsyncClient(trust_env=False) as client:
