@@ -69,6 +69,7 @@ def tune_gc() -> None:
 
 
 MASK = "***"
+ROUTED = "gateway.routed"  # ASGI scope key: (RouteMatch, GatewayPlan) of a passthrough request
 
 
 def build_guards(plan: GatewayPlan, previous: dict[str, UpstreamGuard]) -> dict[str, UpstreamGuard]:
@@ -256,6 +257,9 @@ class GatewayApp(QuartTrio):
                         self.guards,
                     )
                     return
+                # passthrough is served through Quart (request body streaming); it reuses
+                # this match instead of routing again
+                scope[ROUTED] = (match, plan)
         try:
             await super().asgi_app(scope, receive, send)
         except* PassthroughAborted as group:
@@ -368,18 +372,13 @@ class GatewayApp(QuartTrio):
 
     async def _dispatch(self) -> Response | None:
         scope = cast(dict[str, Any], request.scope)
-        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        if raw_path.startswith(ADMIN_PREFIX + "/"):
+        routed = scope.get(ROUTED)
+        if routed is None:
             return None  # the admin routes, routed by Quart
-        try:
-            match = self.plan.router.match(raw_path, request.method)
-        except RequestError as exc:
-            return error_response(exc)
+        match, plan = routed
         endpoint = match.target
-        if not endpoint.passthrough:  # pragma: no cover - asgi_app serves these itself
-            raise RuntimeError("aggregated endpoints are served by asgi_app")
         try:
-            ctx = build_context(endpoint, match.params, scope, None, self.plan.trusted_proxies)
+            ctx = build_context(endpoint, match.params, scope, None, plan.trusted_proxies)
         except RequestError as exc:
             return error_response(exc)
         return await self._passthrough(endpoint, ctx, scope)

@@ -473,22 +473,23 @@ def _compile_backend(
             return_headers.append(low.encode("latin-1"))
 
     transform = Transform()
-    # compile each field alone first, so an error names the key it is about
-    for key_name, args in (
-        ("select", {"select": be.select}),
-        ("allow", {"allow": be.allow}),
-        ("deny", {"deny": be.deny}),
-        ("rename", {"rename": be.rename}),
-    ):
-        try:
-            Transform.compile(**args)
-        except ValueError as exc:
-            problem(key_name, str(exc))
     try:
         transform = Transform.compile(be.select, be.allow, be.deny, be.rename)
-    except ValueError as exc:
-        if len(problems) == before:
-            problem("allow", str(exc))
+    except ValueError as combined:
+        # compile each field alone, so the error names the key it is about
+        found = len(problems)
+        for key_name, args in (
+            ("select", {"select": be.select}),
+            ("allow", {"allow": be.allow}),
+            ("deny", {"deny": be.deny}),
+            ("rename", {"rename": be.rename}),
+        ):
+            try:
+                Transform.compile(**args)
+            except ValueError as exc:
+                problem(key_name, str(exc))
+        if len(problems) == found:  # each is fine alone: allow and deny together
+            problem("allow", str(combined))
     if be.group is not None and not be.group:
         problem("group", "must not be empty")
     if endpoint.passthrough:

@@ -531,9 +531,13 @@ async def fan_out(
     backends = endpoint.backends
     results: list[BackendResult | None] = [None] * len(backends)
     finished = [trio.Event() for _ in backends]
-    skipped = skipped_by_condition(
-        [b.deps for b in backends],
-        [all_hold(b.conditions, ctx.query, ctx.headers) for b in backends],
+    skipped = (
+        skipped_by_condition(
+            [b.deps for b in backends],
+            [all_hold(b.conditions, ctx.query, ctx.headers) for b in backends],
+        )
+        if endpoint.has_conditions
+        else [False] * len(backends)
     )
     failed_required: int | None = None
     start = trio.current_time()

@@ -118,6 +118,11 @@ class EndpointPlan:
         return frozenset(name.encode("latin-1") for name in self.forward_headers)
 
     @cached_property
+    def has_conditions(self) -> bool:
+        """Whether any backend has a ``when:`` (else nothing is ever skipped)."""
+        return any(b.conditions for b in self.backends)
+
+    @cached_property
     def reads_body(self) -> bool:
         """Whether any backend sends (part of) the client's JSON body."""
         return any(b.body is not None for b in self.backends)
