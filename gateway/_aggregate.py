@@ -61,6 +61,8 @@ class BackendResult:
     selected: JSON = None  # after ``select``, before other transforms: what references see
     headers: tuple[tuple[str, str], ...] = ()  # the backend's ``return_headers`` found
     started_s: float = 0.0  # since the request started
+    retries: int = 0  # retry attempts made (after the first)
+    hedges: int = 0  # hedged calls sent
 
     @property
     def ok(self) -> bool:
@@ -112,8 +114,19 @@ def merge(placements: Sequence[Placement], results: Sequence[BackendResult]) -> 
 
 
 def backends_header(placements: Sequence[Placement], results: Sequence[BackendResult]) -> str:
-    """``profile=ok, orders=timeout`` in config order."""
-    return ", ".join(f"{p.name}={r.outcome}" for p, r in zip(placements, results, strict=True))
+    """``profile=ok, orders=timeout;retries=2`` in config order (retries and hedges made
+    are added where not zero)."""
+    return ", ".join(
+        f"{p.name}={r.outcome}{_counts(r)}" for p, r in zip(placements, results, strict=True)
+    )
+
+
+def _counts(result: BackendResult) -> str:
+    """``;retries=N;hedges=N`` where not zero."""
+    if not (result.retries or result.hedges):
+        return ""
+    out = f";retries={result.retries}" if result.retries else ""
+    return out + (f";hedges={result.hedges}" if result.hedges else "")
 
 
 def aggregate(

@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import _metrics as metrics
 from ._aggregate import error_body
+from ._balance import HostSet
 from ._compile import load_config
 from ._endpoint import (
     ambiguous_framing,
@@ -40,7 +41,7 @@ from ._logging import AccessRecord, log_access
 from ._otel import SpanExporter
 from ._passthrough import PassthroughAborted, open_passthrough
 from ._plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
-from ._resilience import UpstreamGuard
+from ._resilience import GuardSettings, UpstreamGuard
 from ._tracing import CURRENT, trace_context, with_request_id
 from ._transport import GatewayTransport, PoolLimits
 
@@ -73,16 +74,55 @@ ROUTED = "gateway.routed"  # ASGI scope key: (RouteMatch, GatewayPlan) of a pass
 
 
 def build_guards(plan: GatewayPlan, previous: dict[str, UpstreamGuard]) -> dict[str, UpstreamGuard]:
-    """Resilience state per upstream; kept across reloads where the settings are unchanged."""
-    guards = {}
+    """Resilience state per upstream (and per backend with settings of its own); kept
+    across reloads where the settings and hosts are unchanged."""
+    guards: dict[str, UpstreamGuard] = {}
     for name, up in plan.upstreams.items():
         old = previous.get(name)
-        settings = (up.retry, up.breaker, up.bulkhead, up.hedge)
-        if old is not None and old.same_settings(*settings):
+        hosts = up.all_hosts
+        same_hosts = old is not None and old.bases == (hosts if len(hosts) > 1 else ())
+        if (
+            old is not None
+            and old.settings == up.guard
+            and same_hosts
+            and (
+                old.hosts is None
+                or (old.hosts.balance, old.hosts.outlier) == (up.balance, up.outlier)
+            )
+        ):
             guards[name] = old
-        elif any(s is not None for s in settings):
-            guards[name] = UpstreamGuard.build(*settings)
+        elif up.guard.any or len(hosts) > 1:
+            host_set = (
+                HostSet(tuple(h.origin for h in hosts), up.balance, up.outlier)
+                if len(hosts) > 1
+                else None
+            )
+            guards[name] = UpstreamGuard.build(up.guard, host_set, hosts if host_set else ())
+    for endpoint in plan.endpoints:
+        for backend in endpoint.backends:
+            if backend.guard is None:
+                continue
+            base = guards.get(backend.upstream.name) or UpstreamGuard.build(GuardSettings())
+            old = previous.get(backend.guard_key)
+            if (
+                old is not None
+                and old.settings == backend.guard
+                and old.budget is base.budget
+                and _shares(old.breaker, base.breaker, own=backend.own_breaker)
+                and _shares(old.limiter, base.limiter, own=backend.own_bulkhead)
+            ):
+                guards[backend.guard_key] = old
+            else:
+                guards[backend.guard_key] = base.for_backend(
+                    backend.guard, backend.own_breaker, backend.own_bulkhead
+                )
     return guards
+
+
+def _shares(mine: object, upstreams: object, *, own: bool) -> bool:
+    """Whether a kept backend guard's breaker (or bulkhead) is still what it should be:
+    its own (or none), or the upstream's."""
+    return (mine is None or mine is not upstreams) if own else mine is upstreams
 
 
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
@@ -99,12 +139,13 @@ def masked_config(plan: GatewayPlan) -> dict[str, Any]:
 def pool_limits(plan: GatewayPlan) -> dict[tuple[str, str, int], PoolLimits]:
     """Each upstream origin's pool settings."""
     return {
-        (up.base.scheme, up.base.host, up.base.port): PoolLimits(
+        (host.scheme, host.host, host.port): PoolLimits(
             max_connections=up.max_connections,
             idle_timeout_s=up.idle_timeout_s,
             ca_file=up.ca_file,
         )
         for up in plan.upstreams.values()
+        for host in up.all_hosts
     }
 
 
@@ -327,20 +368,27 @@ class GatewayApp(QuartTrio):
         return True
 
     async def _upstreams(self) -> Response:
-        """Each upstream's circuit breaker, retry budget and connection pool, as JSON."""
+        """Each upstream's circuit breaker, retry budget, bulkhead, hosts and connection
+        pools, as JSON; backends with settings of their own are listed under it."""
         now = trio.current_time()
         pools = {
             s.origin: vars(s) for s in (self._transport.statistics() if self._transport else [])
         }
-        return json_response(
-            {
-                name: {
-                    **(self.guards[name].statistics(now) if name in self.guards else {}),
-                    "pool": pools.get(up.base.origin),
-                }
-                for name, up in self.plan.upstreams.items()
+        body: dict[str, Any] = {}
+        for name, up in self.plan.upstreams.items():
+            entry: dict[str, Any] = self.guards[name].statistics(now) if name in self.guards else {}
+            if len(up.all_hosts) == 1:
+                entry["pool"] = pools.get(up.base.origin)
+            else:
+                entry["pools"] = {h.origin: pools.get(h.origin) for h in up.all_hosts}
+            entry["backends"] = {
+                backend.guard_key.partition("@")[2]: self.guards[backend.guard_key].statistics(now)
+                for endpoint in self.plan.endpoints
+                for backend in endpoint.backends
+                if backend.upstream.name == name and backend.guard_key in self.guards
             }
-        )
+            body[name] = entry
+        return json_response(body)
 
     async def _config(self) -> Response:
         """The active config, header values masked, and when it was loaded."""

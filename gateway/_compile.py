@@ -12,13 +12,18 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from ._aggregate import Placement
+from ._balance import OutlierSettings
 from ._config_load import format_path, load_config_text, read_config_file
 from ._config_model import (
     BackendConfig,
     BodySelectConfig,
+    BulkheadConfig,
+    CircuitBreakerConfig,
     EndpointConfig,
     GatewayConfig,
     HedgeConfig,
+    RetryConfig,
+    UpstreamConfig,
     backend_has_default,
 )
 from ._errors import ConfigError, ConfigProblem
@@ -36,11 +41,17 @@ from ._plan import (
     GatewayPlan,
     UpstreamPlan,
 )
-from ._resilience import BreakerSettings, BulkheadSettings, HedgeSettings, RetrySettings
+from ._resilience import (
+    BreakerSettings,
+    BulkheadSettings,
+    GuardSettings,
+    HedgeSettings,
+    RetrySettings,
+)
 from ._template import Ref, Template, parse_template, parse_url_template
 from ._transform import Transform, split_path
 from ._units import format_duration
-from ._urls import RoutePattern, Router, TemplateError, parse_base_url, parse_route
+from ._urls import BaseUrl, RoutePattern, Router, TemplateError, parse_base_url, parse_route
 
 
 def _check_headers(
@@ -82,11 +93,10 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
     upstreams: dict[str, UpstreamPlan] = {}
     for name, up in config.upstreams.items():
         where: tuple[int | str, ...] = ("upstreams", name)
-        try:
-            base = parse_base_url(up.url)
-        except TemplateError as exc:
-            problems.append(ConfigProblem(file, format_path((*where, "url")), str(exc)))
+        hosts = _upstream_hosts(up, file, where, problems)
+        if not hosts:
             continue
+        base = hosts[0]
         upstreams[name] = UpstreamPlan(
             name=name,
             base=base,
@@ -96,29 +106,20 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             max_response_bytes=up.max_response_size or defaults.max_response_size,
             headers=_check_headers(up.headers, file, (*where, "headers"), problems),
             ca_file=up.ca_file,
-            retry=RetrySettings(
-                up.retries.attempts,
-                up.retries.backoff,
-                frozenset(up.retries.on),
-                up.retries.budget,
-                up.retries.unsafe,
-            )
-            if up.retries
-            else None,
-            breaker=BreakerSettings(
-                up.circuit_breaker.consecutive_failures,
-                up.circuit_breaker.failure_ratio,
-                up.circuit_breaker.window,
-                up.circuit_breaker.min_requests,
-                up.circuit_breaker.open_for,
-                up.circuit_breaker.half_open_requests,
-            )
-            if up.circuit_breaker
-            else None,
-            bulkhead=BulkheadSettings(up.bulkhead.max_concurrent, up.bulkhead.queue_timeout)
-            if up.bulkhead
-            else None,
-            hedge=_hedge_settings(up.hedge) if up.hedge else None,
+            guard=GuardSettings(
+                _retry_settings(up.retries),
+                _breaker_settings(up.circuit_breaker),
+                _bulkhead_settings(up.bulkhead),
+                _hedge_settings(up.hedge),
+            ),
+            hosts=hosts,
+            balance=up.balance,
+            outlier=OutlierSettings(
+                up.outlier_detection.consecutive_failures,
+                up.outlier_detection.ejection,
+                up.outlier_detection.max_ejection,
+                up.outlier_detection.max_ejected,
+            ),
         )
         if up.ca_file is not None:
             if base.scheme != "https":
@@ -134,20 +135,22 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
 
     # Connections are pooled per origin: upstreams sharing one must agree on its settings.
     by_origin: dict[str, UpstreamPlan] = {}
+    pool_settings = ("max_connections", "idle_timeout_s", "ca_file")
     for up_name, up_plan in upstreams.items():
-        first = by_origin.setdefault(up_plan.base.origin, up_plan)
-        pool_settings = ("max_connections", "idle_timeout_s", "ca_file")
-        if first is not up_plan and any(
-            getattr(first, key) != getattr(up_plan, key) for key in pool_settings
-        ):
-            problems.append(
-                ConfigProblem(
-                    file,
-                    format_path(("upstreams", up_name)),
-                    f"shares {up_plan.base.origin} with upstream {first.name!r} but sets "
-                    "different max_connections, idle_timeout or ca_file (one pool per origin)",
+        for host in up_plan.all_hosts:
+            first = by_origin.setdefault(host.origin, up_plan)
+            if first is not up_plan and any(
+                getattr(first, key) != getattr(up_plan, key) for key in pool_settings
+            ):
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        format_path(("upstreams", up_name)),
+                        f"shares {host.origin} with upstream {first.name!r} but sets "
+                        "different max_connections, idle_timeout or ca_file (one pool per origin)",
+                    )
                 )
-            )
+                break
 
     endpoints: list[EndpointPlan] = []
     seen_routes: dict[tuple[tuple[str | None, ...], str], int] = {}
@@ -284,10 +287,94 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
     return replace(compiled, warnings=tuple(risky_settings(compiled)))
 
 
-def _hedge_settings(hedge: HedgeConfig) -> HedgeSettings:
+def _upstream_hosts(
+    up: UpstreamConfig,
+    file: str,
+    where: tuple[int | str, ...],
+    problems: list[ConfigProblem],
+) -> tuple[BaseUrl, ...]:
+    """The upstream's hosts from ``url`` or ``urls``; () after recording a problem."""
+    if (up.url is None) == (up.urls is None):
+        problems.append(ConfigProblem(file, format_path(where), "give exactly one of url and urls"))
+        return ()
+    texts = (
+        [(("url",), up.url)]
+        if up.url is not None
+        else list(((("urls", i), u) for i, u in enumerate(up.urls or [])))
+    )
+    hosts: list[BaseUrl] = []
+    for key, text in texts:
+        assert text is not None
+        try:
+            host = parse_base_url(text)
+        except TemplateError as exc:
+            problems.append(ConfigProblem(file, format_path((*where, *key)), str(exc)))
+            return ()
+        if hosts and (host.scheme, host.base_path) != (hosts[0].scheme, hosts[0].base_path):
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path((*where, *key)),
+                    "every url of an upstream needs the same scheme and base path",
+                )
+            )
+            return ()
+        if host.origin in (h.origin for h in hosts):
+            problems.append(ConfigProblem(file, format_path((*where, *key)), "listed twice"))
+            return ()
+        hosts.append(host)
+    return tuple(hosts)
+
+
+def _retry_settings(retries: RetryConfig | None) -> RetrySettings | None:
+    if retries is None:
+        return None
+    return RetrySettings(
+        retries.attempts, retries.backoff, frozenset(retries.on), retries.budget, retries.unsafe
+    )
+
+
+def _breaker_settings(breaker: CircuitBreakerConfig | None) -> BreakerSettings | None:
+    if breaker is None:
+        return None
+    return BreakerSettings(
+        breaker.consecutive_failures,
+        breaker.failure_ratio,
+        breaker.window,
+        breaker.min_requests,
+        breaker.open_for,
+        breaker.half_open_requests,
+    )
+
+
+def _bulkhead_settings(bulkhead: BulkheadConfig | None) -> BulkheadSettings | None:
+    return BulkheadSettings(bulkhead.max_concurrent, bulkhead.queue_timeout) if bulkhead else None
+
+
+def _hedge_settings(hedge: HedgeConfig | None) -> HedgeSettings | None:
+    if hedge is None:
+        return None
     if isinstance(hedge.after, str):
         return HedgeSettings(None, int(hedge.after[1:]), hedge.max)
     return HedgeSettings(hedge.after, None, hedge.max)
+
+
+def _backend_guard(
+    be: BackendConfig, upstream: UpstreamPlan
+) -> tuple[GuardSettings | None, bool, bool]:
+    """A backend's own resilience settings (set keys win, `null` included), or None when
+    it sets none, with whether it has a breaker and a bulkhead of its own."""
+    given = be.model_fields_set & {"retries", "hedge", "circuit_breaker", "bulkhead"}
+    if not given:
+        return None, False, False
+    up = upstream.guard
+    settings = GuardSettings(
+        _retry_settings(be.retries) if "retries" in given else up.retry,
+        _breaker_settings(be.circuit_breaker) if "circuit_breaker" in given else up.breaker,
+        _bulkhead_settings(be.bulkhead) if "bulkhead" in given else up.bulkhead,
+        _hedge_settings(be.hedge) if "hedge" in given else up.hedge,
+    )
+    return settings, "circuit_breaker" in given, "bulkhead" in given
 
 
 def _is_loopback(host: str) -> bool:
@@ -304,7 +391,7 @@ def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
     file = plan.file
     warnings = []
     for name, up in plan.upstreams.items():
-        if up.base.scheme == "http" and not _is_loopback(up.base.host):
+        if up.base.scheme == "http" and not all(_is_loopback(h.host) for h in up.all_hosts):
             warnings.append(
                 ConfigProblem(
                     file,
@@ -514,6 +601,7 @@ def _compile_backend(
             problem("path", "a passthrough backend cannot reference another backend")
     if len(problems) > before or upstream is None or url is None:
         return None
+    guard, own_breaker, own_bulkhead = _backend_guard(be, upstream)
     return BackendPlan(
         name=be.name,
         upstream=upstream,
@@ -534,6 +622,10 @@ def _compile_backend(
         return_headers=frozenset(return_headers),
         follow_redirects=be.follow_redirects,
         max_redirects=be.max_redirects,
+        guard=guard,
+        own_breaker=own_breaker,
+        own_bulkhead=own_bulkhead,
+        guard_key=f"{upstream.name}@{endpoint.method} {endpoint.path}#{be.name}" if guard else "",
     )
 
 

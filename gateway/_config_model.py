@@ -250,12 +250,42 @@ class BulkheadConfig(_Model):
     """How long a call may wait for a slot; longer: outcome `overloaded`."""
 
 
+class OutlierDetectionConfig(_Model):
+    """Passive health of an upstream's hosts (with several `urls`): a host that keeps
+    failing is ejected, for longer each time, and at least one host is always kept."""
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    """Failed calls in a row (`unreachable`, `timeout`, `http_5xx`) that eject a host."""
+
+    ejection: Duration = 30.0
+    """How long a host is ejected the first time; the n-th time in a row it is n times
+    this. Each `ejection` it then stays in service takes one off that count."""
+
+    max_ejection: Duration = 300.0
+    """The longest ejection."""
+
+    max_ejected: Percent = 0.5
+    """Share of the hosts that may be ejected at once (at least one of two or more, never
+    the last one in service)."""
+
+
 class UpstreamConfig(_Model):
     """A service the gateway calls. Hosts come only from here, never from a client."""
 
-    url: str
+    url: str | None = None
     """`scheme://host:port[/base-path]`, scheme `http` or `https`. Backend paths are
-    appended to the base path."""
+    appended to the base path. Exactly one of `url` and `urls`."""
+
+    urls: list[str] | None = Field(default=None, min_length=1)
+    """Several hosts serving the same API (same scheme and base path): calls are balanced
+    over them (`balance`), and a failed call is retried on another host."""
+
+    balance: Literal["round_robin", "least_outstanding"] = "round_robin"
+    """With `urls`: `round_robin`, or `least_outstanding` (the host with the fewest calls in
+    flight from this worker)."""
+
+    outlier_detection: OutlierDetectionConfig = Field(default_factory=OutlierDetectionConfig)
+    """With `urls`: when a failing host is taken out of the rotation."""
 
     timeout: Duration | None = None
     """Default timeout of calls to this upstream (overrides `defaults.timeout`)."""
@@ -370,6 +400,21 @@ class BackendConfig(_Model):
 
     max_redirects: int = Field(default=3, ge=1, le=10)
     """With `follow_redirects`: how many redirects one call may follow."""
+
+    retries: RetryConfig | None = None
+    """This backend's retries, instead of the upstream's; `null` turns them off. The retry
+    budget stays the upstream's."""
+
+    hedge: HedgeConfig | None = None
+    """This backend's hedging, instead of the upstream's; `null` turns it off."""
+
+    circuit_breaker: CircuitBreakerConfig | None = None
+    """A circuit breaker of this backend's own, instead of the upstream's; `null` turns it
+    off for this backend."""
+
+    bulkhead: BulkheadConfig | None = None
+    """A bulkhead of this backend's own, instead of the upstream's; `null` turns it off for
+    this backend."""
 
     return_headers: list[str] = Field(default_factory=list)
     """Response headers of this call copied into the aggregated response (when it

@@ -23,6 +23,7 @@ from ._config_model import (
     EndpointConfig,
     GatewayConfig,
     HedgeConfig,
+    OutlierDetectionConfig,
     RetryConfig,
     ServerConfig,
     TracingConfig,
@@ -39,6 +40,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`upstreams.NAME.circuit_breaker`", CircuitBreakerConfig),
     ("`upstreams.NAME.bulkhead`", BulkheadConfig),
     ("`upstreams.NAME.hedge`", HedgeConfig),
+    ("`upstreams.NAME.outlier_detection`", OutlierDetectionConfig),
     ("`endpoints[]`", EndpointConfig),
     ("`endpoints[].backends[]`", BackendConfig),
     ("`endpoints[].backends[].when`", ConditionConfig),
@@ -58,6 +60,8 @@ DURATION_FIELDS = frozenset(
         "window",
         "open_for",
         "queue_timeout",
+        "ejection",
+        "max_ejection",
     }
 )
 SIZE_FIELDS = frozenset(
@@ -65,7 +69,7 @@ SIZE_FIELDS = frozenset(
 )
 
 
-PERCENT_FIELDS = frozenset({"budget", "failure_ratio"})
+PERCENT_FIELDS = frozenset({"budget", "failure_ratio", "max_ejected"})
 
 
 def _type_name(name: str, field: FieldInfo) -> str:

@@ -9,6 +9,8 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
 
     GatewayError
     ├── ConfigError                   startup only: a list of ConfigProblem (file, path, message)
+    ├── StoreUnavailable              the shared state store (Redis) failed or did not answer in
+    │                                 time; the caller fails open or closed, caches are skipped
     └── RequestError                  one client request; .status, .code, .message
         ├── NotFound                  404 not_found: no endpoint has this path
         ├── MethodNotAllowed          405 method_not_allowed: the path exists, the method does not
@@ -55,6 +57,13 @@ class ConfigError(GatewayError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class StoreUnavailable(GatewayError):
+    """The state store behind rate limits and caches failed: a timeout, a refused or lost
+    connection, or an error reply. Never a client's fault and not an HTTP response by itself:
+    the caller decides whether a rate limit fails open or closed, and skips the cache. The
+    original error, if any, is the ``__cause__``."""
 
 
 class RequestError(GatewayError):

@@ -33,6 +33,7 @@ from ._template import Ref, UnresolvedReference, expand, header_value, render, u
 from ._tracing import CURRENT
 from ._transform import JSON, SelectMissing
 from ._transport import IDEMPOTENT_METHODS
+from ._urls import BaseUrl
 
 log = logging.getLogger("gateway")
 
@@ -83,7 +84,7 @@ class CallContext:
     json_body: JSON = None  # ... and parsed
     budget: ByteBudget = field(default_factory=unlimited_budget)
     client_address: str = ""  # as believed under server.trusted_proxies
-    guards: Mapping[str, UpstreamGuard] = field(default_factory=dict)  # by upstream name
+    guards: Mapping[str, UpstreamGuard] = field(default_factory=dict)  # by guard_name
 
 
 Sender = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -304,15 +305,30 @@ async def _attempt(
         return BackendResult(Outcome.INTERNAL_ERROR, detail=type(exc).__name__)
 
 
-async def _attempt_each(
-    sender: Sender, backend: BackendPlan, requests: Sequence[httpx.Request], budget: ByteBudget
-) -> BackendResult:
+@dataclass
+class CallStats:
+    """One backend call's attempts, shared by its retries and hedges.
+
+    ``timeout`` is the backend's own timeout scope: an attempt it cuts counts as its host
+    failing (slow), while cancellation from above (deadline, sibling, client) does not.
+    """
+
+    timeout: trio.CancelScope
+    retries: int = 0
+    hedges: int = 0
+    last_host: int | None = None
+
+
+Call = Callable[[httpx.Request], Awaitable[BackendResult]]
+
+
+async def _attempt_each(call: Call, requests: Sequence[httpx.Request]) -> BackendResult:
     """``for_each``: all calls concurrently; results in element order; the first failure
     (in element order) fails the backend and cancels the other calls."""
     results: list[BackendResult | None] = [None] * len(requests)
 
     async def one(index: int, request: httpx.Request, nursery: trio.Nursery) -> None:
-        result = await _attempt(sender, backend, request, budget)
+        result = await call(request)
         results[index] = result
         if result.outcome != Outcome.OK:
             nursery.cancel_scope.cancel()  # the list is incomplete whatever the others do
@@ -373,10 +389,12 @@ async def _call_backend(
         return BackendResult(Outcome.INVALID_REFERENCE, detail=str(exc))
     except httpx.InvalidURL as exc:  # e.g. a filled-in URL over httpx's length limit
         return BackendResult(Outcome.INVALID_REFERENCE, detail=f"invalid URL: {exc}")
-    guard = ctx.guards.get(backend.upstream.name)
+    guard = ctx.guards.get(backend.guard_name)
+    if guard is None:
+        return await _unguarded(sender, backend, ctx, requests, start)
     result: BackendResult | None = None
-    limiter = guard.limiter if guard is not None else None
-    if limiter is not None and guard is not None and guard.bulkhead is not None:
+    limiter = guard.limiter
+    if limiter is not None and guard.bulkhead is not None:
         with trio.move_on_after(guard.bulkhead.queue_timeout_s) as queued:
             await limiter.acquire()
         if queued.cancelled_caught:
@@ -386,27 +404,59 @@ async def _call_backend(
                 duration_s=trio.current_time() - start,
                 detail="bulkhead full",
             )
-    if guard is not None:
-        guard.budget.request_started()
+    guard.budget.request_started()
+    stats = CallStats(trio.CancelScope(deadline=trio.current_time() + backend.timeout_s))
     try:
-        with trio.move_on_after(backend.timeout_s):
+        with stats.timeout:
+
+            async def call(request: httpx.Request) -> BackendResult:
+                return await _guarded(sender, backend, request, ctx.budget, guard, stats)
+
             if backend.for_each:
-                result = await _attempt_each(sender, backend, requests, ctx.budget)
-            elif guard is not None:
-                result = await _guarded(sender, backend, requests[0], ctx.budget, guard)
+                result = await _attempt_each(call, requests)
             else:
-                result = await _attempt(sender, backend, requests[0], ctx.budget)
+                result = await call(requests[0])
     finally:
-        if guard is not None:
-            guard.budget.request_ended()
+        guard.budget.request_ended()
         if limiter is not None:
             limiter.release()
     duration_s = trio.current_time() - start
     if result is None:  # our own timeout fired: the upstream's failure, for the breaker too
-        if guard is not None and guard.breaker is not None:
+        if guard.breaker is not None:
             guard.breaker.record(trio.current_time(), failed=True)
+        result = BackendResult(Outcome.TIMEOUT, detail="backend timeout")
+    return replace(result, duration_s=duration_s, retries=stats.retries, hedges=stats.hedges)
+
+
+async def _unguarded(
+    sender: Sender,
+    backend: BackendPlan,
+    ctx: CallContext,
+    requests: Sequence[httpx.Request],
+    start: float,
+) -> BackendResult:
+    """A backend call with no resilience settings: one attempt per request."""
+    result: BackendResult | None = None
+    with trio.move_on_after(backend.timeout_s):
+        if backend.for_each:
+
+            async def call(request: httpx.Request) -> BackendResult:
+                return await _attempt(sender, backend, request, ctx.budget)
+
+            result = await _attempt_each(call, requests)
+        else:
+            result = await _attempt(sender, backend, requests[0], ctx.budget)
+    duration_s = trio.current_time() - start
+    if result is None:
         return BackendResult(Outcome.TIMEOUT, duration_s=duration_s, detail="backend timeout")
     return replace(result, duration_s=duration_s)
+
+
+def retarget(request: httpx.Request, base: BaseUrl) -> httpx.Request:
+    """The same request to another host of the upstream (same scheme and base path)."""
+    url = request.url.copy_with(host=base.host, port=base.port)
+    headers = [(k, v) for k, v in request.headers.raw if k != b"host"]
+    return httpx.Request(request.method, url, headers=headers, content=request.content)
 
 
 async def _timed(
@@ -415,13 +465,37 @@ async def _timed(
     request: httpx.Request,
     budget: ByteBudget,
     guard: UpstreamGuard,
+    stats: CallStats,
 ) -> BackendResult:
-    """One attempt, its duration fed to the upstream's latency window when it succeeds."""
-    start = trio.current_time()
-    result = await _attempt(sender, backend, request, budget)
-    if result.outcome == Outcome.OK:
-        guard.latency.add(trio.current_time() - start)
-    return result
+    """One attempt, on a host picked by the upstream's balancer (another than the previous
+    attempt's where there is one); its duration is fed to the upstream's latency window
+    when it succeeds, and its verdict to the host's outlier detection."""
+    hosts = guard.hosts
+    if hosts is None:
+        start = trio.current_time()
+        result = await _attempt(sender, backend, request, budget)
+        if result.outcome == Outcome.OK:
+            guard.latency.add(trio.current_time() - start)
+        return result
+    index = hosts.pick(trio.current_time(), avoid=stats.last_host)
+    stats.last_host = index
+    if index:  # requests are built for the first host
+        request = retarget(request, guard.bases[index])
+    hosts.started(index)
+    verdict: bool | None = None
+    try:
+        start = trio.current_time()
+        result = await _attempt(sender, backend, request, budget)
+        verdict = _counts_as_failure(result.outcome)
+        if not verdict and result.outcome == Outcome.OK:
+            guard.latency.add(trio.current_time() - start)
+        return result
+    except BaseException:
+        # cut by the backend's own timeout: this host was too slow
+        verdict = True if stats.timeout.cancel_called else None
+        raise
+    finally:
+        hosts.ended(index, trio.current_time(), verdict)
 
 
 async def _hedged(
@@ -430,6 +504,7 @@ async def _hedged(
     request: httpx.Request,
     budget: ByteBudget,
     guard: UpstreamGuard,
+    stats: CallStats,
 ) -> BackendResult:
     """Delayed hedging: if the call has not answered after the hedge delay, send another
     (up to ``max``); the first success wins and the rest are cancelled, which closes their
@@ -437,7 +512,7 @@ async def _hedged(
     hedge = guard.hedge
     delay = guard.hedge_delay()
     if hedge is None or delay is None:
-        return await _timed(sender, backend, request, budget, guard)
+        return await _timed(sender, backend, request, budget, guard, stats)
     results: list[BackendResult] = []
     winner: BackendResult | None = None
     first_done = trio.Event()
@@ -445,7 +520,7 @@ async def _hedged(
     async def one(is_hedge: bool, nursery: trio.Nursery) -> None:
         nonlocal winner
         try:
-            result = await _timed(sender, backend, request, budget, guard)
+            result = await _timed(sender, backend, request, budget, guard, stats)
         finally:
             if is_hedge:
                 guard.budget.retry_ended()
@@ -463,6 +538,7 @@ async def _hedged(
             if first_done.is_set() or not guard.budget.try_retry():
                 break
             guard.hedges_total += 1
+            stats.hedges += 1
             nursery.start_soon(one, True, nursery)
         # wait for a success or for every call to end
     if winner is not None:
@@ -481,6 +557,7 @@ async def _guarded(
     request: httpx.Request,
     budget: ByteBudget,
     guard: UpstreamGuard,
+    stats: CallStats,
 ) -> BackendResult:
     """One call with the upstream's circuit breaker and retries (within the retry budget,
     with jittered exponential backoff). Everything runs inside the caller's timeout and
@@ -502,11 +579,13 @@ async def _guarded(
             if breaker is not None:
                 breaker.release(trio.current_time())
             return result
+        if is_retry:
+            stats.retries += 1
         try:
             if idempotent and guard.hedge is not None:
-                result = await _hedged(sender, backend, request, budget, guard)
+                result = await _hedged(sender, backend, request, budget, guard, stats)
             else:
-                result = await _timed(sender, backend, request, budget, guard)
+                result = await _timed(sender, backend, request, budget, guard, stats)
         except BaseException:
             if breaker is not None:
                 breaker.release(trio.current_time())
@@ -591,7 +670,8 @@ def _outcome(result: BackendResult | None) -> str | None:
 
 
 def debug_block(endpoint: EndpointPlan, results: Sequence[BackendResult]) -> dict[str, Any]:
-    """``{"backends": {NAME: {outcome, started_ms, duration_ms, depends_on}}}``."""
+    """``{"backends": {NAME: {outcome, started_ms, duration_ms, depends_on, retries,
+    hedges}}}``."""
     return {
         "backends": {
             backend.name: {
@@ -599,6 +679,8 @@ def debug_block(endpoint: EndpointPlan, results: Sequence[BackendResult]) -> dic
                 "started_ms": round(result.started_s * 1000, 3),
                 "duration_ms": round(result.duration_s * 1000, 3),
                 "depends_on": [endpoint.backends[d].name for d in backend.deps],
+                "retries": result.retries,
+                "hedges": result.hedges,
             }
             for backend, result in zip(endpoint.backends, results, strict=True)
         }

@@ -15,7 +15,7 @@ import trio
 
 from ._aggregate import Outcome, http_outcome
 from ._errors import RequestBodyTooLarge
-from ._fanout import CallContext, build_request
+from ._fanout import CallContext, build_request, retarget
 from ._headers import RawHeaders, strip_hop_by_hop
 from ._plan import EndpointPlan
 
@@ -86,14 +86,30 @@ async def open_passthrough(
         status = 504 if outcome == Outcome.TIMEOUT else 502
         return PassthroughResult(outcome, status, [], None, f"{backend.name}={outcome}")
 
-    response: httpx.Response | None = None
-    with scope:
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.TransportError:
-            return failed(Outcome.UNREACHABLE)
-    if response is None:
-        return failed(Outcome.TIMEOUT)
+    guard = ctx.guards.get(backend.guard_name)
+    hosts = guard.hosts if guard is not None else None
+    host = 0
+    if hosts is not None and guard is not None:
+        host = hosts.pick(trio.current_time())
+        if host:
+            request = retarget(request, guard.bases[host])
+        hosts.started(host)
+    verdict: bool | None = None  # for the host's outlier detection, if it has hosts
+    try:
+        response: httpx.Response | None = None
+        with scope:
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.TransportError:
+                verdict = True
+                return failed(Outcome.UNREACHABLE)
+        if response is None:
+            verdict = True
+            return failed(Outcome.TIMEOUT)
+        verdict = response.status_code >= 500
+    finally:
+        if hosts is not None:
+            hosts.ended(host, trio.current_time(), verdict)
 
     status = response.status_code
     outcome = Outcome.OK if 200 <= status < 400 else http_outcome(status)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ._aggregate import Placement
+from ._balance import Balance, OutlierSettings
 from ._config_model import GatewayConfig
 from ._errors import ConfigProblem
 from ._forwarded import Network
 from ._graph import Condition
-from ._resilience import BreakerSettings, BulkheadSettings, HedgeSettings, RetrySettings
+from ._resilience import GuardSettings
 from ._template import Template
 from ._transform import Transform
 from ._urls import BaseUrl, RoutePattern, Router
@@ -61,10 +62,14 @@ class UpstreamPlan:
     max_response_bytes: int
     headers: tuple[tuple[str, str], ...]
     ca_file: str | None = None
-    retry: RetrySettings | None = None
-    breaker: BreakerSettings | None = None
-    bulkhead: BulkheadSettings | None = None
-    hedge: HedgeSettings | None = None
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    hosts: tuple[BaseUrl, ...] = ()  # every host (``base`` is the first); one for ``url:``
+    balance: Balance = "round_robin"
+    outlier: OutlierSettings = field(default_factory=OutlierSettings)
+
+    @property
+    def all_hosts(self) -> tuple[BaseUrl, ...]:
+        return self.hosts or (self.base,)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,17 @@ class BackendPlan:
     return_headers: frozenset[bytes] = frozenset()
     follow_redirects: bool = False
     max_redirects: int = 3
+    # Resilience settings of the backend's own (None: the upstream's), with whether it has a
+    # circuit breaker and a bulkhead of its own; its guard is found under ``guard_key``.
+    guard: GuardSettings | None = None
+    own_breaker: bool = False
+    own_bulkhead: bool = False
+    guard_key: str = ""
+
+    @property
+    def guard_name(self) -> str:
+        """Key of this backend's guard: its own, else its upstream's."""
+        return self.guard_key or self.upstream.name
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ from typing import Literal
 
 import trio  # only for the bulkhead's CapacityLimiter: state, not I/O
 
+from ._balance import HostSet
+from ._urls import BaseUrl
+
 BreakerState = Literal["closed", "open", "half_open"]
 
 
@@ -242,19 +245,49 @@ class BulkheadSettings:
     queue_timeout_s: float
 
 
+@dataclass(frozen=True)
+class GuardSettings:
+    """An upstream's (or a backend's own) resilience settings; None: not configured."""
+
+    retry: RetrySettings | None = None
+    breaker: BreakerSettings | None = None
+    bulkhead: BulkheadSettings | None = None
+    hedge: HedgeSettings | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(s is not None for s in (self.retry, self.breaker, self.bulkhead, self.hedge))
+
+
 @dataclass
 class UpstreamGuard:
-    """One upstream's resilience state, shared by every request of a worker."""
+    """One upstream's resilience state, shared by every request of a worker.
 
+    A backend with settings of its own gets a guard of its own (:meth:`for_backend`) that
+    shares the upstream's retry budget, latency window and hosts.
+    """
+
+    settings: GuardSettings
     breaker: CircuitBreaker | None
     budget: RetryBudget
-    retry: RetrySettings | None
-    bulkhead: BulkheadSettings | None = None
     limiter: trio.CapacityLimiter | None = None  # the bulkhead's slots
-    overloaded_total: int = 0
-    hedge: HedgeSettings | None = None
+    hosts: HostSet | None = None  # with several hosts
+    bases: tuple[BaseUrl, ...] = ()  # ... their URLs, in the HostSet's order
     latency: LatencyWindow = field(default_factory=LatencyWindow)
+    overloaded_total: int = 0
     hedges_total: int = 0
+
+    @property
+    def retry(self) -> RetrySettings | None:
+        return self.settings.retry
+
+    @property
+    def bulkhead(self) -> BulkheadSettings | None:
+        return self.settings.bulkhead
+
+    @property
+    def hedge(self) -> HedgeSettings | None:
+        return self.settings.hedge
 
     def hedge_delay(self) -> float | None:
         """When to send a hedge, or None for no hedging (not configured, or a percentile
@@ -267,34 +300,32 @@ class UpstreamGuard:
 
     @classmethod
     def build(
-        cls,
-        retry: RetrySettings | None,
-        breaker: BreakerSettings | None,
-        bulkhead: BulkheadSettings | None = None,
-        hedge: HedgeSettings | None = None,
+        cls, settings: GuardSettings, hosts: HostSet | None = None, bases: tuple[BaseUrl, ...] = ()
     ) -> UpstreamGuard:
         return cls(
-            CircuitBreaker(breaker) if breaker else None,
-            RetryBudget(retry.budget_ratio if retry else 0.2),
-            retry,
-            bulkhead,
-            trio.CapacityLimiter(bulkhead.max_concurrent) if bulkhead else None,
-            hedge=hedge,
+            settings,
+            CircuitBreaker(settings.breaker) if settings.breaker else None,
+            RetryBudget(settings.retry.budget_ratio if settings.retry else 0.2),
+            _limiter(settings.bulkhead),
+            hosts,
+            bases,
         )
 
-    def same_settings(
-        self,
-        retry: RetrySettings | None,
-        breaker: BreakerSettings | None,
-        bulkhead: BulkheadSettings | None = None,
-        hedge: HedgeSettings | None = None,
-    ) -> bool:
-        current = self.breaker.settings if self.breaker else None
-        return (
-            self.retry == retry
-            and current == breaker
-            and self.bulkhead == bulkhead
-            and self.hedge == hedge
+    def for_backend(
+        self, settings: GuardSettings, own_breaker: bool, own_bulkhead: bool
+    ) -> UpstreamGuard:
+        """A backend's guard: its own settings, its own breaker and bulkhead where it set
+        them, and this upstream's budget, latency window and hosts."""
+        return UpstreamGuard(
+            settings,
+            (CircuitBreaker(settings.breaker) if settings.breaker else None)
+            if own_breaker
+            else self.breaker,
+            self.budget,
+            _limiter(settings.bulkhead) if own_bulkhead else self.limiter,
+            self.hosts,
+            self.bases,
+            self.latency,
         )
 
     def statistics(self, now: float) -> dict[str, object]:
@@ -312,4 +343,9 @@ class UpstreamGuard:
             "retry_budget": vars(self.budget.statistics()),
             "bulkhead": bulkhead,
             "hedges_total": self.hedges_total,
+            "hosts": [vars(h) for h in self.hosts.statistics(now)] if self.hosts else None,
         }
+
+
+def _limiter(bulkhead: BulkheadSettings | None) -> trio.CapacityLimiter | None:
+    return trio.CapacityLimiter(bulkhead.max_concurrent) if bulkhead else None

@@ -794,6 +794,7 @@ def test_every_config_model_is_walked() -> None:
         "CircuitBreakerConfig",
         "BulkheadConfig",
         "HedgeConfig",
+        "OutlierDetectionConfig",
     }
 
 
@@ -905,3 +906,81 @@ def test_yaml_reads_only_true_and_false_as_booleans() -> None:
     config = load_config_text(text, "gw.yaml", {})
     assert config.upstreams["u"].retries is not None
     assert config.upstreams["u"].retries.on == ["http_503"]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "problem"),
+    [
+        ("{}", "upstreams.a: give exactly one of url and urls"),
+        (
+            '{url: "http://127.0.0.1:1", urls: ["http://127.0.0.1:2"]}',
+            "upstreams.a: give exactly one of url and urls",
+        ),
+        (
+            "{urls: []}",
+            "upstreams.a.urls: List should have at least 1 item after validation, not 0",
+        ),
+        (
+            '{urls: ["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v2"]}',
+            "upstreams.a.urls[1]: every url of an upstream needs the same scheme and base path",
+        ),
+        (
+            '{urls: ["http://127.0.0.1:1", "https://127.0.0.1:2"]}',
+            "upstreams.a.urls[1]: every url of an upstream needs the same scheme and base path",
+        ),
+        (
+            '{urls: ["http://127.0.0.1:1", "http://127.0.0.1:1/"]}',
+            "upstreams.a.urls[1]: listed twice",
+        ),
+        (
+            '{urls: ["http://127.0.0.1:1", "ftp://x"]}',
+            "upstreams.a.urls[1]: scheme must be http or https",
+        ),
+        (
+            '{urls: ["http://127.0.0.1:1"], balance: random}',
+            "upstreams.a.balance: Input should be 'round_robin' or 'least_outstanding'",
+        ),
+    ],
+)
+def test_upstream_hosts_are_checked(upstream: str, problem: str) -> None:
+    text = f"version: 1\nupstreams:\n  a: {upstream}\n"
+    assert problems_of(text) == [f"gw.yaml: {problem}"]
+
+
+def test_several_hosts_compile_in_order_and_pool_per_host() -> None:
+    from gateway._app import build_guards, pool_limits
+
+    plan = load_config(
+        "gw.yaml",
+        text=textwrap.dedent(
+            """\
+            version: 1
+            upstreams:
+              a:
+                urls: ["http://127.0.0.1:9001/v1", "http://127.0.0.2:9002/v1"]
+                balance: least_outstanding
+                outlier_detection: {consecutive_failures: 3, ejection: 5s, max_ejected: 100%}
+            endpoints:
+              - path: /x
+                backends:
+                  - {name: p, upstream: a, path: /p}
+                  - {name: q, upstream: a, path: /q, retries: {attempts: 1}, bulkhead: null}
+            """
+        ),
+    )
+    up = plan.upstreams["a"]
+    assert [h.origin for h in up.all_hosts] == ["http://127.0.0.1:9001", "http://127.0.0.2:9002"]
+    assert up.base is up.all_hosts[0] and up.balance == "least_outstanding"
+    assert (up.outlier.consecutive_failures, up.outlier.ejection_s) == (3, 5.0)
+    assert set(pool_limits(plan)) == {("http", "127.0.0.1", 9001), ("http", "127.0.0.2", 9002)}
+    p, q = plan.endpoints[0].backends
+    assert p.guard is None and p.guard_name == "a"
+    assert q.guard is not None and q.guard.retry is not None and q.guard.retry.attempts == 1
+    assert (q.own_breaker, q.own_bulkhead) == (False, True)
+    guards = build_guards(plan, {})
+    assert set(guards) == {"a", q.guard_key}
+    assert guards[q.guard_key].hosts is guards["a"].hosts  # one balancer per upstream
+    assert guards[q.guard_key].budget is guards["a"].budget
+    # a reload with the same settings keeps the state
+    again = build_guards(plan, guards)
+    assert again["a"] is guards["a"] and again[q.guard_key] is guards[q.guard_key]

@@ -30,7 +30,7 @@ async def test_a_failed_call_is_retried_and_succeeds(nursery: trio.Nursery) -> N
         config["upstreams"]["u"]["retries"] = {"attempts": 2, "backoff": "10ms"}
         gw = await start_gateway(nursery, config)
         r = await gw.get("/api/1")
-        assert r.headers["x-gateway-backends"] == "a=ok"
+        assert r.headers["x-gateway-backends"] == "a=ok;retries=2"
         assert r.json() == {"attempt": 3}
         assert calls[0] == 3
 
@@ -49,7 +49,7 @@ async def test_resets_are_retried_but_not_for_post_unless_unsafe(nursery: trio.N
         calls[0] = 0
         gw2 = await start_gateway(nursery, config)
         r = await gw2.get("/api/1")
-        assert r.headers["x-gateway-backends"] == "a=ok"
+        assert r.headers["x-gateway-backends"] == "a=ok;retries=1"
 
 
 async def test_retries_never_run_past_the_deadline(nursery: trio.Nursery) -> None:
@@ -153,7 +153,7 @@ async def test_a_slow_call_is_hedged_and_the_loser_is_cancelled(nursery: trio.Nu
         r = await gw.get("/api/1")
         elapsed = trio.current_time() - start
         assert r.json() == {"call": 2}
-        assert r.headers["x-gateway-backends"] == "a=ok"
+        assert r.headers["x-gateway-backends"] == "a=ok;hedges=1"
         assert 0.05 <= elapsed < 0.5
         with trio.fail_after(2):
             await up.aborted_event.wait()  # the slow first call's connection was closed
@@ -173,3 +173,136 @@ async def test_percentile_hedging_waits_for_enough_samples(nursery: trio.Nursery
             await gw.get("/api/1")
         delay = guard.hedge_delay()
         assert delay is not None and 0.005 < delay < 0.2
+
+
+def hosts_config(ups: list[Any], **upstream: Any) -> dict[str, Any]:
+    config = simple_config({"u": ups[0]}, [backend_config("a", "u", "/x")], deadline="3s")
+    entry = config["upstreams"]["u"]
+    del entry["url"]
+    entry["urls"] = [up.url for up in ups]
+    entry.update(upstream)
+    return config
+
+
+def host_of(name: str) -> Any:
+    async def handler(req: RecordedRequest) -> Reply:
+        return Reply(json={"host": name})
+
+    return handler
+
+
+async def test_calls_are_balanced_round_robin_over_the_hosts(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        ups = [await start_upstream(nursery, host_of(n)) for n in "abc"]
+        gw = await start_gateway(nursery, hosts_config(ups))
+        seen = [(await gw.get("/api/1")).json()["host"] for _ in range(9)]
+        assert sorted(seen) == sorted("abc" * 3)
+        assert seen[:3] == seen[3:6] == seen[6:]  # a fixed rotation
+        hosts = (await gw.get("/__gateway/upstreams")).json()["u"]["hosts"]
+        assert [h["calls_total"] for h in hosts] == [3, 3, 3]
+
+
+async def test_least_outstanding_avoids_the_busy_host(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+
+        async def slow(req: RecordedRequest) -> Reply:
+            return Reply(json={"host": "slow"}, delay_s=0.5)
+
+        ups = [await start_upstream(nursery, slow), await start_upstream(nursery, host_of("fast"))]
+        gw = await start_gateway(nursery, hosts_config(ups, balance="least_outstanding"))
+        seen: list[str] = []
+
+        async def one() -> None:
+            seen.append((await gw.get("/api/1")).json()["host"])
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(one)  # takes the slow host (round-robin tie-break)
+            await trio.sleep(0.1)
+            for _ in range(5):
+                await one()  # the slow host is busy: all go to the fast one
+        assert seen.count("slow") == 1 and seen.count("fast") == 5
+
+
+async def test_a_failing_host_is_ejected_and_a_retry_goes_to_another(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        down = await start_upstream(nursery, {"/x": Reply(status=503)})
+        ups = [down, await start_upstream(nursery, host_of("up"))]
+        config = hosts_config(
+            ups,
+            retries={"attempts": 1, "backoff": "1ms"},
+            outlier_detection={"consecutive_failures": 2, "ejection": "30s"},
+        )
+        gw = await start_gateway(nursery, config)
+        headers = []
+        for _ in range(6):
+            r = await gw.get("/api/1")
+            assert r.json() == {"host": "up"}  # a retry never lands on the same host
+            headers.append(r.headers["x-gateway-backends"])
+        # the first two calls that met the failing host were retried; then it was ejected
+        assert headers[:4].count("a=ok;retries=1") == 2
+        assert headers[4:] == ["a=ok", "a=ok"]
+        hosts = (await gw.get("/__gateway/upstreams")).json()["u"]["hosts"]
+        assert hosts[0]["ejected"] and hosts[0]["ejections_total"] == 1
+        assert 29 < hosts[0]["ejected_for_s"] <= 30
+        assert not hosts[1]["ejected"]
+
+
+async def test_the_last_host_is_never_ejected(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        ups = [await start_upstream(nursery, {"/x": Reply(status=503)}) for _ in range(2)]
+        config = hosts_config(ups, outlier_detection={"consecutive_failures": 1})
+        gw = await start_gateway(nursery, config)
+        for _ in range(6):
+            r = await gw.get("/api/1")
+            assert r.headers["x-gateway-backends"] == "a=http_503"
+        hosts = (await gw.get("/__gateway/upstreams")).json()["u"]["hosts"]
+        assert [h["ejected"] for h in hosts].count(True) == 1
+        assert sum(h["calls_total"] for h in hosts) == 6
+
+
+async def test_a_hung_host_is_ejected_by_the_backend_timeout(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        hung = await start_upstream(nursery, {"/x": Reply(fault="hang")})
+        ups = [hung, await start_upstream(nursery, host_of("up"))]
+        config = hosts_config(ups, outlier_detection={"consecutive_failures": 1})
+        config["endpoints"][0]["backends"][0]["timeout"] = "100ms"
+        gw = await start_gateway(nursery, config)
+        outcomes = [(await gw.get("/api/1")).headers["x-gateway-backends"] for _ in range(4)]
+        assert outcomes == ["a=timeout", "a=ok", "a=ok", "a=ok"]
+
+
+async def test_a_backend_overrides_the_upstreams_retries_and_breaker(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        calls, handler = flaky(1000, status=503)
+        up = await start_upstream(nursery, handler)
+        config = simple_config(
+            {"u": up},
+            [
+                backend_config("a", "u", "/x"),
+                backend_config(
+                    "b",
+                    "u",
+                    "/x",
+                    retries=None,
+                    circuit_breaker={"consecutive_failures": 1, "open_for": "30s"},
+                ),
+            ],
+        )
+        config["upstreams"]["u"]["retries"] = {"attempts": 2, "backoff": "1ms"}
+        gw = await start_gateway(nursery, config)
+        r = await gw.get("/api/1")
+        # a: the upstream's two retries; b: none, and its own breaker opened
+        assert r.headers["x-gateway-backends"] == "a=http_503;retries=2, b=http_503"
+        assert calls[0] == 4
+        r = await gw.get("/api/1")
+        assert r.headers["x-gateway-backends"] == "a=http_503;retries=2, b=circuit_open"
+        assert calls[0] == 7
+        state = (await gw.get("/__gateway/upstreams")).json()["u"]
+        assert state["circuit_breaker"] is None
+        own = state["backends"]["GET /api/{id}#b"]
+        assert own["circuit_breaker"]["state"] == "open"
+        assert own["retry_budget"] == state["retry_budget"]  # shared with the upstream
