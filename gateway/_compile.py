@@ -10,6 +10,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from ._aggregate import Placement
 from ._balance import OutlierSettings
@@ -36,11 +37,15 @@ from ._plan import (
     NEVER_FORWARDED,
     RESERVED_BACKEND_NAMES,
     TOKEN,
+    BackendCachePlan,
     BackendPlan,
+    EndpointCachePlan,
     EndpointPlan,
     GatewayPlan,
+    RateLimitPlan,
     UpstreamPlan,
 )
+from ._ratelimit import parse_limit
 from ._resilience import (
     BreakerSettings,
     BulkheadSettings,
@@ -263,9 +268,17 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                     placements=tuple(b.placement for b in backends),
                     debug=ep.debug,
                     max_total_response_bytes=defaults.max_total_response_size,
+                    rate_limits=_rate_limits(ep, route, where, file, problems),
+                    cache=_endpoint_cache(ep, route, where, file, problems),
                 )
             )
 
+    if config.state.redis is not None:
+        redis_url = urlsplit(config.state.redis)
+        if redis_url.scheme not in ("redis", "rediss") or not redis_url.hostname:
+            problems.append(
+                ConfigProblem(file, "state.redis", "must be redis://HOST:PORT/DB or rediss://...")
+            )
     if config.tracing is not None and not otel_available():
         problems.append(ConfigProblem(file, "tracing", OTEL_MISSING))
     trusted: tuple[Network, ...] = ()
@@ -285,6 +298,104 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
     router = Router((e.route, e.method, e) for e in endpoints)
     compiled = GatewayPlan(file, config, upstreams, tuple(endpoints), router, trusted)
     return replace(compiled, warnings=tuple(risky_settings(compiled)))
+
+
+RATE_LIMIT_KEYS = ("ip", "global")
+KEYED_SOURCES = ("header", "path", "query")
+
+
+def _rate_limits(
+    ep: EndpointConfig,
+    route: RoutePattern,
+    where: tuple[int | str, ...],
+    file: str,
+    problems: list[ConfigProblem],
+) -> tuple[RateLimitPlan, ...]:
+    if ep.rate_limit is None:
+        return ()
+    listed = isinstance(ep.rate_limit, list)
+    limits = ep.rate_limit if isinstance(ep.rate_limit, list) else [ep.rate_limit]
+    plans: list[RateLimitPlan] = []
+    names: set[str] = set()
+    for li, rl in enumerate(limits):
+        at = (*where, "rate_limit", li) if listed else (*where, "rate_limit")
+        try:
+            limit = parse_limit(rl.rate, rl.burst)
+        except ValueError as exc:
+            problems.append(ConfigProblem(file, format_path((*at, "rate")), str(exc)))
+            continue
+        kind, _, key_name = rl.key.partition(":")
+        if rl.key in RATE_LIMIT_KEYS:
+            key_name = ""
+        elif kind not in KEYED_SOURCES or not key_name:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path((*at, "key")),
+                    "must be ip, global, header:NAME, path:NAME or query:NAME",
+                )
+            )
+            continue
+        elif kind == "path" and key_name not in route.param_names:
+            problems.append(
+                ConfigProblem(
+                    file, format_path((*at, "key")), f"{ep.path} has no parameter {key_name!r}"
+                )
+            )
+            continue
+        elif kind == "header":
+            key_name = key_name.lower()
+        name = rl.name if rl.name is not None else rl.key.replace(":", "-")
+        if name in names:
+            problems.append(
+                ConfigProblem(file, format_path((*at, "name")), f"duplicate policy name {name!r}")
+            )
+            continue
+        names.add(name)
+        plans.append(RateLimitPlan(name, limit, kind, key_name))
+    return tuple(plans)
+
+
+def _endpoint_cache(
+    ep: EndpointConfig,
+    route: RoutePattern,
+    where: tuple[int | str, ...],
+    file: str,
+    problems: list[ConfigProblem],
+) -> EndpointCachePlan | None:
+    if ep.cache is None:
+        return None
+    at = (*where, "cache")
+    if ep.passthrough:
+        problems.append(
+            ConfigProblem(file, format_path(at), "a passthrough endpoint streams; it is not cached")
+        )
+        return None
+    if ep.method not in ("GET", "HEAD"):
+        problems.append(ConfigProblem(file, format_path(at), "only GET endpoints are cached"))
+        return None
+    if ep.cache.key is None:
+        return EndpointCachePlan(ep.cache.ttl, None)
+    key: list[tuple[str, str]] = []
+    for ki, text in enumerate(ep.cache.key):
+        source, _, name = text.partition(".")
+        if source not in KEYED_SOURCES or not name:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path((*at, "key", ki)),
+                    "must be path.NAME, query.NAME or header.NAME",
+                )
+            )
+        elif source == "path" and name not in route.param_names:
+            problems.append(
+                ConfigProblem(
+                    file, format_path((*at, "key", ki)), f"{ep.path} has no parameter {name!r}"
+                )
+            )
+        else:
+            key.append((source, name.lower() if source == "header" else name))
+    return EndpointCachePlan(ep.cache.ttl, tuple(key))
 
 
 def _upstream_hosts(
@@ -602,6 +713,12 @@ def _compile_backend(
     if len(problems) > before or upstream is None or url is None:
         return None
     guard, own_breaker, own_bulkhead = _backend_guard(be, upstream)
+    cache = None
+    if be.cache is not None:
+        if be.method != "GET" or endpoint.passthrough:
+            problem("cache", "only GET calls of aggregated endpoints are cached")
+            return None
+        cache = BackendCachePlan(be.cache.ttl, be.cache.coalesce)
     return BackendPlan(
         name=be.name,
         upstream=upstream,
@@ -626,6 +743,7 @@ def _compile_backend(
         own_breaker=own_breaker,
         own_bulkhead=own_bulkhead,
         guard_key=f"{upstream.name}@{endpoint.method} {endpoint.path}#{be.name}" if guard else "",
+        cache=cache,
     )
 
 

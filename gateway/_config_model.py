@@ -322,6 +322,51 @@ class UpstreamConfig(_Model):
     Failures are `unreachable`, `timeout` and `http_5xx`; cancellation by the gateway is not."""
 
 
+class RateLimitConfig(_Model):
+    """One limit on an endpoint's requests (GCRA, exact under concurrency): `rate`
+    requests per unit of time, with bursts of up to `burst` at once, counted per `key`."""
+
+    rate: str
+    """`N/s`, `N/min` or `N/h`, e.g. `100/s`."""
+
+    burst: int | None = Field(default=None, ge=1)
+    """Requests allowed at once before the rate applies (default: the `N` of `rate`)."""
+
+    key: str = "ip"
+    """What is counted: `ip` (the client address, under `server.trusted_proxies`),
+    `global` (every request together), `header:NAME`, `path:NAME` or `query:NAME`.
+    Requests without that header or query parameter share one bucket."""
+
+    name: str | None = None
+    """The policy's name in the `RateLimit-Policy` and `RateLimit` response fields
+    (default: `key`, with `:` as `-`)."""
+
+
+class BackendCacheConfig(_Model):
+    """Cache this GET backend's successful responses, shared by every request (and, with
+    `state.redis`, every instance). Concurrent identical calls share one upstream request."""
+
+    ttl: Duration | None = None
+    """How long a response is fresh when the upstream's `Cache-Control` gives no
+    `s-maxage`/`max-age`. Without it, only what `Cache-Control` allows is cached.
+    `no-store`, `no-cache` and `private` always prevent storing."""
+
+    coalesce: bool = True
+    """Let concurrent identical calls share one upstream request."""
+
+
+class EndpointCacheConfig(_Model):
+    """Cache the endpoint's merged response: only complete 200 responses are stored;
+    responses carry `X-Cache: hit` or `miss`."""
+
+    ttl: Duration
+    """How long a stored response is served."""
+
+    key: list[str] | None = None
+    """What tells responses apart besides the endpoint: `path.NAME`, `query.NAME` and
+    `header.NAME` values. Default: every path parameter and the whole query string."""
+
+
 class ConditionConfig(_Model):
     """A test on the client request: a query parameter or header is present, equal to a
     value, or one of a list. Exactly one of `query` and `header`; at most one of `equals`
@@ -416,6 +461,10 @@ class BackendConfig(_Model):
     """A bulkhead of this backend's own, instead of the upstream's; `null` turns it off for
     this backend."""
 
+    cache: BackendCacheConfig | None = None
+    """Cache this backend's responses (GET only). The key covers the method, the final URL
+    and the forwarded headers."""
+
     return_headers: list[str] = Field(default_factory=list)
     """Response headers of this call copied into the aggregated response (when it
     succeeds); a later backend's value replaces an earlier one's."""
@@ -469,6 +518,13 @@ class EndpointConfig(_Model):
     """Stream one backend's response (status, headers, body) to the client unchanged,
     and the client's method, body and Content-Type to the upstream."""
 
+    rate_limit: RateLimitConfig | list[RateLimitConfig] | None = None
+    """Limit requests to this endpoint; with a list, every limit applies (per client and
+    global, say). Over a limit: 429 with `Retry-After`."""
+
+    cache: EndpointCacheConfig | None = None
+    """Cache the merged response (not for passthrough endpoints)."""
+
     backends: list[BackendConfig] = Field(min_length=1)
     """The upstream calls; their results merge in this order."""
 
@@ -482,6 +538,29 @@ class TracingConfig(_Model):
 
     service_name: str = "trio-gateway"
     """The `service.name` resource attribute of exported spans."""
+
+
+class StateConfig(_Model):
+    """Where rate-limit counters and caches live. In memory (the default) each worker
+    process keeps its own; with `redis`, every worker of every instance shares them."""
+
+    redis: str | None = None
+    """`redis://HOST:PORT/DB` (or `rediss://` for TLS). May use `${VAR}` for a password:
+    `redis://:${REDIS_PASSWORD}@HOST:PORT/0`."""
+
+    timeout: Duration = 0.1
+    """Bounds each Redis call. When Redis is down or slow, the gateway keeps answering:
+    caches are skipped and rate limits follow `on_error`."""
+
+    on_error: Literal["open", "closed"] = "open"
+    """When Redis cannot decide a rate limit: `open` lets the request through, `closed`
+    answers 503."""
+
+    key_prefix: str = "gw:"
+    """Prefix of every Redis key, so several gateways can share one Redis."""
+
+    memory_max_size: Size = 64 * 1024 * 1024
+    """The in-memory store's bound (per worker): least recently used entries go first."""
 
 
 class GatewayConfig(_Model):
@@ -504,6 +583,9 @@ class GatewayConfig(_Model):
 
     tracing: TracingConfig | None = None
     """Span export (optional)."""
+
+    state: StateConfig = Field(default_factory=StateConfig)
+    """Where rate limits and caches are kept: in memory per worker, or on Redis."""
 
 
 def backend_has_default(backend: BackendConfig) -> bool:

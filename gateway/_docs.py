@@ -14,18 +14,22 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from ._config_model import (
+    BackendCacheConfig,
     BackendConfig,
     BodySelectConfig,
     BulkheadConfig,
     CircuitBreakerConfig,
     ConditionConfig,
     DefaultsConfig,
+    EndpointCacheConfig,
     EndpointConfig,
     GatewayConfig,
     HedgeConfig,
     OutlierDetectionConfig,
+    RateLimitConfig,
     RetryConfig,
     ServerConfig,
+    StateConfig,
     TracingConfig,
     UpstreamConfig,
 )
@@ -42,10 +46,14 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`upstreams.NAME.hedge`", HedgeConfig),
     ("`upstreams.NAME.outlier_detection`", OutlierDetectionConfig),
     ("`endpoints[]`", EndpointConfig),
+    ("`endpoints[].rate_limit`", RateLimitConfig),
+    ("`endpoints[].cache`", EndpointCacheConfig),
     ("`endpoints[].backends[]`", BackendConfig),
     ("`endpoints[].backends[].when`", ConditionConfig),
     ("`endpoints[].backends[].body`", BodySelectConfig),
+    ("`endpoints[].backends[].cache`", BackendCacheConfig),
     ("`tracing`", TracingConfig),
+    ("`state`", StateConfig),
 )
 
 DURATION_FIELDS = frozenset(
@@ -62,10 +70,17 @@ DURATION_FIELDS = frozenset(
         "queue_timeout",
         "ejection",
         "max_ejection",
+        "ttl",
     }
 )
 SIZE_FIELDS = frozenset(
-    {"max_response_size", "max_request_body", "max_header_size", "max_total_response_size"}
+    {
+        "max_response_size",
+        "max_request_body",
+        "max_header_size",
+        "max_total_response_size",
+        "memory_max_size",
+    }
 )
 
 

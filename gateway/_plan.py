@@ -19,6 +19,7 @@ from ._config_model import GatewayConfig
 from ._errors import ConfigProblem
 from ._forwarded import Network
 from ._graph import Condition
+from ._ratelimit import Limit
 from ._resilience import GuardSettings
 from ._template import Template
 from ._transform import Transform
@@ -73,6 +74,29 @@ class UpstreamPlan:
 
 
 @dataclass(frozen=True)
+class RateLimitPlan:
+    """One endpoint limit: what is counted (``ip``, ``global``, ``header``, ``path``,
+    ``query``; ``key_name`` for the last three, lower-case for headers) and the policy."""
+
+    name: str
+    limit: Limit
+    key_kind: str
+    key_name: str = ""
+
+
+@dataclass(frozen=True)
+class EndpointCachePlan:
+    ttl_s: float
+    key: tuple[tuple[str, str], ...] | None  # (path|query|header, NAME); None: path params+query
+
+
+@dataclass(frozen=True)
+class BackendCachePlan:
+    ttl_s: float | None  # used when Cache-Control gives no max-age
+    coalesce: bool
+
+
+@dataclass(frozen=True)
 class BackendPlan:
     name: str
     upstream: UpstreamPlan
@@ -106,6 +130,7 @@ class BackendPlan:
     own_breaker: bool = False
     own_bulkhead: bool = False
     guard_key: str = ""
+    cache: BackendCachePlan | None = None
 
     @property
     def guard_name(self) -> str:
@@ -127,6 +152,8 @@ class EndpointPlan:
     placements: tuple[Placement, ...]
     debug: bool = False
     max_total_response_bytes: int = 64 * 1024 * 1024
+    rate_limits: tuple[RateLimitPlan, ...] = ()
+    cache: EndpointCachePlan | None = None
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:

@@ -260,7 +260,7 @@ def test_unknown_backend_key_names_its_path_and_the_allowed_keys() -> None:
 def test_unknown_top_level_key_lists_the_top_level_keys() -> None:
     assert problems_of("version: 1\nfoo: 1\n") == [
         "gw.yaml: foo: unknown key 'foo' (allowed: version, server, defaults, upstreams, "
-        "endpoints, tracing)"
+        "endpoints, tracing, state)"
     ]
 
 
@@ -271,9 +271,11 @@ def test_unknown_upstream_key_lists_the_upstream_keys() -> None:
 
 
 def test_unknown_endpoint_key_lists_the_endpoint_keys() -> None:
-    text = one_endpoint("- {name: a, upstream: users, path: /a}", endpoint_extra="cache: true\n")
+    text = one_endpoint("- {name: a, upstream: users, path: /a}", endpoint_extra="caching: true\n")
     (problem,) = problems_of(text)
-    assert problem.startswith("gw.yaml: endpoints[0].cache: unknown key 'cache' (allowed: path,")
+    assert problem.startswith(
+        "gw.yaml: endpoints[0].caching: unknown key 'caching' (allowed: path,"
+    )
 
 
 @pytest.mark.parametrize(
@@ -759,6 +761,7 @@ def test_schema_prints_json_with_every_top_level_key(capsys: pytest.CaptureFixtu
         "upstreams",
         "endpoints",
         "tracing",
+        "state",
     }
     assert schema["additionalProperties"] is False
 
@@ -795,6 +798,10 @@ def test_every_config_model_is_walked() -> None:
         "BulkheadConfig",
         "HedgeConfig",
         "OutlierDetectionConfig",
+        "RateLimitConfig",
+        "BackendCacheConfig",
+        "EndpointCacheConfig",
+        "StateConfig",
     }
 
 
