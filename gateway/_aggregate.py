@@ -63,6 +63,9 @@ class BackendResult:
     started_s: float = 0.0  # since the request started
     retries: int = 0  # retry attempts made (after the first)
     hedges: int = 0  # hedged calls sent
+    cache: str = ""  # "hit" (from the cache) or "coalesced" (shared another call's answer)
+    raw: bytes | None = None  # the body as received, while it is to be cached ...
+    ttl_s: float = 0.0  # ... for this long
 
     @property
     def ok(self) -> bool:
@@ -122,11 +125,12 @@ def backends_header(placements: Sequence[Placement], results: Sequence[BackendRe
 
 
 def _counts(result: BackendResult) -> str:
-    """``;retries=N;hedges=N`` where not zero."""
-    if not (result.retries or result.hedges):
+    """``;retries=N;hedges=N;cache=hit`` where there is something to say."""
+    if not (result.retries or result.hedges or result.cache):
         return ""
     out = f";retries={result.retries}" if result.retries else ""
-    return out + (f";hedges={result.hedges}" if result.hedges else "")
+    out += f";hedges={result.hedges}" if result.hedges else ""
+    return out + (f";cache={result.cache}" if result.cache else "")
 
 
 def aggregate(

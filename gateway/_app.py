@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -31,6 +32,7 @@ from ._endpoint import (
     ambiguous_framing,
     build_context,
     check_limits,
+    check_rate_limits,
     send_error,
     send_framing_error,
     serve_aggregate,
@@ -42,6 +44,7 @@ from ._otel import SpanExporter
 from ._passthrough import PassthroughAborted, open_passthrough
 from ._plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
 from ._resilience import GuardSettings, UpstreamGuard
+from ._state import SharedState, open_state
 from ._tracing import CURRENT, trace_context, with_request_id
 from ._transport import GatewayTransport, PoolLimits
 
@@ -125,6 +128,17 @@ def _shares(mine: object, upstreams: object, *, own: bool) -> bool:
     return (mine is None or mine is not upstreams) if own else mine is upstreams
 
 
+def _with_headers(send: Any, fields: list[tuple[bytes, bytes]]) -> Any:
+    """``send`` that adds ``fields`` to the response head."""
+
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *fields]}
+        await send(message)
+
+    return sending
+
+
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
     """The config as JSON with every header value masked: that is where secrets live."""
     data: dict[str, Any] = plan.config.model_dump(mode="json", by_alias=True)
@@ -133,6 +147,12 @@ def masked_config(plan: GatewayPlan) -> dict[str, Any]:
     for endpoint in data.get("endpoints", []):
         for backend in endpoint.get("backends", []):
             backend["headers"] = dict.fromkeys(backend.get("headers", {}), MASK)
+    redis = data.get("state", {}).get("redis")
+    if redis:
+        parts = urlsplit(redis)
+        if parts.password is not None:  # redis://user:PASSWORD@host:port/db
+            netloc = f"{parts.username or ''}:{MASK}@{parts.netloc.rpartition('@')[2]}"
+            data["state"]["redis"] = parts._replace(netloc=netloc).geturl()
     return data
 
 
@@ -194,15 +214,18 @@ class GatewayApp(QuartTrio):
         self.url_map.merge_slashes = False
         self.url_map.strict_slashes = False
         self.before_serving(self._open_client)
+        self.before_serving(self._open_state)
         self.after_serving(self._close_client)
         self.draining = False
         self.loaded_at = time.time()
         self.exporter: SpanExporter | None = None
         self.guards: dict[str, UpstreamGuard] = build_guards(plan, {})
+        self.state: SharedState | None = None  # open while serving (rate limits, caches)
         self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/ready", "ready", self._ready, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/metrics", "metrics", self._metrics, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/config", "config", self._config, methods=["GET"])
+        self.add_url_rule(f"{ADMIN_PREFIX}/state", "state", self._state, methods=["GET"])
         self.add_url_rule(
             f"{ADMIN_PREFIX}/upstreams", "upstreams", self._upstreams, methods=["GET"]
         )
@@ -286,6 +309,14 @@ class GatewayApp(QuartTrio):
                     return
                 if record is not None:
                     record.endpoint = match.target.path
+                if match.target.rate_limits and self.state is not None:
+                    fields, refusal = await check_rate_limits(self.state, plan, match, scope)
+                    if refusal is not None:
+                        await send_error(
+                            send, refusal, head=scope["method"] == "HEAD", headers=fields
+                        )
+                        return
+                    send = _with_headers(send, fields)
                 if not match.target.passthrough:
                     await serve_aggregate(
                         self.transport.handle_async_request,
@@ -296,6 +327,7 @@ class GatewayApp(QuartTrio):
                         send,
                         record,
                         self.guards,
+                        self.state,
                     )
                     return
                 # passthrough is served through Quart (request body streaming); it reuses
@@ -333,6 +365,38 @@ class GatewayApp(QuartTrio):
         assert isinstance(transport, GatewayTransport)
         self._transport = transport
 
+    async def _open_state(self) -> None:
+        await self.nursery.start(self._run_state)
+
+    async def _run_state(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Holds the state store open for the app's whole life. A task of the lifespan's
+        nursery (Quart's ``app.nursery``) on purpose: a Redis store's connection tasks
+        are its children, and shutdown cancels that nursery, which closes them."""
+        try:
+            async with open_state(self.plan.config.state) as state:
+                self.state = state
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.state = None
+
+    async def _state(self) -> Response:
+        """The rate-limit and cache store, and the coalescer of identical backend calls."""
+        if self.state is None:
+            return json_response({"store": None})
+        return json_response(
+            {
+                "store": {
+                    "kind": "redis" if self.state.shared else "memory",
+                    "failing": self.state.failing,
+                    **vars(self.state.store.statistics()),
+                },
+                "coalescer": vars(self.state.flights.statistics()),
+            }
+        )
+
     async def _close_client(self) -> None:
         if self.exporter is not None:
             # flushes the spans still queued; a blocking call, at shutdown only
@@ -360,6 +424,8 @@ class GatewayApp(QuartTrio):
         if self._transport is not None:
             self._transport.reconfigure(pool_limits(plan))
         self.guards = build_guards(plan, self.guards)
+        if plan.config.state != self.plan.config.state:
+            log.warning("state: changes take effect on restart; the current store is kept")
         self.plan = plan
         self.loaded_at = time.time()
         for warning in plan.warnings:

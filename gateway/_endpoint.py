@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 import orjson
 import trio
 
+from . import _metrics as metrics
 from ._aggregate import error_body
 from ._errors import (
     HeadersTooLarge,
@@ -33,6 +34,7 @@ from ._headers import select_headers
 from ._logging import AccessRecord
 from ._plan import EndpointPlan, GatewayPlan
 from ._resilience import UpstreamGuard
+from ._state import SharedState, endpoint_cache_key, pack, unpack
 from ._tracing import with_request_id
 from ._urls import RouteMatch, encode_query
 
@@ -54,6 +56,7 @@ def build_context(
     body: bytes | None = None,
     trusted_proxies: Sequence[Network] = (),
     guards: Mapping[str, UpstreamGuard] | None = None,
+    state: SharedState | None = None,
 ) -> CallContext:
     """Take from the client request only what this endpoint's config uses, plus the
     forwarding headers the gateway sets (``X-Forwarded-*``, ``Via``).
@@ -104,6 +107,37 @@ def build_context(
         ByteBudget(endpoint.max_total_response_bytes),
         info.address,
         guards or {},
+        state,
+    )
+
+
+def request_query(scope: Scope) -> dict[str, list[str]]:
+    """The request's query parameters, each with its values in order."""
+    query: dict[str, list[str]] = {}
+    query_string: bytes = scope.get("query_string") or b""
+    if query_string:
+        for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+            query.setdefault(key, []).append(value)
+    return query
+
+
+async def check_rate_limits(
+    state: SharedState,
+    plan: GatewayPlan,
+    match: RouteMatch[EndpointPlan],
+    scope: Scope,
+) -> tuple[list[tuple[bytes, bytes]], RequestError | None]:
+    """The endpoint's rate limits for this request: the response fields to add, and the
+    refusal to answer with instead, if any."""
+    client = scope.get("client")
+    address = client_info(
+        client[0] if client else None,
+        scope.get("scheme", "http"),
+        scope["headers"],
+        plan.trusted_proxies,
+    ).address
+    return await state.check_rate_limits(
+        match.target, match.params, request_query(scope), scope["headers"], address
     )
 
 
@@ -162,9 +196,35 @@ async def send_json(
     await send({"type": "http.response.body", "body": b"" if head else data})
 
 
-async def send_error(send: Send, exc: RequestError, *, head: bool = False) -> None:
-    headers = [(b"allow", ", ".join(exc.allow).encode())] if exc.allow else []
-    await send_json(send, exc.status, error_body(exc.code, exc.message), headers, head=head)
+async def send_error(
+    send: Send,
+    exc: RequestError,
+    *,
+    head: bool = False,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    fields = [(b"allow", ", ".join(exc.allow).encode())] if exc.allow else []
+    fields.extend(headers)
+    await send_json(send, exc.status, error_body(exc.code, exc.message), fields, head=head)
+
+
+async def send_body(
+    send: Send,
+    status: int,
+    data: bytes,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    *,
+    head: bool = False,
+) -> None:
+    """Send an already encoded JSON body."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(data)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else data})
 
 
 def check_limits(scope: Scope, max_url_length: int, max_header_size: int) -> None:
@@ -219,8 +279,10 @@ async def serve_aggregate(
     send: Send,
     record: AccessRecord | None = None,
     guards: Mapping[str, UpstreamGuard] | None = None,
+    state: SharedState | None = None,
 ) -> None:
-    """Answer one request to an aggregated endpoint."""
+    """Answer one request to an aggregated endpoint (from the endpoint's cache, if it has
+    one and it holds the answer)."""
     endpoint = match.target
     if record is not None:
         record.endpoint = endpoint.path
@@ -230,7 +292,9 @@ async def serve_aggregate(
         body = None
         if endpoint.reads_body:
             body = await read_body(scope, receive, server.max_request_body, server.body_timeout)
-        ctx = build_context(endpoint, match.params, scope, body, plan.trusted_proxies, guards)
+        ctx = build_context(
+            endpoint, match.params, scope, body, plan.trusted_proxies, guards, state
+        )
         if record is not None:
             record.client = ctx.client_address
     except ClientGone:
@@ -238,6 +302,23 @@ async def serve_aggregate(
     except RequestError as exc:
         await send_error(send, exc, head=head)
         return
+    cache_key: str | None = None
+    if endpoint.cache is not None and state is not None:
+        cache_key = endpoint_cache_key(
+            endpoint,
+            match.params,
+            scope.get("query_string") or b"",
+            request_query(scope),
+            scope["headers"],
+        )
+        entry = await state.get(cache_key)
+        unpacked = unpack(entry) if entry is not None else None
+        if unpacked is not None and isinstance(unpacked[0], list):
+            metrics.CACHE.labels("endpoint", "hit").inc()
+            stored = [(str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in unpacked[0]]
+            await send_body(send, 200, unpacked[1], [*stored, (b"x-cache", b"hit")], head=head)
+            return
+        metrics.CACHE.labels("endpoint", "miss").inc()
     async with trio.open_nursery() as nursery:
         # Request-scoped, cancelled below once the response is sent: a client that leaves
         # cancels the fan-out (and so every upstream call) at once.
@@ -257,5 +338,15 @@ async def serve_aggregate(
             (b"x-gateway-backends", result.backends_header.encode("latin-1")),
             *((n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers),
         ]
-        await send_json(send, result.status, result.body, headers, head=head)
+        if cache_key is None:
+            await send_json(send, result.status, result.body, headers, head=head)
+        else:
+            assert state is not None and endpoint.cache is not None
+            data = orjson.dumps(with_request_id(result.body))
+            if result.status == 200 and result.complete:  # only complete answers are kept
+                # stored before sending: the next request hits, and a client that leaves
+                # once it has its answer cannot cut the store call short
+                meta = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
+                await state.set(cache_key, pack(meta, data), endpoint.cache.ttl_s)
+            await send_body(send, result.status, data, [*headers, (b"x-cache", b"miss")], head=head)
         nursery.cancel_scope.cancel()

@@ -19,7 +19,9 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         ├── RequestTimeout            408 request_timeout: the body took longer than body_timeout
         ├── RequestBodyTooLarge       413 request_body_too_large
         ├── UrlTooLong                414 url_too_long: path and query over max_url_length
-        └── HeadersTooLarge           431 headers_too_large: request head over max_header_size
+        ├── TooManyRequests           429 rate_limited: over an endpoint's rate_limit
+        ├── HeadersTooLarge           431 headers_too_large: request head over max_header_size
+        └── RateLimitUnavailable      503 rate_limit_unavailable: the store failed, on_error closed
 """
 
 from __future__ import annotations
@@ -106,6 +108,18 @@ class RequestBodyTooLarge(RequestError):
 class RequestTimeout(RequestError):
     status = 408
     code = "request_timeout"
+
+
+class TooManyRequests(RequestError):
+    status = 429
+    code = "rate_limited"
+
+
+class RateLimitUnavailable(RequestError):
+    """The shared store could not decide a rate limit and ``state.on_error`` is closed."""
+
+    status = 503
+    code = "rate_limit_unavailable"
 
 
 class UrlTooLong(RequestError):

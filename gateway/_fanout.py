@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,10 +26,13 @@ import httpx
 import orjson
 import trio
 
+from . import _metrics as metrics
 from ._aggregate import Aggregate, BackendResult, Outcome, aggregate, http_outcome
+from ._cachecontrol import cache_key, shared_freshness
 from ._graph import all_hold, skipped_by_condition
 from ._plan import BackendPlan, EndpointPlan
 from ._resilience import UpstreamGuard
+from ._state import SharedState, pack, unpack
 from ._template import Ref, UnresolvedReference, expand, header_value, render, url_value, walk
 from ._tracing import CURRENT
 from ._transform import JSON, SelectMissing
@@ -85,6 +89,7 @@ class CallContext:
     budget: ByteBudget = field(default_factory=unlimited_budget)
     client_address: str = ""  # as believed under server.trusted_proxies
     guards: Mapping[str, UpstreamGuard] = field(default_factory=dict)  # by guard_name
+    state: SharedState | None = None  # caches and coalescing
 
 
 Sender = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -269,23 +274,84 @@ async def _exchange(
             for name, value in response.headers.raw
             if name.lower() in backend.return_headers
         )
-        if status == 204 or request.method == "HEAD":
-            return BackendResult(Outcome.OK, None, headers=headers)
-        try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return BackendResult(Outcome.INVALID_RESPONSE, detail=f"body is not JSON: {exc}")
-        try:
-            selected = backend.transform.select_value(value)
-        except SelectMissing as exc:
-            return BackendResult(
-                Outcome.INVALID_RESPONSE, detail=f"select path is missing at {exc.args[0]!r}"
-            )
-        return BackendResult(
-            Outcome.OK, backend.transform.shape(selected), selected=selected, headers=headers
-        )
+        empty = status == 204 or request.method == "HEAD"
+        result = result_from_body(backend, None if empty else body, headers)
+        if backend.cache is not None and result.outcome == Outcome.OK and not empty:
+            ttl_s = _cache_ttl(backend, status, response.headers.raw, request)
+            if ttl_s > 0:
+                result = replace(result, raw=body, ttl_s=ttl_s)
+        return result
     finally:
         await response.aclose()
+
+
+def result_from_body(
+    backend: BackendPlan, body: bytes | None, headers: tuple[tuple[str, str], ...]
+) -> BackendResult:
+    """A 2xx body parsed, selected and shaped (None: no body, as for 204 or HEAD)."""
+    if body is None:
+        return BackendResult(Outcome.OK, None, headers=headers)
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return BackendResult(Outcome.INVALID_RESPONSE, detail=f"body is not JSON: {exc}")
+    try:
+        selected = backend.transform.select_value(value)
+    except SelectMissing as exc:
+        return BackendResult(
+            Outcome.INVALID_RESPONSE, detail=f"select path is missing at {exc.args[0]!r}"
+        )
+    return BackendResult(
+        Outcome.OK, backend.transform.shape(selected), selected=selected, headers=headers
+    )
+
+
+# Request fields the gateway itself sets per client or per request: never part of a cache
+# key (they would make every entry private to one request).
+NOT_CACHE_KEYED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"via",
+        b"traceparent",
+        b"tracestate",
+        b"x-request-id",
+    }
+)
+
+
+def cache_key_fields(request: httpx.Request) -> frozenset[bytes]:
+    """The request fields that may vary an upstream response: every one the gateway sends
+    (the upstream's and backend's headers, forwarded client headers) but its own
+    per-request ones."""
+    return frozenset(n.lower() for n, _ in request.headers.raw) - NOT_CACHE_KEYED
+
+
+def _cache_ttl(
+    backend: BackendPlan,
+    status: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    request: httpx.Request,
+) -> float:
+    """How long a response may be cached: as its Cache-Control allows, else the backend's
+    ``cache.ttl`` when the upstream gave no freshness at all."""
+    assert backend.cache is not None
+    fields = cache_key_fields(request)
+    freshness = shared_freshness(
+        status,
+        headers,
+        now_s=time.time(),
+        key_headers=fields,
+        request_authorized=b"authorization" in fields,
+    )
+    if freshness.storable:
+        return freshness.ttl_s
+    if freshness.reason == "no-freshness" and backend.cache.ttl_s is not None:
+        return backend.cache.ttl_s
+    return 0.0
 
 
 async def _attempt(
@@ -390,66 +456,92 @@ async def _call_backend(
     except httpx.InvalidURL as exc:  # e.g. a filled-in URL over httpx's length limit
         return BackendResult(Outcome.INVALID_REFERENCE, detail=f"invalid URL: {exc}")
     guard = ctx.guards.get(backend.guard_name)
-    if guard is None:
-        return await _unguarded(sender, backend, ctx, requests, start)
-    result: BackendResult | None = None
-    limiter = guard.limiter
-    if limiter is not None and guard.bulkhead is not None:
-        with trio.move_on_after(guard.bulkhead.queue_timeout_s) as queued:
-            await limiter.acquire()
-        if queued.cancelled_caught:
-            guard.overloaded_total += 1
-            return BackendResult(
-                Outcome.OVERLOADED,
-                duration_s=trio.current_time() - start,
-                detail="bulkhead full",
-            )
-    guard.budget.request_started()
     stats = CallStats(trio.CancelScope(deadline=trio.current_time() + backend.timeout_s))
+    call: Call
+    if guard is None:
+
+        async def call(request: httpx.Request) -> BackendResult:
+            return await _attempt(sender, backend, request, ctx.budget)
+
+    else:
+        limiter = guard.limiter
+        if limiter is not None and guard.bulkhead is not None:
+            with trio.move_on_after(guard.bulkhead.queue_timeout_s) as queued:
+                await limiter.acquire()
+            if queued.cancelled_caught:
+                guard.overloaded_total += 1
+                return BackendResult(
+                    Outcome.OVERLOADED,
+                    duration_s=trio.current_time() - start,
+                    detail="bulkhead full",
+                )
+
+        async def call(request: httpx.Request) -> BackendResult:
+            assert guard is not None
+            return await _guarded(sender, backend, request, ctx.budget, guard, stats)
+
+    if backend.cache is not None and ctx.state is not None:
+        call = _cached(call, backend, ctx.state)
+    result: BackendResult | None = None
+    if guard is not None:
+        guard.budget.request_started()
     try:
         with stats.timeout:
-
-            async def call(request: httpx.Request) -> BackendResult:
-                return await _guarded(sender, backend, request, ctx.budget, guard, stats)
-
             if backend.for_each:
                 result = await _attempt_each(call, requests)
             else:
                 result = await call(requests[0])
     finally:
-        guard.budget.request_ended()
-        if limiter is not None:
-            limiter.release()
+        if guard is not None:
+            guard.budget.request_ended()
+            if guard.limiter is not None and guard.bulkhead is not None:
+                guard.limiter.release()
     duration_s = trio.current_time() - start
     if result is None:  # our own timeout fired: the upstream's failure, for the breaker too
-        if guard.breaker is not None:
+        if guard is not None and guard.breaker is not None:
             guard.breaker.record(trio.current_time(), failed=True)
         result = BackendResult(Outcome.TIMEOUT, detail="backend timeout")
     return replace(result, duration_s=duration_s, retries=stats.retries, hedges=stats.hedges)
 
 
-async def _unguarded(
-    sender: Sender,
-    backend: BackendPlan,
-    ctx: CallContext,
-    requests: Sequence[httpx.Request],
-    start: float,
-) -> BackendResult:
-    """A backend call with no resilience settings: one attempt per request."""
-    result: BackendResult | None = None
-    with trio.move_on_after(backend.timeout_s):
-        if backend.for_each:
+def _cached(call: Call, backend: BackendPlan, state: SharedState) -> Call:
+    """``call`` behind the backend cache and, with ``coalesce``, the worker's coalescer:
+    a stored response is answered without calling the upstream; concurrent identical
+    calls share one upstream request (if its caller leaves, a follower takes over)."""
+    assert backend.cache is not None
+    coalesce = backend.cache.coalesce
+    identity = id(backend)  # results are shaped by this backend's transform
 
-            async def call(request: httpx.Request) -> BackendResult:
-                return await _attempt(sender, backend, request, ctx.budget)
+    async def cached(request: httpx.Request) -> BackendResult:
+        fields = cache_key_fields(request)
+        key = cache_key(request.method, str(request.url), request.headers.raw, fields)
+        entry = await state.get(key)
+        unpacked = unpack(entry) if entry is not None else None
+        if unpacked is not None:
+            meta, body = unpacked
+            headers = tuple((str(n), str(v)) for n, v in meta) if isinstance(meta, list) else ()
+            metrics.CACHE.labels("backend", "hit").inc()
+            return replace(result_from_body(backend, body, headers), cache="hit")
 
-            result = await _attempt_each(call, requests)
-        else:
-            result = await _attempt(sender, backend, requests[0], ctx.budget)
-    duration_s = trio.current_time() - start
-    if result is None:
-        return BackendResult(Outcome.TIMEOUT, duration_s=duration_s, detail="backend timeout")
-    return replace(result, duration_s=duration_s)
+        leader = False
+
+        async def fetch() -> BackendResult:
+            nonlocal leader
+            leader = True
+            result = await call(request)
+            if result.raw is not None and result.ttl_s > 0:
+                meta = [list(h) for h in result.headers]
+                await state.set(key, pack(meta, result.raw), result.ttl_s)
+            return replace(result, raw=None)
+
+        result = await state.flights.run((identity, key), fetch) if coalesce else await fetch()
+        if not leader:
+            metrics.CACHE.labels("backend", "coalesced").inc()
+            return replace(result, cache="coalesced")
+        metrics.CACHE.labels("backend", "miss").inc()
+        return result
+
+    return cached
 
 
 def retarget(request: httpx.Request, base: BaseUrl) -> httpx.Request:

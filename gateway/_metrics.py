@@ -12,7 +12,12 @@ Metrics (all prefixed ``gateway_``):
 - ``backend_duration_seconds{endpoint, backend, outcome}``: histogram per backend call;
 - ``requests_in_flight``: gauge;
 - ``upstream_connections{origin, state}``: gauge of open and idle upstream connections,
-  updated whenever a connection opens or closes.
+  updated whenever a connection opens or closes;
+- ``rate_limited_total{endpoint, policy}``: requests refused with 429;
+- ``cache_total{layer, result}``: ``layer`` is ``backend`` or ``endpoint``, ``result`` is
+  ``hit``, ``miss`` or ``coalesced`` (a backend call that shared another's upstream request);
+- ``state_errors_total{operation}``: failed store calls (``get``, ``set``, ``rate``): Redis
+  down or slow.
 
 ``endpoint`` is the config's route (``/api/users/{user_id}``), or ``none`` for requests no
 route matched, so label values stay bounded whatever clients send.
@@ -55,6 +60,14 @@ UPSTREAM_CONNECTIONS = Gauge(
     "Upstream connections by state",
     ["origin", "state"],
     multiprocess_mode="livesum",
+)
+
+RATE_LIMITED = Counter(
+    "gateway_rate_limited", "Requests refused by a rate limit", ["endpoint", "policy"]
+)
+CACHE = Counter("gateway_cache", "Cache lookups by result", ["layer", "result"])
+STATE_ERRORS = Counter(
+    "gateway_state_errors", "Failed state store calls (Redis down or slow)", ["operation"]
 )
 
 

@@ -1,0 +1,222 @@
+"""Rate limits and caches at request time, over the configured store.
+
+One :class:`SharedState` per worker, opened for the app's whole life (:func:`open_state`):
+the store (:class:`~gateway._store.MemoryStore`, or :class:`~gateway._store.RedisStore`
+with ``state.redis``), the coalescer of identical backend calls, and the rules that use
+them. When the store fails, the gateway keeps answering: caches are skipped, rate limits
+follow ``state.on_error``; the first failure and the recovery are logged once each, and
+every failure is counted (``gateway_state_errors_total``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import orjson
+
+from . import _metrics as metrics
+from ._aggregate import BackendResult
+from ._coalesce import Coalescer
+from ._config_model import StateConfig
+from ._errors import RateLimitUnavailable, RequestError, StoreUnavailable, TooManyRequests
+from ._plan import EndpointPlan, RateLimitPlan
+from ._ratelimit import Decision, format_policy, format_ratelimit, retry_after_s
+from ._store import MemoryStore, RedisStore, Store
+
+log = logging.getLogger("gateway")
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+MAX_RAW_KEY_CHARS = 64  # longer key values (API keys, say) are stored hashed
+
+
+@dataclass
+class SharedState:
+    """The worker's store and coalescer, and whether the store is failing now."""
+
+    store: Store
+    on_error: str = "open"
+    shared: bool = False  # on Redis: every instance sees the same state
+    flights: Coalescer[BackendResult] = field(default_factory=Coalescer)
+    failing: bool = False
+
+    # -- store calls that never raise: a failure is logged, counted and returns None --
+
+    def _failed(self, operation: str, exc: StoreUnavailable) -> None:
+        metrics.STATE_ERRORS.labels(operation).inc()
+        if not self.failing:
+            self.failing = True
+            log.warning(
+                "state store unavailable (%s): caches skipped, rate limits fail %s: %s",
+                operation,
+                self.on_error,
+                exc,
+            )
+
+    def _ok(self) -> None:
+        if self.failing:
+            self.failing = False
+            log.warning("state store available again")
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self.store.get(key)
+        except StoreUnavailable as exc:
+            self._failed("get", exc)
+            return None
+        self._ok()
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        try:
+            await self.store.set(key, value, ttl_s)
+        except StoreUnavailable as exc:
+            self._failed("set", exc)
+            return
+        self._ok()
+
+    # -- rate limits --
+
+    async def check_rate_limits(
+        self,
+        endpoint: EndpointPlan,
+        params: Mapping[str, str],
+        query: Mapping[str, Sequence[str]],
+        headers: RawHeaders,
+        client_address: str,
+    ) -> tuple[list[tuple[bytes, bytes]], RequestError | None]:
+        """Decide every limit of the endpoint, in config order, stopping at the first
+        refusal (so a refused request does not count against the limits after it).
+
+        Returns the ``RateLimit-Policy``/``RateLimit`` fields for the response, and the
+        error to answer with instead (429, or 503 when the store failed and
+        ``on_error`` is closed), or None.
+        """
+        policies: list[str] = []
+        states: list[str] = []
+        refusal: RequestError | None = None
+        retry_after: int | None = None
+        for plan in endpoint.rate_limits:
+            key = rate_key(endpoint, plan, params, query, headers, client_address)
+            try:
+                decision: Decision = await self.store.rate(key, plan.limit)
+            except StoreUnavailable as exc:
+                self._failed("rate", exc)
+                if self.on_error == "closed":
+                    refusal = RateLimitUnavailable("the rate limit cannot be checked right now")
+                    break
+                continue
+            self._ok()
+            policies.append(format_policy(plan.name, plan.limit))
+            states.append(format_ratelimit(plan.name, decision))
+            if not decision.allowed:
+                metrics.RATE_LIMITED.labels(endpoint.path, plan.name).inc()
+                retry_after = retry_after_s(decision)
+                refusal = TooManyRequests(
+                    f"over the rate limit {plan.name!r}; retry in {retry_after} s"
+                )
+                break
+        fields: list[tuple[bytes, bytes]] = []
+        if policies:
+            fields.append((b"ratelimit-policy", ", ".join(policies).encode()))
+            fields.append((b"ratelimit", ", ".join(states).encode()))
+        if retry_after is not None:
+            fields.append((b"retry-after", str(retry_after).encode()))
+        return fields, refusal
+
+
+def rate_key(
+    endpoint: EndpointPlan,
+    plan: RateLimitPlan,
+    params: Mapping[str, str],
+    query: Mapping[str, Sequence[str]],
+    headers: RawHeaders,
+    client_address: str,
+) -> str:
+    """``rl:METHOD PATH:POLICY:VALUE``; requests without the header or query parameter
+    share the value ``-``."""
+    if plan.key_kind == "ip":
+        value = client_address
+    elif plan.key_kind == "global":
+        value = ""
+    elif plan.key_kind == "path":
+        value = params.get(plan.key_name, "-")
+    elif plan.key_kind == "query":
+        values = query.get(plan.key_name)
+        value = values[0] if values else "-"
+    else:
+        wanted = plan.key_name.encode("latin-1")
+        found = [v for n, v in headers if n.lower() == wanted]
+        value = b", ".join(found).decode("latin-1") if found else "-"
+    if len(value) > MAX_RAW_KEY_CHARS:
+        value = "#" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"rl:{endpoint.method} {endpoint.path}:{plan.name}:{value}"
+
+
+def endpoint_cache_key(
+    endpoint: EndpointPlan,
+    params: Mapping[str, str],
+    query_string: bytes,
+    query: Mapping[str, Sequence[str]],
+    headers: RawHeaders,
+) -> str:
+    """The aggregate cache's key: the endpoint and the configured values (default: every
+    path parameter and the whole query string), length-prefixed and hashed."""
+    assert endpoint.cache is not None
+    digest = hashlib.sha256()
+
+    def part(data: bytes) -> None:
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+
+    part(f"{endpoint.method} {endpoint.path}".encode())
+    if endpoint.cache.key is None:
+        for name in sorted(params):
+            part(name.encode())
+            part(params[name].encode("utf-8", "surrogateescape"))
+        part(query_string)
+    else:
+        for source, name in endpoint.cache.key:
+            if source == "path":
+                part(params.get(name, "").encode("utf-8", "surrogateescape"))
+            elif source == "query":
+                values = query.get(name)
+                part(b"1" + values[0].encode("utf-8", "surrogateescape") if values else b"0")
+            else:
+                wanted = name.encode("latin-1")
+                found = [v for n, v in headers if n.lower() == wanted]
+                part(b"1" + b", ".join(found) if found else b"0")
+    return "agg:" + digest.hexdigest()
+
+
+def pack(meta: object, body: bytes) -> bytes:
+    """A stored entry: 4-byte length, JSON metadata, then the body as it was."""
+    encoded = orjson.dumps(meta)
+    return len(encoded).to_bytes(4, "big") + encoded + body
+
+
+def unpack(entry: bytes) -> tuple[object, bytes] | None:
+    """The metadata and body of an entry, or None for one that does not parse (written
+    by another version, say): treated as a miss."""
+    try:
+        size = int.from_bytes(entry[:4], "big")
+        return orjson.loads(entry[4 : 4 + size]), entry[4 + size :]
+    except (orjson.JSONDecodeError, ValueError):
+        return None
+
+
+@asynccontextmanager
+async def open_state(config: StateConfig) -> AsyncIterator[SharedState]:
+    """The worker's state for its whole life. A Redis store is entered here, in the task
+    that runs the app's lifespan, because its connections' tasks live in that task's
+    nursery; it connects lazily, so an unreachable Redis never stops the worker starting."""
+    if config.redis is None:
+        async with MemoryStore(config.memory_max_size) as memory:
+            yield SharedState(memory, config.on_error)
+        return
+    redis = RedisStore(config.redis, timeout_s=config.timeout, namespace=config.key_prefix)
+    async with redis:
+        yield SharedState(redis, config.on_error, shared=True)
