@@ -34,13 +34,25 @@ def summary(plan: GatewayPlan) -> str:
         f"{plan.file}: OK: {len(plan.endpoints)} endpoint(s), {len(plan.upstreams)} upstream(s)"
     ]
     for name, up in plan.upstreams.items():
+        hosts = " ".join(h.origin for h in up.all_hosts) + up.base.base_path
+        balance = f" ({up.balance})" if len(up.all_hosts) > 1 else ""
         lines.append(
-            f"  upstream {name:<16} {up.base.origin}{up.base.base_path}"
+            f"  upstream {name:<16} {hosts}{balance}"
             f"  timeout {format_duration(up.timeout_s)}  max_connections {up.max_connections}"
         )
+    state = plan.config.state
+    if state.redis is not None or any(e.rate_limits or e.cache for e in plan.endpoints):
+        where = "redis" if state.redis is not None else "memory, per worker"
+        lines.append(f"  state: {where}")
     for ep in plan.endpoints:
         kind = "passthrough" if ep.passthrough else f"deadline {format_duration(ep.deadline_s)}"
-        lines.append(f"  {ep.method} {ep.path}  ({kind})")
+        extras = [
+            f"rate_limit {r.name} {r.limit.rate_per_s:g}/s burst {r.limit.burst}"
+            for r in ep.rate_limits
+        ]
+        if ep.cache is not None:
+            extras.append(f"cache {format_duration(ep.cache.ttl_s)}")
+        lines.append(f"  {ep.method} {ep.path}  ({', '.join([kind, *extras])})")
         for be in ep.backends:
             flags = []
             if be.required:
@@ -55,6 +67,8 @@ def summary(plan: GatewayPlan) -> str:
                 flags.append(f"for_each (max {be.max_calls})")
             if be.conditions:
                 flags.append("when " + " and ".join(c.describe() for c in be.conditions))
+            if be.cache is not None:
+                flags.append("cache")
             lines.append(
                 f"    {be.name:<16} {be.method} {be.upstream.name}{be.url.text}"
                 f"  timeout {format_duration(be.timeout_s)}"
