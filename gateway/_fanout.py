@@ -90,6 +90,9 @@ class CallContext:
     client_address: str = ""  # as believed under server.trusted_proxies
     guards: Mapping[str, UpstreamGuard] = field(default_factory=dict)  # by guard_name
     state: SharedState | None = None  # caches and coalescing
+    # each backend call's retries and hedges so far, by backend name, so that a call cut
+    # by the deadline is still reported with them
+    attempts: dict[str, CallStats] = field(default_factory=dict)
 
 
 Sender = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -396,8 +399,10 @@ async def _attempt_each(call: Call, requests: Sequence[httpx.Request]) -> Backen
     async def one(index: int, request: httpx.Request, nursery: trio.Nursery) -> None:
         result = await call(request)
         results[index] = result
-        if result.outcome != Outcome.OK:
+        if result.outcome not in (Outcome.OK, Outcome.CIRCUIT_OPEN):
             nursery.cancel_scope.cancel()  # the list is incomplete whatever the others do
+        # A call the breaker refused cancels nothing: the calls it admitted (a half-open
+        # breaker's probe among them) finish, so the breaker gets its verdict and can close.
 
     async with trio.open_nursery() as nursery:
         for index, request in enumerate(requests):
@@ -457,6 +462,7 @@ async def _call_backend(
         return BackendResult(Outcome.INVALID_REFERENCE, detail=f"invalid URL: {exc}")
     guard = ctx.guards.get(backend.guard_name)
     stats = CallStats(trio.CancelScope(deadline=trio.current_time() + backend.timeout_s))
+    ctx.attempts[backend.name] = stats
     call: Call
     if guard is None:
 
@@ -655,8 +661,9 @@ async def _guarded(
     with jittered exponential backoff). Everything runs inside the caller's timeout and
     deadline scopes, so no retry outlives them."""
     retry = guard.retry
-    idempotent = request.method in IDEMPOTENT_METHODS or (retry is not None and retry.unsafe)
-    attempts = 1 + (retry.attempts if retry is not None and idempotent else 0)
+    idempotent = request.method in IDEMPOTENT_METHODS
+    retryable = idempotent or (retry is not None and retry.unsafe)
+    attempts = 1 + (retry.attempts if retry is not None and retryable else 0)
     result = BackendResult(Outcome.CIRCUIT_OPEN, detail="circuit breaker open")
     for attempt in range(attempts):
         breaker = guard.breaker
@@ -745,11 +752,18 @@ async def fan_out(
 
     elapsed = trio.current_time() - start
     final: list[BackendResult] = []
-    for result in results:
+    for backend, result in zip(backends, results, strict=True):
         if result is None:
             # Stopped from above: by a failed required sibling, else by the deadline.
             outcome = Outcome.CANCELLED if failed_required is not None else Outcome.TIMEOUT
-            result = BackendResult(outcome, duration_s=elapsed, detail="stopped by the gateway")
+            stats = ctx.attempts.get(backend.name)
+            result = BackendResult(
+                outcome,
+                duration_s=elapsed,
+                detail="stopped by the gateway",
+                retries=stats.retries if stats else 0,
+                hedges=stats.hedges if stats else 0,
+            )
         final.append(result)
     aggregate_ = aggregate(endpoint.placements, final, failed_required)
     if endpoint.debug:
