@@ -507,7 +507,12 @@ async def _call_backend(
         if guard is not None and guard.breaker is not None:
             guard.breaker.record(trio.current_time(), failed=True)
         result = BackendResult(Outcome.TIMEOUT, detail="backend timeout")
-    return replace(result, duration_s=duration_s, retries=stats.retries, hedges=stats.hedges)
+    host = ""
+    if guard is not None and guard.hosts is not None and stats.last_host is not None:
+        host = guard.bases[stats.last_host].origin  # the last attempt's, for debug: true
+    return replace(
+        result, duration_s=duration_s, retries=stats.retries, hedges=stats.hedges, host=host
+    )
 
 
 def _cached(call: Call, backend: BackendPlan, state: SharedState) -> Call:
@@ -787,6 +792,7 @@ def debug_block(endpoint: EndpointPlan, results: Sequence[BackendResult]) -> dic
                 "depends_on": [endpoint.backends[d].name for d in backend.deps],
                 "retries": result.retries,
                 "hedges": result.hedges,
+                **({"host": result.host} if result.host else {}),
             }
             for backend, result in zip(endpoint.backends, results, strict=True)
         }

@@ -196,9 +196,14 @@ def host_of(name: str) -> Any:
 async def test_calls_are_balanced_round_robin_over_the_hosts(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
         ups = [await start_upstream(nursery, host_of(n)) for n in "abc"]
-        gw = await start_gateway(nursery, hosts_config(ups))
-        seen = [(await gw.get("/api/1")).json()["host"] for _ in range(9)]
+        config = hosts_config(ups)
+        config["endpoints"][0]["debug"] = True
+        gw = await start_gateway(nursery, config)
+        answers = [(await gw.get("/api/1")).json() for _ in range(9)]
+        seen = [a["host"] for a in answers]
         assert sorted(seen) == sorted("abc" * 3)
+        origins = {up.url: name for up, name in zip(ups, "abc", strict=True)}
+        assert all(origins[a["_gateway"]["backends"]["a"]["host"]] == a["host"] for a in answers)
         assert seen[:3] == seen[3:6] == seen[6:]  # a fixed rotation
         hosts = (await gw.get("/__gateway/upstreams")).json()["u"]["hosts"]
         assert [h["calls_total"] for h in hosts] == [3, 3, 3]
