@@ -364,7 +364,8 @@ class EndpointCacheConfig(_Model):
 
     key: list[str] | None = None
     """What tells responses apart besides the endpoint: `path.NAME`, `query.NAME` and
-    `header.NAME` values. Default: every path parameter and the whole query string."""
+    `header.NAME` values. Default: every path parameter, the whole query string and the
+    values of the endpoint's `forward_headers`."""
 
 
 class ConditionConfig(_Model):

@@ -164,7 +164,8 @@ def endpoint_cache_key(
     headers: RawHeaders,
 ) -> str:
     """The aggregate cache's key: the endpoint and the configured values (default: every
-    path parameter and the whole query string), length-prefixed and hashed."""
+    path parameter, the whole query string and the forwarded headers), length-prefixed and
+    hashed."""
     assert endpoint.cache is not None
     digest = hashlib.sha256()
 
@@ -178,6 +179,9 @@ def endpoint_cache_key(
             part(name.encode())
             part(params[name].encode("utf-8", "surrogateescape"))
         part(query_string)
+        for name in sorted(endpoint.forward_header_names):  # they may vary the answer
+            found = [v for n, v in headers if n.lower() == name]
+            part(b"1" + b", ".join(found) if found else b"0")
     else:
         for source, name in endpoint.cache.key:
             if source == "path":

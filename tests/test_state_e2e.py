@@ -399,3 +399,27 @@ def test_the_redis_url_is_masked_in_the_config_view() -> None:
     config = {"version": 1, "state": {"redis": "redis://user:s3cret@127.0.0.1:6379/0"}}
     plan = load_config("gw.yaml", {}, text=json.dumps(config))
     assert masked_config(plan)["state"]["redis"] == "redis://user:***@127.0.0.1:6379/0"
+
+
+async def test_the_default_aggregate_key_covers_query_and_forwarded_headers(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder(lambda req: Reply(json={"n": 1}))
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["endpoints"][0]["cache"] = {"ttl": "30s"}
+        config["endpoints"][0]["forward_headers"] = ["Accept-Language"]
+        gw = await start_gateway(nursery, config)
+        asks = [
+            ("/api/1", {}),
+            ("/api/1", {}),  # hit
+            ("/api/2", {}),
+            ("/api/1?q=1", {}),
+            ("/api/1", {"accept-language": "de"}),
+            ("/api/1", {"accept-language": "de"}),  # hit
+            ("/api/1", {"x-other": "not forwarded"}),  # hit
+        ]
+        caches = [(await gw.get(path, headers=h)).headers["x-cache"] for path, h in asks]
+        assert caches == ["miss", "hit", "miss", "miss", "miss", "hit", "hit"]
+        assert len(seen) == 4
