@@ -179,8 +179,8 @@ def endpoint_cache_key(
             part(name.encode())
             part(params[name].encode("utf-8", "surrogateescape"))
         part(query_string)
-        for name in sorted(endpoint.forward_header_names):  # they may vary the answer
-            found = [v for n, v in headers if n.lower() == name]
+        for field_name in sorted(endpoint.forward_header_names):  # they may vary the answer
+            found = [v for n, v in headers if n.lower() == field_name]
             part(b"1" + b", ".join(found) if found else b"0")
     else:
         for source, name in endpoint.cache.key:
