@@ -12,7 +12,9 @@ Compared in the same run:
   gateway's hot path calls it.
 
 Reported: microseconds of wall time per call (total time / calls) at 1 and 100
-concurrent calls, and the ratio between the two (1.0 = flat).
+concurrent calls, and the ratio between the two (1.0 = flat); then the client process's
+CPU time per call (``time.process_time``), which a busy shared machine disturbs less
+than wall time.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from upstream_nginx import Nginx
 from gateway import GatewayTransport
 
 
-async def measure(call: Callable[[], Awaitable[None]], calls: int, concurrency: int) -> float:
-    """Microseconds per call."""
+async def measure(
+    call: Callable[[], Awaitable[None]], calls: int, concurrency: int
+) -> tuple[float, float]:
+    """Microseconds per call: wall time, and this process's CPU time."""
     remaining = calls
 
     async def worker() -> None:
@@ -45,10 +49,12 @@ async def measure(call: Callable[[], Awaitable[None]], calls: int, concurrency: 
             await call()
 
     start = time.perf_counter()
+    cpu_start = time.process_time()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
-    return (time.perf_counter() - start) / calls * 1e6
+    cpu = time.process_time() - cpu_start
+    return (time.perf_counter() - start) / calls * 1e6, cpu / calls * 1e6
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -80,12 +86,18 @@ async def main(args: argparse.Namespace) -> None:
             "gateway transport direct": call_direct,
         }
         rows = []
+        cpu_rows = []
         for name, call in variants.items():
             await measure(call, 200, 10)  # warm up, open connections
-            one = await measure(call, args.calls, 1)
-            hundred = await measure(call, args.calls, 100)
+            one, one_cpu = await measure(call, args.calls, 1)
+            hundred, hundred_cpu = await measure(call, args.calls, 100)
             rows.append((name, one, hundred))
-            print(f"{name:28} {one:7.0f} us  {hundred:7.0f} us", flush=True)
+            cpu_rows.append((name, one_cpu, hundred_cpu))
+            print(
+                f"{name:28} {one:7.0f} us  {hundred:7.0f} us"
+                f"  (cpu {one_cpu:5.0f} / {hundred_cpu:5.0f} us)",
+                flush=True,
+            )
         await stock.aclose()
         await ours.aclose()
 
@@ -94,6 +106,11 @@ async def main(args: argparse.Namespace) -> None:
     print("| --- | --- | --- | --- |")
     for name, one, hundred in rows:
         print(f"| {name} | {one:.0f} | {hundred:.0f} | {hundred / one:.2f} |")
+    print()
+    print("| client | CPU us/call, 1 at a time | CPU us/call, 100 concurrent |")
+    print("| --- | --- | --- |")
+    for name, one, hundred in cpu_rows:
+        print(f"| {name} | {one:.0f} | {hundred:.0f} |")
     base = rows[0]
     print()
     for name, one, hundred in rows[1:]:

@@ -1,4 +1,7 @@
-"""The upstream transport: an HTTP/1.1 keep-alive pool per origin, on h11 and trio streams.
+"""The upstream transport: an HTTP/1.1 keep-alive pool per origin, on trio streams.
+
+Responses are parsed with httptools (llhttp, in C); request heads are encoded here and
+validated as strictly as h11 would.
 
 Plugged into httpx as an ``httpx.AsyncBaseTransport``, so httpx stays the client API.
 Why not httpcore's pool: under a burst it hands one idle connection to many queued
@@ -17,17 +20,26 @@ Rules this pool keeps:
   at once, so the upstream sees the close; only a fully read response returns it to the pool.
 
 No background task: expiry is checked when connections are taken and returned.
+
+Framing: responses may be delimited by Content-Length, chunked coding or the connection's
+close; HEAD, 1xx, 204 and 304 responses have no body. A response whose head exceeds
+``DEFAULT_MAX_HEAD_BYTES``, that is malformed or truncated raises
+``httpx.RemoteProtocolError``. A connection is only reused after an HTTP/1.1 response
+that allows keep-alive, to a request without ``Connection: close``, with nothing received
+after its end (HEAD responses: never, since a body sent by mistake could not be told
+from the next response).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
-import h11
+import httptools
 import httpx
 import trio
 
@@ -39,6 +51,13 @@ RECEIVE_BYTES = 64 * 1024
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 Origin = tuple[str, str, int]
+
+# RFC 9110 section 5.6.2 (tokens); field values as h11 accepts them: no NUL, no CR or LF,
+# no leading or trailing whitespace.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_TARGET = re.compile(rb"[^\x00\s]+")
+_HTTP_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 
 @dataclass(frozen=True)
@@ -63,13 +82,140 @@ class PoolStatistics:
     connections_reused: int
 
 
+class _ProtocolError(Exception):
+    """The upstream's response is malformed, too large or truncated."""
+
+
+class _StopAtHead(Exception):
+    """Raised from the parser's callback: a HEAD response ends with its head."""
+
+
 class _Connection:
-    __slots__ = ("h11", "idle_since", "stream")
+    """One upstream connection, and the parser of the response it is reading.
+
+    It is the parser's callback object: the callbacks collect the response head, queue
+    body chunks in ``body`` and set ``done`` when the response is complete.
+    """
+
+    __slots__ = (
+        "body",
+        "done",
+        "head_bytes",
+        "head_only",
+        "headers",
+        "headers_done",
+        "http_version",
+        "idle_since",
+        "keep_alive",
+        "may_keep_alive",
+        "parser",
+        "reason",
+        "status",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=DEFAULT_MAX_HEAD_BYTES)
         self.idle_since = 0.0
+        self.parser: httptools.HttpResponseParser | None = None
+        self.begin(head_only=False, may_keep_alive=False)
+
+    def begin(self, *, head_only: bool, may_keep_alive: bool) -> None:
+        """Get ready to read the response to a new request."""
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.http_version = b"HTTP/1.1"
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.headers_done = False
+        self.done = False
+        self.keep_alive = False
+        self.may_keep_alive = may_keep_alive
+        self.head_only = head_only
+        self.head_bytes = 0
+
+    # -- parser callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.done:  # bytes after the end of the response: never reuse
+            self.keep_alive = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.headers_done:  # not a trailer
+            self.headers.append((name.lower(), value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        status = self.parser.get_status_code()
+        if status < 200:  # informational (1xx): skipped
+            self.headers = []
+            self.reason = b""
+            return
+        self.status = status
+        self.http_version = _HTTP_VERSIONS.get(self.parser.get_http_version(), b"HTTP/1.1")
+        self.headers_done = True
+        if self.head_only:
+            self.done = True
+            self.keep_alive = False
+            raise _StopAtHead()
+
+    def on_body(self, data: bytes) -> None:
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.headers_done:  # else the end of an informational response
+            assert self.parser is not None
+            self.done = True
+            self.keep_alive = (
+                self.may_keep_alive
+                and self.parser.should_keep_alive()
+                and self.parser.get_http_version() == "1.1"
+            )
+
+    # -----------------------------------------------------------------------------------
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Parse received bytes; raises _ProtocolError if they are not a valid response."""
+        if not self.headers_done:
+            room = DEFAULT_MAX_HEAD_BYTES - self.head_bytes
+            if len(data) > room:  # the head must end within the limit
+                self._parse(data[:room])
+                if not self.headers_done:
+                    raise _ProtocolError(f"response head exceeds {DEFAULT_MAX_HEAD_BYTES} bytes")
+                data = data[room:]
+            else:
+                self.head_bytes += len(data)
+        self._parse(data)
+
+    def _parse(self, data: bytes | bytearray) -> None:
+        assert self.parser is not None
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.done:
+                # The response is complete; what came after it (or a HEAD response's
+                # body) leaves the parser unusable: the connection is not reused.
+                self.keep_alive = False
+                return
+            if isinstance(exc, httptools.HttpParserUpgrade):
+                raise _ProtocolError("unexpected protocol switch") from None
+            raise _ProtocolError(str(exc) or type(exc).__name__) from exc
+
+    def end_of_stream(self) -> None:
+        """The upstream closed the connection: the end of a body delimited by the
+        close, else a truncated response."""
+        if not self.headers_done:
+            raise _ProtocolError("the upstream closed the connection before responding")
+        for name, _ in self.headers:
+            if name == b"content-length" or name == b"transfer-encoding":
+                raise _ProtocolError("the upstream closed the connection mid-body")
+        self.done = True
+        self.keep_alive = False
 
     def _socket(self) -> trio.socket.SocketType:
         stream = self.stream
@@ -80,6 +226,7 @@ class _Connection:
 
     def close_now(self) -> None:
         """Close without awaiting: safe in cancelled scopes and ``finally`` blocks."""
+        self.parser = None  # the parser refers back to this object
         with contextlib.suppress(OSError):  # an already broken socket
             self._socket().close()
 
@@ -93,6 +240,59 @@ class _Connection:
             return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
+
+
+def _encode_head(request: httpx.Request) -> tuple[bytes, int | None, bool, bool]:
+    """The bytes to send (the head, with the body unless it streams), and the framing:
+    (data, content length, chunked, keep-alive).
+
+    Raises:
+        httpx.LocalProtocolError: a method, target or header h11 would refuse to send.
+    """
+    method = request.method.encode("ascii")
+    target = request.url.raw_path
+    if _TOKEN.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
+        raise httpx.LocalProtocolError(f"invalid request line: {method!r} {target!r}")
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    length: int | None = None
+    chunked = False
+    keep_alive = True
+    host = False
+    token = _TOKEN.fullmatch
+    field_value = _FIELD_VALUE.fullmatch
+    for name, value in request.headers.raw:
+        if token(name) is None or field_value(value) is None:
+            raise httpx.LocalProtocolError(f"invalid request header {name!r}: {value!r}")
+        parts += (name, b": ", value, b"\r\n")
+        lower = name.lower()
+        if lower == b"content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise httpx.LocalProtocolError(f"invalid Content-Length {value!r}")
+            length = int(value)
+        elif lower == b"transfer-encoding":
+            if value.lower() != b"chunked" or chunked:
+                raise httpx.LocalProtocolError(f"unsupported Transfer-Encoding {value!r}")
+            chunked = True
+        elif lower == b"host":
+            host = True
+        elif lower == b"connection" and b"close" in {v.strip() for v in value.lower().split(b",")}:
+            keep_alive = False
+    if chunked and length is not None:
+        raise httpx.LocalProtocolError("both Content-Length and Transfer-Encoding")
+    if not host:
+        raise httpx.LocalProtocolError("no Host header")
+    parts.append(b"\r\n")
+    if isinstance(request.stream, httpx.ByteStream):  # the whole body, sent with the head
+        body = request.content
+        if chunked:
+            parts.append(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n")
+        elif len(body) != (length or 0):
+            raise httpx.LocalProtocolError(
+                f"a body of {len(body)} bytes does not match its framing"
+            )
+        elif body:
+            parts.append(body)
+    return b"".join(parts), length, chunked, keep_alive
 
 
 class _StaleConnection(Exception):
@@ -193,14 +393,7 @@ class ConnectionPool:
 
     def _release(self, conn: _Connection, token: object, reusable: bool) -> None:
         self._limiter.release_on_behalf_of(token)
-        state = conn.h11
-        if (
-            reusable
-            and not self._retired
-            and state.our_state is h11.DONE
-            and state.their_state is h11.DONE
-        ):
-            state.start_next_cycle()
+        if reusable and conn.keep_alive and not self._retired:
             conn.idle_since = trio.current_time()
             self._idle.append(conn)
         else:
@@ -223,26 +416,27 @@ class ConnectionPool:
     # -- one request ----------------------------------------------------------------
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
+        head = _encode_head(request)  # before anything else: an invalid request sends nothing
         token = object()
         await self._limiter.acquire_on_behalf_of(token)
         handed_over = False  # once the response exists, its stream releases the token
         try:
-            replayable = request.method in IDEMPOTENT_METHODS and isinstance(
-                request.stream, httpx.ByteStream
-            )
             conn = self._take_idle()
             if conn is not None:
                 try:
-                    response = await self._exchange(conn, request, token, reused=True)
+                    response = await self._exchange(conn, request, head, token, reused=True)
                     handed_over = True
                     return response
                 except _StaleConnection as exc:
+                    replayable = request.method in IDEMPOTENT_METHODS and isinstance(
+                        request.stream, httpx.ByteStream
+                    )
                     if not replayable:
                         raise httpx.RemoteProtocolError(
                             "the upstream closed a kept-alive connection"
                         ) from exc
             conn = await self._connect()
-            response = await self._exchange(conn, request, token, reused=False)
+            response = await self._exchange(conn, request, head, token, reused=False)
             handed_over = True
             return response
         finally:
@@ -250,7 +444,13 @@ class ConnectionPool:
                 self._limiter.release_on_behalf_of(token)
 
     async def _exchange(
-        self, conn: _Connection, request: httpx.Request, token: object, *, reused: bool
+        self,
+        conn: _Connection,
+        request: httpx.Request,
+        head: tuple[bytes, int | None, bool, bool],
+        token: object,
+        *,
+        reused: bool,
     ) -> httpx.Response:
         """Send the request and read the response head; the body streams later.
 
@@ -258,45 +458,21 @@ class ConnectionPool:
         error is raised; the caller still holds ``token``. On success ``token`` is handed
         to the response stream, which releases it.
         """
-        state = conn.h11
+        data, length, chunked, keep_alive = head
         received_any = False
         try:
-            head = state.send(
-                h11.Request(
-                    method=request.method.encode("ascii"),
-                    target=request.url.raw_path,
-                    headers=request.headers.raw,
-                )
-            )
-            assert head is not None
-            if isinstance(request.stream, httpx.ByteStream):
-                body = request.content
-                data = head
-                if body:
-                    data += state.send(h11.Data(data=body)) or b""
-                data += state.send(h11.EndOfMessage()) or b""
-                await conn.stream.send_all(data)
-            else:
-                await conn.stream.send_all(head)
-                async for chunk in request.stream:  # type: ignore[union-attr]
-                    if chunk:
-                        await conn.stream.send_all(state.send(h11.Data(data=chunk)) or b"")
-                await conn.stream.send_all(state.send(h11.EndOfMessage()) or b"")
+            conn.begin(head_only=request.method == "HEAD", may_keep_alive=keep_alive)
+            await conn.stream.send_all(data)
+            if not isinstance(request.stream, httpx.ByteStream):
+                await _send_streamed_body(conn.stream, request.stream, length, chunked)
 
-            while True:
-                event = state.next_event()
-                if event is h11.NEED_DATA:
-                    data = bytes(await conn.stream.receive_some(RECEIVE_BYTES))
-                    if data:
-                        received_any = True
-                    state.receive_data(data)
-                    continue
-                if isinstance(event, h11.InformationalResponse):
-                    continue
-                if isinstance(event, h11.Response):
-                    break
-                raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
-        except (h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
+            while not conn.headers_done:
+                received = await conn.stream.receive_some(RECEIVE_BYTES)
+                if not received:
+                    conn.end_of_stream()  # raises before the head is complete
+                received_any = True
+                conn.feed(received)
+        except _ProtocolError as exc:
             self._discard(conn)
             if reused and not received_any:
                 raise _StaleConnection() from exc
@@ -310,13 +486,38 @@ class ConnectionPool:
             self._discard(conn)  # cancelled mid-flight: the upstream sees the close
             raise
 
-        stream = _ResponseStream(self, conn, token)
         return httpx.Response(
-            status_code=event.status_code,
-            headers=event.headers,
-            stream=stream,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
+            status_code=conn.status,
+            headers=conn.headers,
+            stream=_ResponseStream(self, conn, token),
+            extensions={
+                "http_version": conn.http_version,
+                "reason_phrase": conn.reason.strip(b" \t"),
+            },
         )
+
+
+async def _send_streamed_body(
+    stream: trio.abc.Stream,
+    body: httpx.SyncByteStream | httpx.AsyncByteStream,
+    length: int | None,
+    chunked: bool,
+) -> None:
+    sent = 0
+    async for chunk in body:  # type: ignore[union-attr]
+        if not chunk:
+            continue
+        sent += len(chunk)
+        if chunked:
+            await stream.send_all(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            if sent > (length or 0):
+                raise httpx.LocalProtocolError("the request body is longer than its framing")
+            await stream.send_all(chunk)
+    if chunked:
+        await stream.send_all(b"0\r\n\r\n")
+    elif sent != (length or 0):
+        raise httpx.LocalProtocolError("the request body is shorter than its Content-Length")
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -336,20 +537,21 @@ class _ResponseStream(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             raise httpx.StreamClosed()
-        state = conn.h11
         try:
             while True:
-                event = state.next_event()
-                if event is h11.NEED_DATA:
-                    state.receive_data(bytes(await conn.stream.receive_some(RECEIVE_BYTES)))
-                elif isinstance(event, h11.Data):
-                    yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
+                if conn.body:
+                    chunks = conn.body
+                    conn.body = []
+                    yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if conn.done:
                     self._finish(reusable=True)
                     return
+                received = await conn.stream.receive_some(RECEIVE_BYTES)
+                if received:
+                    conn.feed(received)
                 else:
-                    raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
-        except h11.RemoteProtocolError as exc:
+                    conn.end_of_stream()
+        except _ProtocolError as exc:
             self._finish(reusable=False)
             raise httpx.RemoteProtocolError(f"invalid response body: {exc}") from exc
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
