@@ -319,7 +319,7 @@ class GatewayApp(QuartTrio):
                     send = _with_headers(send, fields)
                 if not match.target.passthrough:
                     await serve_aggregate(
-                        self.transport.handle_async_request,
+                        self.transport.send,
                         plan,
                         match,
                         scope,

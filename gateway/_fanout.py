@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,7 +37,7 @@ from ._state import SharedState, pack, unpack
 from ._template import Ref, UnresolvedReference, expand, header_value, render, url_value, walk
 from ._tracing import CURRENT
 from ._transform import JSON, SelectMissing
-from ._transport import IDEMPOTENT_METHODS
+from ._transport import IDEMPOTENT_METHODS, Origin, UpstreamResponse
 from ._urls import BaseUrl
 
 log = logging.getLogger("gateway")
@@ -95,9 +96,71 @@ class CallContext:
     attempts: dict[str, CallStats] = field(default_factory=dict)
 
 
-Sender = Callable[[httpx.Request], Awaitable[httpx.Response]]
-"""Sends one upstream request and returns the response with its body still to stream:
-the transport's ``handle_async_request`` (or ``partial(client.send, stream=True)``)."""
+Sender = Callable[
+    [Origin, str, bytes, Sequence[tuple[bytes, bytes]], bytes | None],
+    Awaitable[UpstreamResponse],
+]
+"""Sends one upstream request (origin, method, target, header lines, body) and returns
+the response with its body still to stream: the transport's ``send``."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class UpstreamRequest:
+    """One backend call as the transport sends it, without httpx objects: the origin and
+    base path come from config, the target is already percent-encoded and checked, the
+    header lines are complete (Host and Content-Length as httpx would add them)."""
+
+    method: str
+    base: BaseUrl  # scheme, host and port (its base path is part of ``target``)
+    target: str  # path and query, as on the request line
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | None = None
+
+    @property
+    def url(self) -> str:
+        """``scheme://host[:port]/path?query``, as httpx prints the URL."""
+        return self.base.printed_origin + self.target
+
+
+# A target httpx would leave exactly as it is (no encoding, no dot segments to remove);
+# any other goes through httpx.URL, so both forms agree.
+_CANONICAL_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+MAX_URL_LENGTH = 65536  # httpx's
+
+
+def upstream_request(
+    method: str,
+    base: BaseUrl,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None = None,
+) -> UpstreamRequest:
+    """The request httpx would build for ``base.origin + target`` (same target, same header
+    lines in the same order); takes ownership of ``headers``.
+
+    Raises:
+        httpx.InvalidURL: the URL is too long or invalid.
+    """
+    if (
+        _CANONICAL_TARGET.fullmatch(target) is None
+        or "/." in target.partition("?")[0]
+        or len(base.origin) + len(target) > MAX_URL_LENGTH
+    ):
+        target = httpx.URL(base.origin + target).raw_path.decode("ascii")
+    names = {name.lower() for name, _ in headers}
+    if body and b"content-length" not in names:
+        headers.append((b"Content-Length", b"%d" % len(body)))
+        names.add(b"content-length")
+    auto: list[tuple[bytes, bytes]] = []
+    if b"host" not in names:
+        auto.append((b"Host", base.host_header))
+    if (
+        method in ("POST", "PUT", "PATCH")
+        and b"content-length" not in names
+        and b"transfer-encoding" not in names
+    ):
+        auto.append((b"Content-Length", b"0"))
+    return UpstreamRequest(method, base, target, auto + headers if auto else headers, body)
 
 
 _NO_ELEMENT = object()
@@ -134,11 +197,12 @@ def build_request(
     results: Sequence[BackendResult | None] = (),
     element: object = _NO_ELEMENT,
     span_id: bytes | None = None,
-) -> httpx.Request:
+) -> UpstreamRequest:
     """The upstream request for one backend call: URL from config, references filled in.
 
     Raises:
         UnresolvedReference: a referenced value is missing or unsafe.
+        httpx.InvalidURL: the filled-in URL is too long.
     """
     resolve = _resolver(ctx, results, element)
     path = render(backend.url, resolve, url_value)
@@ -164,8 +228,8 @@ def build_request(
         else:
             content = ctx.body  # forwarded intact
         headers.append((b"content-type", b"application/json"))
-    url = backend.upstream.base.join(path)
-    return httpx.Request(backend.method, url, headers=headers, content=content)
+    base = backend.upstream.base
+    return upstream_request(backend.method, base, base.base_path + path, headers, content)
 
 
 def build_requests(
@@ -173,7 +237,7 @@ def build_requests(
     ctx: CallContext,
     results: Sequence[BackendResult | None],
     span_id: bytes | None = None,
-) -> list[httpx.Request]:
+) -> list[UpstreamRequest]:
     """One request, or one per array element for ``for_each``.
 
     Raises:
@@ -202,7 +266,7 @@ def build_requests(
 
 
 async def read_limited(
-    response: httpx.Response, max_bytes: int, budget: ByteBudget | None = None
+    response: UpstreamResponse, max_bytes: int, budget: ByteBudget | None = None
 ) -> bytes:
     """Read the (decoded) body, refusing more than ``max_bytes`` or the request's budget.
 
@@ -212,8 +276,10 @@ async def read_limited(
     chunks = []
     total = 0
     # Without Content-Encoding the raw stream is the body: skip httpx's decoder chain.
-    stream = response.aiter_bytes() if "content-encoding" in response.headers else response.stream
-    async for chunk in stream:  # type: ignore[union-attr]
+    stream: AsyncIterable[bytes] = response.stream
+    if response.header(b"content-encoding") is not None:
+        stream = response.to_httpx().aiter_bytes()
+    async for chunk in stream:
         total += len(chunk)
         if total > max_bytes:
             raise BodyTooLarge(f"response body exceeds {max_bytes} bytes")
@@ -226,61 +292,77 @@ async def read_limited(
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def redirect_request(request: httpx.Request, status: int, location: str) -> httpx.Request | None:
+def redirect_request(
+    request: UpstreamRequest, status: int, location: str
+) -> UpstreamRequest | None:
     """The request that follows a redirect, or None when it leaves the origin.
 
     RFC 9110 section 15.4: 303 (and, by long practice, 301/302 after a POST) turn into a
     GET without a body; 307 and 308 repeat the request as it was.
+
+    Raises:
+        httpx.InvalidURL: ``location`` is not a valid URL reference.
     """
-    target = request.url.join(location)
-    if (target.scheme, target.host, target.port) != (
-        request.url.scheme,
-        request.url.host,
-        request.url.port,
-    ):
+    url = httpx.URL(request.url)
+    target = url.join(location)
+    if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
         return None
+    path = target.raw_path.decode("ascii")
     if status == 303 or (status in (301, 302) and request.method == "POST"):
         headers = [
             (k, v)
-            for k, v in request.headers.raw
+            for k, v in request.headers
             if k.lower() not in (b"content-type", b"content-length", b"transfer-encoding")
         ]
-        return httpx.Request("GET" if request.method != "HEAD" else "HEAD", target, headers=headers)
-    headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"host"]
-    return httpx.Request(request.method, target, headers=headers, content=request.content)
+        method = "GET" if request.method != "HEAD" else "HEAD"
+        return upstream_request(method, request.base, path, headers)
+    headers = [(k, v) for k, v in request.headers if k.lower() != b"host"]
+    return upstream_request(request.method, request.base, path, headers, request.body)
+
+
+async def _send(sender: Sender, request: UpstreamRequest) -> UpstreamResponse:
+    return await sender(
+        request.base.key,
+        request.method,
+        request.target.encode("ascii"),
+        request.headers,
+        request.body,
+    )
 
 
 async def _exchange(
-    sender: Sender, backend: BackendPlan, request: httpx.Request, budget: ByteBudget
+    sender: Sender, backend: BackendPlan, request: UpstreamRequest, budget: ByteBudget
 ) -> BackendResult:
-    response = await sender(request)
+    response = await _send(sender, request)
     for _ in range(backend.max_redirects if backend.follow_redirects else 0):
-        location = response.headers.get("location")
-        if response.status_code not in REDIRECTS or location is None:
+        if response.status not in REDIRECTS:
+            break
+        location = httpx.Headers(response.headers).get("location")
+        if location is None:
             break
         await response.aclose()
-        followed = redirect_request(request, response.status_code, location)
+        followed = redirect_request(request, response.status, location)
         if followed is None:
             return BackendResult(
-                http_outcome(response.status_code),
+                http_outcome(response.status),
                 detail="redirect to another origin not followed",
             )
         request = followed
-        response = await sender(request)
+        response = await _send(sender, request)
     try:
-        status = response.status_code
+        status = response.status
         if not 200 <= status < 300:
             return BackendResult(http_outcome(status), detail=f"upstream answered {status}")
         body = await read_limited(response, backend.max_response_bytes, budget)
         headers = tuple(
             (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in response.headers.raw
+            for name, value in response.headers
             if name.lower() in backend.return_headers
         )
         empty = status == 204 or request.method == "HEAD"
         result = result_from_body(backend, None if empty else body, headers)
         if backend.cache is not None and result.outcome == Outcome.OK and not empty:
-            ttl_s = _cache_ttl(backend, status, response.headers.raw, request)
+            ttl_s = _cache_ttl(backend, status, response.headers, request)
             if ttl_s > 0:
                 result = replace(result, raw=body, ttl_s=ttl_s)
         return result
@@ -326,18 +408,18 @@ NOT_CACHE_KEYED = frozenset(
 )
 
 
-def cache_key_fields(request: httpx.Request) -> frozenset[bytes]:
+def cache_key_fields(request: UpstreamRequest) -> frozenset[bytes]:
     """The request fields that may vary an upstream response: every one the gateway sends
     (the upstream's and backend's headers, forwarded client headers) but its own
     per-request ones."""
-    return frozenset(n.lower() for n, _ in request.headers.raw) - NOT_CACHE_KEYED
+    return frozenset(n.lower() for n, _ in request.headers) - NOT_CACHE_KEYED
 
 
 def _cache_ttl(
     backend: BackendPlan,
     status: int,
     headers: Sequence[tuple[bytes, bytes]],
-    request: httpx.Request,
+    request: UpstreamRequest,
 ) -> float:
     """How long a response may be cached: as its Cache-Control allows, else the backend's
     ``cache.ttl`` when the upstream gave no freshness at all."""
@@ -358,7 +440,7 @@ def _cache_ttl(
 
 
 async def _attempt(
-    sender: Sender, backend: BackendPlan, request: httpx.Request, budget: ByteBudget
+    sender: Sender, backend: BackendPlan, request: UpstreamRequest, budget: ByteBudget
 ) -> BackendResult:
     """One upstream call; every failure but cancellation becomes an outcome."""
     try:
@@ -388,15 +470,15 @@ class CallStats:
     last_host: int | None = None
 
 
-Call = Callable[[httpx.Request], Awaitable[BackendResult]]
+Call = Callable[[UpstreamRequest], Awaitable[BackendResult]]
 
 
-async def _attempt_each(call: Call, requests: Sequence[httpx.Request]) -> BackendResult:
+async def _attempt_each(call: Call, requests: Sequence[UpstreamRequest]) -> BackendResult:
     """``for_each``: all calls concurrently; results in element order; the first failure
     (in element order) fails the backend and cancels the other calls."""
     results: list[BackendResult | None] = [None] * len(requests)
 
-    async def one(index: int, request: httpx.Request, nursery: trio.Nursery) -> None:
+    async def one(index: int, request: UpstreamRequest, nursery: trio.Nursery) -> None:
         result = await call(request)
         results[index] = result
         if result.outcome not in (Outcome.OK, Outcome.CIRCUIT_OPEN):
@@ -466,7 +548,7 @@ async def _call_backend(
     call: Call
     if guard is None:
 
-        async def call(request: httpx.Request) -> BackendResult:
+        async def call(request: UpstreamRequest) -> BackendResult:
             return await _attempt(sender, backend, request, ctx.budget)
 
     else:
@@ -482,7 +564,7 @@ async def _call_backend(
                     detail="bulkhead full",
                 )
 
-        async def call(request: httpx.Request) -> BackendResult:
+        async def call(request: UpstreamRequest) -> BackendResult:
             assert guard is not None
             return await _guarded(sender, backend, request, ctx.budget, guard, stats)
 
@@ -523,9 +605,9 @@ def _cached(call: Call, backend: BackendPlan, state: SharedState) -> Call:
     coalesce = backend.cache.coalesce
     identity = id(backend)  # results are shaped by this backend's transform
 
-    async def cached(request: httpx.Request) -> BackendResult:
+    async def cached(request: UpstreamRequest) -> BackendResult:
         fields = cache_key_fields(request)
-        key = cache_key(request.method, str(request.url), request.headers.raw, fields)
+        key = cache_key(request.method, request.url, request.headers, fields)
         entry = await state.get(key)
         unpacked = unpack(entry) if entry is not None else None
         if unpacked is not None:
@@ -555,17 +637,22 @@ def _cached(call: Call, backend: BackendPlan, state: SharedState) -> Call:
     return cached
 
 
-def retarget(request: httpx.Request, base: BaseUrl) -> httpx.Request:
-    """The same request to another host of the upstream (same scheme and base path)."""
-    url = request.url.copy_with(host=base.host, port=base.port)
-    headers = [(k, v) for k, v in request.headers.raw if k != b"host"]
-    return httpx.Request(request.method, url, headers=headers, content=request.content)
+def retarget(request: UpstreamRequest, base: BaseUrl) -> UpstreamRequest:
+    """The same request to another host of the upstream (same scheme and base path).
+
+    The header lines are kept as they are (the Host field built for the first host
+    included); only a field spelt ``host`` in lower case is replaced by the new host's.
+    """
+    headers = [(k, v) for k, v in request.headers if k != b"host"]
+    if len(headers) != len(request.headers) and all(k.lower() != b"host" for k, _ in headers):
+        headers.insert(0, (b"Host", base.host_header))
+    return replace(request, base=base, headers=headers)
 
 
 async def _timed(
     sender: Sender,
     backend: BackendPlan,
-    request: httpx.Request,
+    request: UpstreamRequest,
     budget: ByteBudget,
     guard: UpstreamGuard,
     stats: CallStats,
@@ -604,7 +691,7 @@ async def _timed(
 async def _hedged(
     sender: Sender,
     backend: BackendPlan,
-    request: httpx.Request,
+    request: UpstreamRequest,
     budget: ByteBudget,
     guard: UpstreamGuard,
     stats: CallStats,
@@ -657,7 +744,7 @@ def _counts_as_failure(outcome: str) -> bool:
 async def _guarded(
     sender: Sender,
     backend: BackendPlan,
-    request: httpx.Request,
+    request: UpstreamRequest,
     budget: ByteBudget,
     guard: UpstreamGuard,
     stats: CallStats,

@@ -73,14 +73,6 @@ async def open_passthrough(
         scope.deadline = trio.current_time() + timeout_s
 
     base = build_request(backend, ctx)
-    headers = [(k, v) for k, v in base.headers.raw if k.lower() != b"accept"]
-    headers.extend(body_headers)
-    request = httpx.Request(
-        method,
-        base.url,
-        headers=headers,
-        content=upload(body) if body is not None else None,
-    )
 
     def failed(outcome: str) -> PassthroughResult:
         status = 504 if outcome == Outcome.TIMEOUT else 502
@@ -92,7 +84,16 @@ async def open_passthrough(
     if hosts is not None and guard is not None:
         host = hosts.pick(trio.current_time())
         if host:
-            request = retarget(request, guard.bases[host])
+            base = retarget(base, guard.bases[host])
+    headers = [(k, v) for k, v in base.headers if k.lower() != b"accept"]
+    headers.extend(body_headers)
+    request = httpx.Request(
+        method,
+        base.url,
+        headers=headers,
+        content=upload(body) if body is not None else None,
+    )
+    if hosts is not None:
         hosts.started(host)
     verdict: bool | None = None  # for the host's outlier detection, if it has hosts
     try:

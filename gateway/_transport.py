@@ -3,7 +3,9 @@
 Responses are parsed with httptools (llhttp, in C); request heads are encoded here and
 validated as strictly as h11 would.
 
-Plugged into httpx as an ``httpx.AsyncBaseTransport``, so httpx stays the client API.
+Plugged into httpx as an ``httpx.AsyncBaseTransport``, so httpx stays the client API
+(passthrough); the aggregated hot path calls ``GatewayTransport.send`` directly, with no
+httpx request or response objects.
 Why not httpcore's pool: under a burst it hands one idle connection to many queued
 requests, which then run one after another (encode/httpcore#822, #1035), and its per
 request cost grows with the number of connections.
@@ -36,7 +38,7 @@ import contextlib
 import re
 import select
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import httptools
@@ -242,15 +244,22 @@ class _Connection:
             return True
 
 
-def _encode_head(request: httpx.Request) -> tuple[bytes, int | None, bool, bool]:
-    """The bytes to send (the head, with the body unless it streams), and the framing:
-    (data, content length, chunked, keep-alive).
+Head = tuple[bytes, int | None, bool, bool]
+
+
+def _encode_head(
+    method_text: str,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    body: bytes | None,
+) -> Head:
+    """The bytes to send (the head, with ``body`` unless it is None because the body
+    streams), and the framing: (data, content length, chunked, keep-alive).
 
     Raises:
         httpx.LocalProtocolError: a method, target or header h11 would refuse to send.
     """
-    method = request.method.encode("ascii")
-    target = request.url.raw_path
+    method = method_text.encode("ascii")
     if _TOKEN.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
         raise httpx.LocalProtocolError(f"invalid request line: {method!r} {target!r}")
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
@@ -260,7 +269,7 @@ def _encode_head(request: httpx.Request) -> tuple[bytes, int | None, bool, bool]
     host = False
     token = _TOKEN.fullmatch
     field_value = _FIELD_VALUE.fullmatch
-    for name, value in request.headers.raw:
+    for name, value in headers:
         if token(name) is None or field_value(value) is None:
             raise httpx.LocalProtocolError(f"invalid request header {name!r}: {value!r}")
         parts += (name, b": ", value, b"\r\n")
@@ -282,8 +291,7 @@ def _encode_head(request: httpx.Request) -> tuple[bytes, int | None, bool, bool]
     if not host:
         raise httpx.LocalProtocolError("no Host header")
     parts.append(b"\r\n")
-    if isinstance(request.stream, httpx.ByteStream):  # the whole body, sent with the head
-        body = request.content
+    if body is not None:  # the whole body, sent with the head
         if chunked:
             parts.append(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n")
         elif len(body) != (length or 0):
@@ -415,8 +423,18 @@ class ConnectionPool:
 
     # -- one request ----------------------------------------------------------------
 
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        head = _encode_head(request)  # before anything else: an invalid request sends nothing
+    async def handle(
+        self,
+        method: str,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes | None,
+        stream: httpx.SyncByteStream | httpx.AsyncByteStream | None = None,
+    ) -> UpstreamResponse:
+        """One exchange: ``body`` is the whole request body (None: none, or it streams
+        from ``stream``)."""
+        # before anything else: an invalid request sends nothing
+        head = _encode_head(method, target, headers, body if stream is None else None)
         token = object()
         await self._limiter.acquire_on_behalf_of(token)
         handed_over = False  # once the response exists, its stream releases the token
@@ -424,19 +442,17 @@ class ConnectionPool:
             conn = self._take_idle()
             if conn is not None:
                 try:
-                    response = await self._exchange(conn, request, head, token, reused=True)
+                    response = await self._exchange(conn, method, stream, head, token, reused=True)
                     handed_over = True
                     return response
                 except _StaleConnection as exc:
-                    replayable = request.method in IDEMPOTENT_METHODS and isinstance(
-                        request.stream, httpx.ByteStream
-                    )
+                    replayable = method in IDEMPOTENT_METHODS and stream is None
                     if not replayable:
                         raise httpx.RemoteProtocolError(
                             "the upstream closed a kept-alive connection"
                         ) from exc
             conn = await self._connect()
-            response = await self._exchange(conn, request, head, token, reused=False)
+            response = await self._exchange(conn, method, stream, head, token, reused=False)
             handed_over = True
             return response
         finally:
@@ -446,12 +462,13 @@ class ConnectionPool:
     async def _exchange(
         self,
         conn: _Connection,
-        request: httpx.Request,
-        head: tuple[bytes, int | None, bool, bool],
+        method: str,
+        stream: httpx.SyncByteStream | httpx.AsyncByteStream | None,
+        head: Head,
         token: object,
         *,
         reused: bool,
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """Send the request and read the response head; the body streams later.
 
         On any failure the connection is closed (never returned to the pool) and the
@@ -461,10 +478,10 @@ class ConnectionPool:
         data, length, chunked, keep_alive = head
         received_any = False
         try:
-            conn.begin(head_only=request.method == "HEAD", may_keep_alive=keep_alive)
+            conn.begin(head_only=method == "HEAD", may_keep_alive=keep_alive)
             await conn.stream.send_all(data)
-            if not isinstance(request.stream, httpx.ByteStream):
-                await _send_streamed_body(conn.stream, request.stream, length, chunked)
+            if stream is not None:
+                await _send_streamed_body(conn.stream, stream, length, chunked)
 
             while not conn.headers_done:
                 received = await conn.stream.receive_some(RECEIVE_BYTES)
@@ -486,15 +503,52 @@ class ConnectionPool:
             self._discard(conn)  # cancelled mid-flight: the upstream sees the close
             raise
 
-        return httpx.Response(
-            status_code=conn.status,
-            headers=conn.headers,
-            stream=_ResponseStream(self, conn, token),
-            extensions={
-                "http_version": conn.http_version,
-                "reason_phrase": conn.reason.strip(b" \t"),
-            },
+        return UpstreamResponse(
+            conn.status,
+            conn.headers,
+            _ResponseStream(self, conn, token),
+            conn.http_version,
+            conn.reason.strip(b" \t"),
         )
+
+
+class UpstreamResponse:
+    """A response whose head has been read: status, raw header lines (names lower-case,
+    in order) and the body, still to stream from ``stream``."""
+
+    __slots__ = ("headers", "http_version", "reason", "status", "stream")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        stream: _ResponseStream,
+        http_version: bytes = b"HTTP/1.1",
+        reason: bytes = b"",
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.stream = stream
+        self.http_version = http_version
+        self.reason = reason
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a (lower-case) field, or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def to_httpx(self) -> httpx.Response:
+        return httpx.Response(
+            status_code=self.status,
+            headers=self.headers,
+            stream=self.stream,
+            extensions={"http_version": self.http_version, "reason_phrase": self.reason},
+        )
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 async def _send_streamed_body(
@@ -616,13 +670,39 @@ class GatewayTransport(httpx.AsyncBaseTransport):
     def statistics(self) -> list[PoolStatistics]:
         return [pool.statistics() for pool in self._pools.values()]
 
+    async def send(
+        self,
+        origin: Origin,
+        method: str,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes | None,
+    ) -> UpstreamResponse:
+        """Send one request without building httpx objects (the aggregated hot path):
+        ``target`` is the request target (path and query, already encoded), ``headers``
+        the complete header lines (Host included), ``body`` the whole body or None."""
+        if origin[0] not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {origin[0]!r}")
+        return await self.pool(origin).handle(
+            method, target, headers, body if body is not None else b""
+        )
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         scheme = url.scheme
         port = url.port or (443 if scheme == "https" else 80)
         if scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}")
-        return await self.pool((scheme, url.host, port)).handle(request)
+        pool = self.pool((scheme, url.host, port))
+        if isinstance(request.stream, httpx.ByteStream):
+            response = await pool.handle(
+                request.method, url.raw_path, request.headers.raw, request.content
+            )
+        else:
+            response = await pool.handle(
+                request.method, url.raw_path, request.headers.raw, None, request.stream
+            )
+        return response.to_httpx()
 
     async def aclose(self) -> None:
         for pool in self._pools.values():

@@ -12,8 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Generic, TypeVar
 from urllib.parse import quote, unquote_to_bytes, urlencode, urlsplit
+
+import httpx
 
 from ._errors import InvalidPathParameter, MethodNotAllowed, NotFound
 
@@ -205,6 +208,25 @@ class BaseUrl:
 
     def join(self, path_and_query: str) -> str:
         return self.origin + self.base_path + path_and_query
+
+    @cached_property
+    def key(self) -> tuple[str, str, int]:
+        """(scheme, host, port): the transport's pool key."""
+        return (self.scheme, self.host, self.port)
+
+    @cached_property
+    def _httpx_url(self) -> httpx.URL:
+        return httpx.URL(self.origin + "/")
+
+    @cached_property
+    def printed_origin(self) -> str:
+        """The origin as httpx prints a URL (no default port, IDNA host)."""
+        return str(self._httpx_url)[:-1]
+
+    @cached_property
+    def host_header(self) -> bytes:
+        """The Host field httpx would send (the port only when not the default)."""
+        return self._httpx_url.netloc
 
 
 def parse_base_url(text: str) -> BaseUrl:

@@ -24,7 +24,7 @@ import httpx
 from gateway import ConfigError, RequestError, load_config
 from gateway._aggregate import BackendResult, Outcome
 from gateway._endpoint import build_context
-from gateway._fanout import build_requests
+from gateway._fanout import UpstreamRequest, build_requests
 from gateway._plan import GatewayPlan
 from gateway._template import UnresolvedReference
 
@@ -81,10 +81,10 @@ def fuzz_request(data: bytes) -> None:
                     _check(request, backend.upstream.base.origin, backend.upstream.base.base_path)
 
 
-def _check(request: httpx.Request, origin: str, base_path: str) -> None:
-    url = urlsplit(str(request.url))
+def _check(request: UpstreamRequest, origin: str, base_path: str) -> None:
+    url = urlsplit(request.url)
     assert f"{url.scheme}://{url.hostname}:{url.port}" == origin, (request.url, origin)
     assert url.path.startswith(base_path + "/"), (request.url, base_path)
     assert not url.fragment
-    for name, value in request.headers.raw:
+    for name, value in request.headers:
         assert not any(c in value for c in b"\r\n\x00"), (name, value)
