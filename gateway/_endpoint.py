@@ -181,19 +181,7 @@ async def send_json(
     *,
     head: bool = False,
 ) -> None:
-    data = orjson.dumps(with_request_id(body))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                *JSON_HEADERS,
-                (b"content-length", str(len(data)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"" if head else data})
+    await send_body(send, status, orjson.dumps(with_request_id(body)), headers, head=head)
 
 
 async def send_error(

@@ -649,6 +649,22 @@ def retarget(request: UpstreamRequest, base: BaseUrl) -> UpstreamRequest:
     return replace(request, base=base, headers=headers)
 
 
+def pick_host(
+    guard: UpstreamGuard | None, request: UpstreamRequest, avoid: int | None = None
+) -> tuple[int | None, UpstreamRequest]:
+    """With several hosts: the host the balancer picks (another than ``avoid`` where there
+    is one), counted as started, and the request aimed at it; the caller reports the end
+    with ``guard.hosts.ended``. With one host: ``(None, request)``."""
+    hosts = guard.hosts if guard is not None else None
+    if guard is None or hosts is None:
+        return None, request
+    index = hosts.pick(trio.current_time(), avoid=avoid)
+    if index:  # requests are built for the first host
+        request = retarget(request, guard.bases[index])
+    hosts.started(index)
+    return index, request
+
+
 async def _timed(
     sender: Sender,
     backend: BackendPlan,
@@ -660,24 +676,15 @@ async def _timed(
     """One attempt, on a host picked by the upstream's balancer (another than the previous
     attempt's where there is one); its duration is fed to the upstream's latency window
     when it succeeds, and its verdict to the host's outlier detection."""
-    hosts = guard.hosts
-    if hosts is None:
-        start = trio.current_time()
-        result = await _attempt(sender, backend, request, budget)
-        if result.outcome == Outcome.OK:
-            guard.latency.add(trio.current_time() - start)
-        return result
-    index = hosts.pick(trio.current_time(), avoid=stats.last_host)
-    stats.last_host = index
-    if index:  # requests are built for the first host
-        request = retarget(request, guard.bases[index])
-    hosts.started(index)
+    index, request = pick_host(guard, request, avoid=stats.last_host)
+    if index is not None:
+        stats.last_host = index
     verdict: bool | None = None
     try:
         start = trio.current_time()
         result = await _attempt(sender, backend, request, budget)
         verdict = _counts_as_failure(result.outcome)
-        if not verdict and result.outcome == Outcome.OK:
+        if result.outcome == Outcome.OK:
             guard.latency.add(trio.current_time() - start)
         return result
     except BaseException:
@@ -685,7 +692,8 @@ async def _timed(
         verdict = True if stats.timeout.cancel_called else None
         raise
     finally:
-        hosts.ended(index, trio.current_time(), verdict)
+        if index is not None and guard.hosts is not None:
+            guard.hosts.ended(index, trio.current_time(), verdict)
 
 
 async def _hedged(

@@ -15,7 +15,7 @@ import trio
 
 from ._aggregate import Outcome, http_outcome
 from ._errors import RequestBodyTooLarge
-from ._fanout import CallContext, build_request, retarget
+from ._fanout import CallContext, build_request, pick_host
 from ._headers import RawHeaders, strip_hop_by_hop
 from ._plan import EndpointPlan
 
@@ -79,24 +79,17 @@ async def open_passthrough(
         return PassthroughResult(outcome, status, [], None, f"{backend.name}={outcome}")
 
     guard = ctx.guards.get(backend.guard_name)
-    hosts = guard.hosts if guard is not None else None
-    host = 0
-    if hosts is not None and guard is not None:
-        host = hosts.pick(trio.current_time())
-        if host:
-            base = retarget(base, guard.bases[host])
-    headers = [(k, v) for k, v in base.headers if k.lower() != b"accept"]
-    headers.extend(body_headers)
-    request = httpx.Request(
-        method,
-        base.url,
-        headers=headers,
-        content=upload(body) if body is not None else None,
-    )
-    if hosts is not None:
-        hosts.started(host)
+    host, base = pick_host(guard, base)
     verdict: bool | None = None  # for the host's outlier detection, if it has hosts
     try:
+        headers = [(k, v) for k, v in base.headers if k.lower() != b"accept"]
+        headers.extend(body_headers)
+        request = httpx.Request(
+            method,
+            base.url,
+            headers=headers,
+            content=upload(body) if body is not None else None,
+        )
         response: httpx.Response | None = None
         with scope:
             try:
@@ -109,8 +102,8 @@ async def open_passthrough(
             return failed(Outcome.TIMEOUT)
         verdict = response.status_code >= 500
     finally:
-        if hosts is not None:
-            hosts.ended(host, trio.current_time(), verdict)
+        if host is not None and guard is not None and guard.hosts is not None:
+            guard.hosts.ended(host, trio.current_time(), verdict)
 
     status = response.status_code
     outcome = Outcome.OK if 200 <= status < 400 else http_outcome(status)

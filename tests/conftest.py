@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from redis_server import RedisServer, free_port
 from upstream import Handler, RecordedRequest, Reply, Upstream, serve_upstream
 
 from gateway import GatewayApp, create_app, hypercorn_config, load_config, serve_app
@@ -161,3 +163,14 @@ async def start_gateway_process(
 async def _drain(stream: trio.abc.ReceiveStream) -> None:
     while await stream.receive_some(65536):
         pass
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[RedisServer]:
+    """A real redis-server on a free loopback port, killed after the test."""
+    server = RedisServer(free_port())
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.kill()

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,16 +41,6 @@ def nginx_binary() -> str:
     if found is None:
         pytest.fail("nginx is not installed: apt-get install -y nginx-light")
     return found
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer(free_port())
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.kill()
 
 
 def write_nginx_conf(prefix: str, http_block: str) -> list[str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 import trio
 from conftest import (
     backend_config,
@@ -20,18 +18,8 @@ from conftest import (
     start_gateway_process,
     start_upstream,
 )
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer
 from upstream import RecordedRequest, Reply
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer(free_port())
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.kill()
 
 
 def limited(up: Any, *limits: dict[str, Any], **state: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 import pytest
@@ -139,16 +139,6 @@ async def test_close_empties_the_memory_store() -> None:
 
 
 # --- A real redis-server ------------------------------------------------------------------
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer(free_port())
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.kill()
 
 
 @contextmanager
