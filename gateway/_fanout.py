@@ -273,12 +273,20 @@ async def read_limited(
     Raises:
         BodyTooLarge: the body exceeds a limit (counted after decompression).
     """
-    chunks = []
-    total = 0
     # Without Content-Encoding the raw stream is the body: skip httpx's decoder chain.
     stream: AsyncIterable[bytes] = response.stream
     if response.header(b"content-encoding") is not None:
         stream = response.to_httpx().aiter_bytes()
+    else:
+        body = response.stream.complete_body()
+        if body is not None:  # arrived with the head: no need to iterate
+            if len(body) > max_bytes:
+                raise BodyTooLarge(f"response body exceeds {max_bytes} bytes")
+            if budget is not None:
+                budget.take(len(body))
+            return body
+    chunks = []
+    total = 0
     async for chunk in stream:
         total += len(chunk)
         if total > max_bytes:
@@ -320,20 +328,16 @@ def redirect_request(
     return upstream_request(request.method, request.base, path, headers, request.body)
 
 
-async def _send(sender: Sender, request: UpstreamRequest) -> UpstreamResponse:
-    return await sender(
+async def _exchange(
+    sender: Sender, backend: BackendPlan, request: UpstreamRequest, budget: ByteBudget
+) -> BackendResult:
+    response = await sender(
         request.base.key,
         request.method,
         request.target.encode("ascii"),
         request.headers,
         request.body,
     )
-
-
-async def _exchange(
-    sender: Sender, backend: BackendPlan, request: UpstreamRequest, budget: ByteBudget
-) -> BackendResult:
-    response = await _send(sender, request)
     for _ in range(backend.max_redirects if backend.follow_redirects else 0):
         if response.status not in REDIRECTS:
             break
@@ -348,7 +352,13 @@ async def _exchange(
                 detail="redirect to another origin not followed",
             )
         request = followed
-        response = await _send(sender, request)
+        response = await sender(
+            request.base.key,
+            request.method,
+            request.target.encode("ascii"),
+            request.headers,
+            request.body,
+        )
     try:
         status = response.status
         if not 200 <= status < 300:
@@ -506,19 +516,23 @@ async def call_backend(
     backend: BackendPlan,
     ctx: CallContext,
     results: Sequence[BackendResult | None] = (),
+    started_s: float = 0.0,
 ) -> BackendResult:
-    """Call one backend under its own timeout (for ``for_each``: all its calls together).
+    """Call one backend under its own timeout (for ``for_each``: all its calls together);
+    ``started_s`` is when it started, since the request did (for the result).
 
     Cancellation from outside (deadline, a failed required sibling, a client that left)
     is not caught: it propagates, and the caller records the outcome.
     """
     trace = CURRENT.get()
     if trace is None or trace.span is None:
-        return await _call_backend(sender, backend, ctx, results)
+        return await _call_backend(sender, backend, ctx, results, started_s)
     # exported spans (the otel extra): the backend's span id is the one sent upstream
     span = trace.exporter.start_backend(trace.span, backend.name)
     try:
-        result = await _call_backend(sender, backend, ctx, results, trace.exporter.ids(span)[1])
+        result = await _call_backend(
+            sender, backend, ctx, results, started_s, trace.exporter.ids(span)[1]
+        )
         span.set_attribute("gateway.backend.outcome", result.outcome)
         return result
     except BaseException:
@@ -533,17 +547,29 @@ async def _call_backend(
     backend: BackendPlan,
     ctx: CallContext,
     results: Sequence[BackendResult | None],
+    started_s: float,
     span_id: bytes | None = None,
 ) -> BackendResult:
     start = trio.current_time()
     try:
         requests = build_requests(backend, ctx, results, span_id)
     except UnresolvedReference as exc:
-        return BackendResult(Outcome.INVALID_REFERENCE, detail=str(exc))
+        return BackendResult(Outcome.INVALID_REFERENCE, detail=str(exc), started_s=started_s)
     except httpx.InvalidURL as exc:  # e.g. a filled-in URL over httpx's length limit
-        return BackendResult(Outcome.INVALID_REFERENCE, detail=f"invalid URL: {exc}")
+        return BackendResult(
+            Outcome.INVALID_REFERENCE, detail=f"invalid URL: {exc}", started_s=started_s
+        )
     guard = ctx.guards.get(backend.guard_name)
-    stats = CallStats(trio.CancelScope(deadline=trio.current_time() + backend.timeout_s))
+    timeout = trio.CancelScope(deadline=start + backend.timeout_s)
+    if guard is None and backend.cache is None and not backend.for_each:
+        # the common case, kept short: one attempt, nothing to count
+        result: BackendResult | None = None
+        with timeout:
+            result = await _attempt(sender, backend, requests[0], ctx.budget)
+        if result is None:
+            result = BackendResult(Outcome.TIMEOUT, detail="backend timeout")
+        return _finished(result, trio.current_time() - start, started_s)
+    stats = CallStats(timeout)
     ctx.attempts[backend.name] = stats
     call: Call
     if guard is None:
@@ -562,6 +588,7 @@ async def _call_backend(
                     Outcome.OVERLOADED,
                     duration_s=trio.current_time() - start,
                     detail="bulkhead full",
+                    started_s=started_s,
                 )
 
         async def call(request: UpstreamRequest) -> BackendResult:
@@ -570,7 +597,7 @@ async def _call_backend(
 
     if backend.cache is not None and ctx.state is not None:
         call = _cached(call, backend, ctx.state)
-    result: BackendResult | None = None
+    result = None
     if guard is not None:
         guard.budget.request_started()
     try:
@@ -592,8 +619,32 @@ async def _call_backend(
     host = ""
     if guard is not None and guard.hosts is not None and stats.last_host is not None:
         host = guard.bases[stats.last_host].origin  # the last attempt's, for debug: true
-    return replace(
-        result, duration_s=duration_s, retries=stats.retries, hedges=stats.hedges, host=host
+    return _finished(result, duration_s, started_s, stats.retries, stats.hedges, host)
+
+
+def _finished(
+    result: BackendResult,
+    duration_s: float,
+    started_s: float,
+    retries: int = 0,
+    hedges: int = 0,
+    host: str = "",
+) -> BackendResult:
+    """``result`` with the call's timing and attempts (what ``replace`` does, for less)."""
+    return BackendResult(
+        result.outcome,
+        result.value,
+        duration_s,
+        result.detail,
+        result.selected,
+        result.headers,
+        started_s,
+        retries,
+        hedges,
+        result.cache,
+        host,
+        result.raw,
+        result.ttl_s,
     )
 
 
@@ -833,11 +884,12 @@ async def fan_out(
             failed = [backends[d].name for d in backend.deps if _outcome(results[d]) != Outcome.OK]
             if failed:
                 result = BackendResult(
-                    Outcome.DEPENDENCY_FAILED, detail=f"{', '.join(failed)} failed"
+                    Outcome.DEPENDENCY_FAILED,
+                    detail=f"{', '.join(failed)} failed",
+                    started_s=began,
                 )
             else:
-                result = await call_backend(sender, backend, ctx, results)
-            result = replace(result, started_s=began)
+                result = await call_backend(sender, backend, ctx, results, began)
             results[index] = result
         finally:
             finished[index].set()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -80,10 +81,27 @@ def observe_request(
 ) -> None:
     """Count one answered request and its backend calls ``(name, outcome, duration_s)``."""
     route = endpoint or "none"
-    REQUESTS.labels(route, method, str(status)).inc()
-    REQUEST_DURATION.labels(route).observe(duration_s)
+    _child(REQUESTS, (route, method, str(status))).inc()
+    _child(REQUEST_DURATION, (route,)).observe(duration_s)
     for name, outcome, backend_s in backends:
-        BACKEND_DURATION.labels(route, name, outcome).observe(backend_s)
+        _child(BACKEND_DURATION, (route, name, outcome)).observe(backend_s)
+
+
+# Labelled children by metric and label values: ``labels()`` checks and locks on every
+# call, a plain dict lookup does not. Label values are bounded (see above); the dict is
+# cleared if it ever grows past the bound anyway.
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+_CHILDREN_MAX = 10_000
+
+
+def _child(metric: Counter | Histogram, values: tuple[str, ...]) -> Any:
+    key = (metric, values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        if len(_CHILDREN) >= _CHILDREN_MAX:
+            _CHILDREN.clear()
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child
 
 
 def connections_changed(origin: str, open_count: int, idle_count: int) -> None:

@@ -59,6 +59,32 @@ Origin = tuple[str, str, int]
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _TARGET = re.compile(rb"[^\x00\s]+")
+
+# Header lines already checked, with their lower-case names: most lines of most requests
+# (Host, static and forwarded fields) repeat, so each is checked once. Bounded: cleared
+# when full.
+_CHECKED_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_CHECKED_LINES_MAX = 4096
+
+
+def _checked_name(name: bytes, value: bytes) -> bytes:
+    """The lower-case name of a header line h11 would send.
+
+    Raises:
+        httpx.LocalProtocolError: a name or value h11 would refuse.
+    """
+    line = (name, value)
+    lower = _CHECKED_LINES.get(line)
+    if lower is None:
+        if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+            raise httpx.LocalProtocolError(f"invalid request header {name!r}: {value!r}")
+        lower = name.lower()
+        if len(_CHECKED_LINES) >= _CHECKED_LINES_MAX:
+            _CHECKED_LINES.clear()
+        _CHECKED_LINES[line] = lower
+    return lower
+
+
 _HTTP_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 
@@ -111,6 +137,7 @@ class _Connection:
         "keep_alive",
         "may_keep_alive",
         "parser",
+        "poller",
         "reason",
         "status",
         "stream",
@@ -120,6 +147,7 @@ class _Connection:
         self.stream = stream
         self.idle_since = 0.0
         self.parser: httptools.HttpResponseParser | None = None
+        self.poller: select.poll | None = None  # for looks_closed, made on first reuse
         self.begin(head_only=False, may_keep_alive=False)
 
     def begin(self, *, head_only: bool, may_keep_alive: bool) -> None:
@@ -229,16 +257,19 @@ class _Connection:
     def close_now(self) -> None:
         """Close without awaiting: safe in cancelled scopes and ``finally`` blocks."""
         self.parser = None  # the parser refers back to this object
+        self.poller = None
         with contextlib.suppress(OSError):  # an already broken socket
             self._socket().close()
 
     def looks_closed(self) -> bool:
         """An idle connection with anything to read has been closed (or broken) by the peer."""
         try:
-            poller = select.poll()
-            poller.register(
-                self._socket().fileno(), select.POLLIN | select.POLLERR | select.POLLHUP
-            )
+            poller = self.poller
+            if poller is None:
+                poller = self.poller = select.poll()
+                poller.register(
+                    self._socket().fileno(), select.POLLIN | select.POLLERR | select.POLLHUP
+                )
             return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
@@ -267,13 +298,9 @@ def _encode_head(
     chunked = False
     keep_alive = True
     host = False
-    token = _TOKEN.fullmatch
-    field_value = _FIELD_VALUE.fullmatch
     for name, value in headers:
-        if token(name) is None or field_value(value) is None:
-            raise httpx.LocalProtocolError(f"invalid request header {name!r}: {value!r}")
+        lower = _checked_name(name, value)
         parts += (name, b": ", value, b"\r\n")
-        lower = name.lower()
         if lower == b"content-length":
             if not value.isdigit() or (length is not None and int(value) != length):
                 raise httpx.LocalProtocolError(f"invalid Content-Length {value!r}")
@@ -586,6 +613,17 @@ class _ResponseStream(httpx.AsyncByteStream):
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool._release(conn, self._token, reusable)
+
+    def complete_body(self) -> bytes | None:
+        """The whole body if it has all arrived already (as a small response does with its
+        head), releasing the connection; else None, and the body is to be streamed."""
+        conn = self._conn
+        if conn is None or not conn.done:
+            return None
+        chunks = conn.body
+        conn.body = []
+        self._finish(reusable=True)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
