@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import re
 import select
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from dataclasses import dataclass
 import httptools
 import httpx
 import trio
+
+from ._plainstream import PlainStream, connect_plain
 
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_IDLE_TIMEOUT_S = 4.0
@@ -143,7 +146,7 @@ class _Connection:
         "stream",
     )
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: PlainStream | trio.SSLStream[trio.SocketStream]) -> None:
         self.stream = stream
         self.idle_since = 0.0
         self.parser: httptools.HttpResponseParser | None = None
@@ -247,19 +250,21 @@ class _Connection:
         self.done = True
         self.keep_alive = False
 
-    def _socket(self) -> trio.socket.SocketType:
+    def _socket(self) -> trio.socket.SocketType | socket.socket:
         stream = self.stream
-        if isinstance(stream, trio.SSLStream):
-            stream = stream.transport_stream
-        assert isinstance(stream, trio.SocketStream)
-        return stream.socket
+        if isinstance(stream, PlainStream):
+            return stream.socket
+        return stream.transport_stream.socket
 
     def close_now(self) -> None:
         """Close without awaiting: safe in cancelled scopes and ``finally`` blocks."""
         self.parser = None  # the parser refers back to this object
         self.poller = None
         with contextlib.suppress(OSError):  # an already broken socket
-            self._socket().close()
+            if isinstance(self.stream, PlainStream):
+                self.stream.close()
+            else:
+                self.stream.transport_stream.socket.close()
 
     def looks_closed(self) -> bool:
         """An idle connection with anything to read has been closed (or broken) by the peer."""
@@ -398,28 +403,27 @@ class ConnectionPool:
     async def _connect(self) -> _Connection:
         scheme, host, port = self.origin
         try:
-            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            if scheme != "https":
+                plain = await connect_plain(host, port)
+            else:
+                stream = await trio.open_tcp_stream(host, port)
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         self._open += 1
         self._opened_total += 1
         self._report()
-        if scheme == "https":
-            assert self._ssl_context is not None
-            tls = trio.SSLStream(
-                stream, self._ssl_context, server_hostname=host, https_compatible=True
-            )
-            try:
-                await tls.do_handshake()
-            except BaseException as exc:
-                self._discard(_Connection(stream))
-                if isinstance(exc, (trio.BrokenResourceError, OSError, ssl.SSLError)):
-                    raise httpx.ConnectError(
-                        f"TLS handshake with {host}:{port} failed: {exc}"
-                    ) from exc
-                raise
-            stream = tls
-        return _Connection(stream)
+        if scheme != "https":
+            return _Connection(plain)
+        assert self._ssl_context is not None
+        tls = trio.SSLStream(stream, self._ssl_context, server_hostname=host, https_compatible=True)
+        try:
+            await tls.do_handshake()
+        except BaseException as exc:
+            self._discard(_Connection(tls))
+            if isinstance(exc, (trio.BrokenResourceError, OSError, ssl.SSLError)):
+                raise httpx.ConnectError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
+            raise
+        return _Connection(tls)
 
     def _discard(self, conn: _Connection) -> None:
         conn.close_now()
@@ -579,7 +583,7 @@ class UpstreamResponse:
 
 
 async def _send_streamed_body(
-    stream: trio.abc.Stream,
+    stream: PlainStream | trio.SSLStream[trio.SocketStream],
     body: httpx.SyncByteStream | httpx.AsyncByteStream,
     length: int | None,
     chunked: bool,
