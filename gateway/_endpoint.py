@@ -28,7 +28,7 @@ from ._errors import (
     RequestTimeout,
     UrlTooLong,
 )
-from ._fanout import ByteBudget, CallContext, Sender, fan_out
+from ._fanout import ByteBudget, CallContext, Receive, Sender, fan_out
 from ._forwarded import Network, client_info
 from ._headers import select_headers
 from ._logging import AccessRecord
@@ -39,7 +39,6 @@ from ._tracing import with_request_id
 from ._urls import RouteMatch, encode_query
 
 Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -250,14 +249,6 @@ async def send_framing_error(send: Send, *, head: bool = False) -> None:
     )
 
 
-async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
-
-
 async def serve_aggregate(
     sender: Sender,
     plan: GatewayPlan,
@@ -307,34 +298,33 @@ async def serve_aggregate(
             await send_body(send, 200, unpacked[1], [*stored, (b"x-cache", b"hit")], head=head)
             return
         metrics.CACHE.labels("endpoint", "miss").inc()
-    async with trio.open_nursery() as nursery:
-        # Request-scoped, cancelled below once the response is sent: a client that leaves
-        # cancels the fan-out (and so every upstream call) at once.
-        nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-        result, results = await fan_out(sender, endpoint, ctx)
-        if record is not None:
-            record.backends = {
-                b.name: {"outcome": r.outcome, "duration_ms": round(r.duration_s * 1000, 3)}
-                for b, r in zip(endpoint.backends, results, strict=True)
-            }
-            record.timings = [
-                (b.name, r.outcome, r.duration_s)
-                for b, r in zip(endpoint.backends, results, strict=True)
-            ]
-        headers = [
-            (b"x-gateway-complete", b"true" if result.complete else b"false"),
-            (b"x-gateway-backends", result.backends_header.encode("latin-1")),
-            *((n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers),
+    # a client that leaves cancels the fan-out (and so every upstream call) at once
+    answer = await fan_out(sender, endpoint, ctx, receive)
+    if answer is None:
+        return  # the client left
+    result, results = answer
+    if record is not None:
+        record.backends = {
+            b.name: {"outcome": r.outcome, "duration_ms": round(r.duration_s * 1000, 3)}
+            for b, r in zip(endpoint.backends, results, strict=True)
+        }
+        record.timings = [
+            (b.name, r.outcome, r.duration_s)
+            for b, r in zip(endpoint.backends, results, strict=True)
         ]
-        if cache_key is None:
-            await send_json(send, result.status, result.body, headers, head=head)
-        else:
-            assert state is not None and endpoint.cache is not None
-            data = orjson.dumps(with_request_id(result.body))
-            if result.status == 200 and result.complete:  # only complete answers are kept
-                # stored before sending: the next request hits, and a client that leaves
-                # once it has its answer cannot cut the store call short
-                meta = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
-                await state.set(cache_key, pack(meta, data), endpoint.cache.ttl_s)
-            await send_body(send, result.status, data, [*headers, (b"x-cache", b"miss")], head=head)
-        nursery.cancel_scope.cancel()
+    headers = [
+        (b"x-gateway-complete", b"true" if result.complete else b"false"),
+        (b"x-gateway-backends", result.backends_header.encode("latin-1")),
+        *((n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers),
+    ]
+    if cache_key is None:
+        await send_json(send, result.status, result.body, headers, head=head)
+    else:
+        assert state is not None and endpoint.cache is not None
+        data = orjson.dumps(with_request_id(result.body))
+        if result.status == 200 and result.complete:  # only complete answers are kept
+            # stored before sending: the next request hits, and a client that leaves
+            # once it has its answer cannot cut the store call short
+            meta = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
+            await state.set(cache_key, pack(meta, data), endpoint.cache.ttl_s)
+        await send_body(send, result.status, data, [*headers, (b"x-cache", b"miss")], head=head)

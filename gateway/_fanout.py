@@ -96,6 +96,9 @@ class CallContext:
     attempts: dict[str, CallStats] = field(default_factory=dict)
 
 
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+"""The client request's ASGI ``receive``."""
+
 Sender = Callable[
     [Origin, str, bytes, Sequence[tuple[bytes, bytes]], bytes | None],
     Awaitable[UpstreamResponse],
@@ -851,12 +854,30 @@ async def _guarded(
     return result
 
 
+async def _watch_disconnect(receive: Receive, gone: list[bool], scope: trio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.append(True)
+            scope.cancel()
+            return
+
+
 async def fan_out(
-    sender: Sender, endpoint: EndpointPlan, ctx: CallContext
-) -> tuple[Aggregate, list[BackendResult]]:
+    sender: Sender,
+    endpoint: EndpointPlan,
+    ctx: CallContext,
+    receive: Receive | None = None,
+) -> tuple[Aggregate, list[BackendResult]] | None:
     """Run the endpoint's backends as a graph: each starts as soon as the backends it
     references have finished, all in one nursery under the deadline; aggregate in config
-    order."""
+    order.
+
+    With ``receive`` (the client request's ASGI channel), a task of the same nursery
+    watches for ``http.disconnect``: a client that leaves cancels every backend call at
+    once, and the answer is None (there is no one to send it to). The watcher is
+    cancelled as soon as the last backend ends.
+    """
     backends = endpoint.backends
     results: list[BackendResult | None] = [None] * len(backends)
     finished = [trio.Event() for _ in backends]
@@ -870,9 +891,11 @@ async def fan_out(
     )
     failed_required: int | None = None
     start = trio.current_time()
+    running = len(backends)
+    gone: list[bool] = []
 
     async def run(index: int, nursery: trio.Nursery) -> None:
-        nonlocal failed_required
+        nonlocal failed_required, running
         backend = backends[index]
         try:
             if skipped[index]:
@@ -893,14 +916,22 @@ async def fan_out(
             results[index] = result
         finally:
             finished[index].set()
+            running -= 1
         if backend.required and not result.ok and failed_required is None:
             failed_required = index
             nursery.cancel_scope.cancel()  # siblings no longer matter
+        elif running == 0 and receive is not None:
+            nursery.cancel_scope.cancel()  # only the disconnect watcher is left
 
-    with trio.move_on_after(endpoint.deadline_s):
-        async with trio.open_nursery() as nursery:
-            for index in range(len(backends)):
-                nursery.start_soon(run, index, nursery)
+    async with trio.open_nursery() as nursery:
+        # the deadline on the nursery's own scope: one scope for deadline and cancellation
+        nursery.cancel_scope.deadline = start + endpoint.deadline_s
+        if receive is not None and backends:
+            nursery.start_soon(_watch_disconnect, receive, gone, nursery.cancel_scope)
+        for index in range(len(backends)):
+            nursery.start_soon(run, index, nursery)
+    if gone:
+        return None
 
     elapsed = trio.current_time() - start
     final: list[BackendResult] = []

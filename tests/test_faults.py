@@ -236,7 +236,7 @@ async def test_the_proxy_passes_through_and_adds_latency_per_response(
     nursery: trio.Nursery, clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(30):
-        rig = await start_rig(nursery, direct=False)
+        rig = await start_rig(nursery, direct=False, upstream={"idle_timeout": "2s"})
         for _ in range(3):
             r, elapsed = await timed(rig.gw)
             assert backends(r) == {"a": "ok"}
@@ -248,7 +248,9 @@ async def test_the_proxy_passes_through_and_adds_latency_per_response(
 
         rig.proxy.choose = always(latency(0.4))
         rig.proxy.plan.append(latency(0.2))  # the plan goes first
-        await trio.sleep(5)  # past the pool's idle timeout: the next call connects anew
+        # past the pool's idle timeout (2s here): the next call connects anew; well within
+        # the gateway server's own keep-alive timeout (5s) for the test client
+        await trio.sleep(3)
         for _ in range(2):
             r, elapsed = await timed(rig.gw)
             assert backends(r) == {"a": "ok"}
