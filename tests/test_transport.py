@@ -463,3 +463,20 @@ async def test_invalid_requests_are_refused_before_anything_is_sent(
         (stats,) = transport.statistics()
         assert stats.active_requests == 0
         await transport.aclose()
+
+
+def test_checked_header_lines_are_remembered_within_a_bound() -> None:
+    from gateway import _transport
+
+    _transport._CHECKED_LINES.clear()
+    lines = [(b"Host", b"a")] + [
+        (b"X-N", b"%d" % i) for i in range(_transport._CHECKED_LINES_MAX + 10)
+    ]
+    head, *_ = _transport._encode_head("GET", b"/", lines, None)
+    assert head.count(b"\r\n") == len(lines) + 2
+    assert 0 < len(_transport._CHECKED_LINES) <= _transport._CHECKED_LINES_MAX
+    # a remembered valid line does not let an invalid value with the same name through
+    _transport._encode_head("GET", b"/", [(b"Host", b"a"), (b"X-A", b"ok")], None)
+    with pytest.raises(httpx.LocalProtocolError):
+        _transport._encode_head("GET", b"/", [(b"Host", b"a"), (b"X-A", b"ok\r\nX-B: 1")], None)
+    assert _transport._CHECKED_LINES[(b"X-A", b"ok")] == b"x-a"

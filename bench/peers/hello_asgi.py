@@ -1,8 +1,13 @@
-"""The ceiling of our server stack: a raw ASGI hello world on hypercorn's trio worker."""
+"""The ceiling of our server stack: a raw ASGI hello world on hypercorn's trio worker.
+
+``/sleep/...`` answers after 1 s: what the server stack alone holds per request in
+flight (the memory scenario's floor)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import trio
 
 BODY = b'{"hello": "world"}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
@@ -17,5 +22,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"].startswith("/sleep/"):
+        await trio.sleep(1)
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
