@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import httpx
@@ -283,21 +284,28 @@ async def read_limited(
     else:
         body = response.stream.complete_body()
         if body is not None:  # arrived with the head: no need to iterate
-            if len(body) > max_bytes:
-                raise BodyTooLarge(f"response body exceeds {max_bytes} bytes")
-            if budget is not None:
-                budget.take(len(body))
+            _admit(0, len(body), max_bytes, budget)
             return body
     chunks = []
     total = 0
     async for chunk in stream:
-        total += len(chunk)
-        if total > max_bytes:
-            raise BodyTooLarge(f"response body exceeds {max_bytes} bytes")
-        if budget is not None:
-            budget.take(len(chunk))
+        total = _admit(total, len(chunk), max_bytes, budget)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _admit(total: int, size: int, max_bytes: int, budget: ByteBudget | None) -> int:
+    """The body's size so far with ``size`` more bytes, refused past a limit.
+
+    Raises:
+        BodyTooLarge: past ``max_bytes`` or the request's budget.
+    """
+    total += size
+    if total > max_bytes:
+        raise BodyTooLarge(f"response body exceeds {max_bytes} bytes")
+    if budget is not None:
+        budget.take(size)
+    return total
 
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -331,16 +339,23 @@ def redirect_request(
     return upstream_request(request.method, request.base, path, headers, request.body)
 
 
-async def _exchange(
-    sender: Sender, backend: BackendPlan, request: UpstreamRequest, budget: ByteBudget
-) -> BackendResult:
-    response = await sender(
+def _wire(
+    request: UpstreamRequest,
+) -> tuple[Origin, str, bytes, list[tuple[bytes, bytes]], bytes | None]:
+    """The sender's arguments for ``request``."""
+    return (
         request.base.key,
         request.method,
         request.target.encode("ascii"),
         request.headers,
         request.body,
     )
+
+
+async def _exchange(
+    sender: Sender, backend: BackendPlan, request: UpstreamRequest, budget: ByteBudget
+) -> BackendResult:
+    response = await sender(*_wire(request))
     for _ in range(backend.max_redirects if backend.follow_redirects else 0):
         if response.status not in REDIRECTS:
             break
@@ -355,13 +370,7 @@ async def _exchange(
                 detail="redirect to another origin not followed",
             )
         request = followed
-        response = await sender(
-            request.base.key,
-            request.method,
-            request.target.encode("ascii"),
-            request.headers,
-            request.body,
-        )
+        response = await sender(*_wire(request))
     try:
         status = response.status
         if not 200 <= status < 300:
@@ -453,7 +462,7 @@ def _cache_ttl(
 
 
 async def _attempt(
-    sender: Sender, backend: BackendPlan, request: UpstreamRequest, budget: ByteBudget
+    sender: Sender, backend: BackendPlan, budget: ByteBudget, request: UpstreamRequest
 ) -> BackendResult:
     """One upstream call; every failure but cancellation becomes an outcome."""
     try:
@@ -563,23 +572,12 @@ async def _call_backend(
             Outcome.INVALID_REFERENCE, detail=f"invalid URL: {exc}", started_s=started_s
         )
     guard = ctx.guards.get(backend.guard_name)
-    timeout = trio.CancelScope(deadline=start + backend.timeout_s)
-    if guard is None and backend.cache is None and not backend.for_each:
-        # the common case, kept short: one attempt, nothing to count
-        result: BackendResult | None = None
-        with timeout:
-            result = await _attempt(sender, backend, requests[0], ctx.budget)
-        if result is None:
-            result = BackendResult(Outcome.TIMEOUT, detail="backend timeout")
-        return _finished(result, trio.current_time() - start, started_s)
-    stats = CallStats(timeout)
+    stats = CallStats(trio.CancelScope(deadline=start + backend.timeout_s))
     ctx.attempts[backend.name] = stats
+    # bound with partial (the request comes last), not a closure: no extra coroutine frame
     call: Call
     if guard is None:
-
-        async def call(request: UpstreamRequest) -> BackendResult:
-            return await _attempt(sender, backend, request, ctx.budget)
-
+        call = partial(_attempt, sender, backend, ctx.budget)
     else:
         limiter = guard.limiter
         if limiter is not None and guard.bulkhead is not None:
@@ -594,13 +592,10 @@ async def _call_backend(
                     started_s=started_s,
                 )
 
-        async def call(request: UpstreamRequest) -> BackendResult:
-            assert guard is not None
-            return await _guarded(sender, backend, request, ctx.budget, guard, stats)
-
+        call = partial(_guarded, sender, backend, ctx.budget, guard, stats)
     if backend.cache is not None and ctx.state is not None:
         call = _cached(call, backend, ctx.state)
-    result = None
+    result: BackendResult | None = None
     if guard is not None:
         guard.budget.request_started()
     try:
@@ -736,7 +731,7 @@ async def _timed(
     verdict: bool | None = None
     try:
         start = trio.current_time()
-        result = await _attempt(sender, backend, request, budget)
+        result = await _attempt(sender, backend, budget, request)
         verdict = _counts_as_failure(result.outcome)
         if result.outcome == Outcome.OK:
             guard.latency.add(trio.current_time() - start)
@@ -806,10 +801,10 @@ def _counts_as_failure(outcome: str) -> bool:
 async def _guarded(
     sender: Sender,
     backend: BackendPlan,
-    request: UpstreamRequest,
     budget: ByteBudget,
     guard: UpstreamGuard,
     stats: CallStats,
+    request: UpstreamRequest,
 ) -> BackendResult:
     """One call with the upstream's circuit breaker and retries (within the retry budget,
     with jittered exponential backoff). Everything runs inside the caller's timeout and

@@ -284,3 +284,29 @@ def test_merge_and_aggregate_never_raise_or_mutate_on_arbitrary_json(
     assert agg.status in (200, 502, 504)
     assert isinstance(agg.body, dict)
     assert (placements, results) == before
+
+
+def test_a_finished_call_keeps_every_field_of_its_result() -> None:
+    """``_finished`` builds the final result field by field (cheaper than ``replace``): it
+    must agree with ``replace`` for every field, including any added later."""
+    import dataclasses
+
+    from gateway._fanout import _finished
+
+    values: dict[str, object] = {}
+    for number, f in enumerate(dataclasses.fields(BackendResult), start=1):
+        default = f.default
+        if isinstance(default, bool) or not isinstance(default, (int, float, str, tuple)):
+            values[f.name] = {"field": number}  # a JSON value, or bytes for raw
+        elif isinstance(default, str):
+            values[f.name] = f"v{number}"
+        elif isinstance(default, tuple):
+            values[f.name] = (("x-n", str(number)),)
+        else:
+            values[f.name] = type(default)(number)
+    values["raw"] = b"raw"
+    result = BackendResult(**values)  # type: ignore[arg-type]
+    finished = _finished(result, 1.5, 2.5, 3, 4, "http://h:1")
+    assert finished == dataclasses.replace(
+        result, duration_s=1.5, started_s=2.5, retries=3, hedges=4, host="http://h:1"
+    )
