@@ -24,10 +24,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import _metrics as metrics
-from ._aggregate import error_body
-from ._balance import HostSet
-from ._compile import load_config
+from ._config.compile import load_config
+from ._config.plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
 from ._endpoint import (
     ambiguous_framing,
     build_context,
@@ -39,14 +37,16 @@ from ._endpoint import (
 )
 from ._errors import ConfigError, RequestBodyTooLarge, RequestError
 from ._fanout import CallContext
-from ._logging import AccessRecord, log_access
-from ._otel import SpanExporter
+from ._observability import metrics as metrics
+from ._observability.logs import AccessRecord, log_access
+from ._observability.otel import SpanExporter
+from ._observability.tracing import CURRENT, trace_context, with_request_id
 from ._passthrough import PassthroughAborted, open_passthrough
-from ._plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
-from ._resilience import GuardSettings, UpstreamGuard
-from ._state import SharedState, open_state
-from ._tracing import CURRENT, trace_context, with_request_id
-from ._transport import GatewayTransport, PoolLimits
+from ._rules.aggregate import error_body
+from ._rules.balance import HostSet
+from ._rules.resilience import GuardSettings, UpstreamGuard
+from ._state.shared import SharedState, open_state
+from ._upstream.transport import GatewayTransport, PoolLimits
 
 JSON_TYPE = "application/json"
 log = logging.getLogger("gateway")

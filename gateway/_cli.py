@@ -16,12 +16,12 @@ import orjson
 import trio
 
 from . import __version__
-from ._compile import load_config
-from ._config_model import json_schema
+from ._config.compile import load_config
+from ._config.model import json_schema
+from ._config.plan import GatewayPlan
+from ._config.units import format_duration
 from ._errors import ConfigError
-from ._logging import configure_logging
-from ._plan import GatewayPlan
-from ._units import format_duration
+from ._observability.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -156,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     if args.markdown:
-        from ._docs import config_reference_markdown
+        from ._config.docs import config_reference_markdown
 
         sys.stdout.write(config_reference_markdown())
         return EXIT_OK

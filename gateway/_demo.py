@@ -20,8 +20,8 @@ import orjson
 import trio
 
 from ._app import create_app
-from ._compile import load_config
-from ._plan import GatewayPlan
+from ._config.compile import load_config
+from ._config.plan import GatewayPlan
 from ._server import hypercorn_config, serve_app, wait_for_signal
 
 Scope = dict[str, Any]

@@ -18,8 +18,7 @@ from urllib.parse import parse_qsl
 import orjson
 import trio
 
-from . import _metrics as metrics
-from ._aggregate import error_body
+from ._config.plan import EndpointPlan, GatewayPlan
 from ._errors import (
     HeadersTooLarge,
     InvalidRequest,
@@ -29,14 +28,15 @@ from ._errors import (
     UrlTooLong,
 )
 from ._fanout import ByteBudget, CallContext, Receive, Sender, fan_out
-from ._forwarded import Network, client_info
-from ._headers import select_headers
-from ._logging import AccessRecord
-from ._plan import EndpointPlan, GatewayPlan
-from ._resilience import UpstreamGuard
-from ._state import SharedState, endpoint_cache_key, pack, unpack
-from ._tracing import with_request_id
-from ._urls import RouteMatch, encode_query
+from ._observability import metrics as metrics
+from ._observability.logs import AccessRecord
+from ._observability.tracing import with_request_id
+from ._rules.aggregate import error_body
+from ._rules.forwarded import Network, client_info
+from ._rules.headers import select_headers
+from ._rules.resilience import UpstreamGuard
+from ._rules.urls import RouteMatch, encode_query
+from ._state.shared import SharedState, endpoint_cache_key, pack, unpack
 
 Scope = dict[str, Any]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

@@ -28,18 +28,18 @@ import httpx
 import orjson
 import trio
 
-from . import _metrics as metrics
-from ._aggregate import Aggregate, BackendResult, Outcome, aggregate, http_outcome
-from ._cachecontrol import cache_key, shared_freshness
-from ._graph import all_hold, skipped_by_condition
-from ._plan import BackendPlan, EndpointPlan
-from ._resilience import UpstreamGuard
-from ._state import SharedState, pack, unpack
-from ._template import Ref, UnresolvedReference, expand, header_value, render, url_value, walk
-from ._tracing import CURRENT
-from ._transform import JSON, SelectMissing
-from ._transport import IDEMPOTENT_METHODS, Origin, UpstreamResponse
-from ._urls import BaseUrl
+from ._config.plan import BackendPlan, EndpointPlan
+from ._observability import metrics as metrics
+from ._observability.tracing import CURRENT
+from ._rules.aggregate import Aggregate, BackendResult, Outcome, aggregate, http_outcome
+from ._rules.cachecontrol import cache_key, shared_freshness
+from ._rules.graph import all_hold, skipped_by_condition
+from ._rules.resilience import UpstreamGuard
+from ._rules.template import Ref, UnresolvedReference, expand, header_value, render, url_value, walk
+from ._rules.transform import JSON, SelectMissing
+from ._rules.urls import BaseUrl
+from ._state.shared import SharedState, pack, unpack
+from ._upstream.transport import IDEMPOTENT_METHODS, Origin, UpstreamResponse
 
 log = logging.getLogger("gateway")
 

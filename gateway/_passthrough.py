@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from ._aggregate import Outcome, http_outcome
+from ._config.plan import EndpointPlan
 from ._errors import RequestBodyTooLarge
 from ._fanout import CallContext, build_request, pick_host
-from ._headers import RawHeaders, strip_hop_by_hop
-from ._plan import EndpointPlan
+from ._rules.aggregate import Outcome, http_outcome
+from ._rules.headers import RawHeaders, strip_hop_by_hop
 
 # The server sets its own Date; an upstream's would be sent twice. X-Gateway-* fields are
 # the gateway's own (see _endpoint) and never come from an upstream.

@@ -13,7 +13,7 @@ import hypercorn.trio
 import trio
 
 from ._app import GatewayApp
-from ._plan import GatewayPlan
+from ._config.plan import GatewayPlan
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 log = logging.getLogger("gateway")

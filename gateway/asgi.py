@@ -6,9 +6,9 @@ import os
 import sys
 
 from ._app import GatewayApp, create_app
-from ._compile import load_config
+from ._config.compile import load_config
 from ._errors import ConfigError
-from ._logging import configure_logging
+from ._observability.logs import configure_logging
 from ._server import CONFIG_ENV
 
 

@@ -1,4 +1,4 @@
-"""Merging backend results and the status rules (gateway._aggregate)."""
+"""Merging backend results and the status rules (gateway._rules.aggregate)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway._aggregate import (
+from gateway._rules.aggregate import (
     BackendResult,
     Outcome,
     Placement,

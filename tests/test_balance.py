@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway._balance import HostSet, OutlierSettings
+from gateway._rules.balance import HostSet, OutlierSettings
 
 
 def hosts(n: int = 3, balance: str = "round_robin", **outlier: float) -> HostSet:

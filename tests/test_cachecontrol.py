@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway._cachecontrol import (
+from gateway._rules.cachecontrol import (
     MAX_DELTA_SECONDS,
     Freshness,
     cache_key,

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from gateway._coalesce import Coalescer
+from gateway._state.coalesce import Coalescer
 
 
 class Upstream:

@@ -14,11 +14,11 @@ import pytest
 from pydantic import BaseModel
 
 from gateway._cli import main
-from gateway._compile import load_config
-from gateway._config_load import _find_model, interpolate, load_config_text
-from gateway._config_model import GatewayConfig
+from gateway._config.compile import load_config
+from gateway._config.load import _find_model, interpolate, load_config_text
+from gateway._config.model import GatewayConfig
 from gateway._errors import ConfigError, ConfigProblem
-from gateway._template import render, url_value
+from gateway._rules.template import render, url_value
 
 REPO = Path(__file__).parent.parent
 DEMO = REPO / "config" / "demo.yaml"
@@ -889,9 +889,9 @@ def test_upstreams_sharing_an_origin_must_agree_on_pool_settings() -> None:
 def test_tracing_without_the_otel_extra_is_a_clear_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import gateway._compile
+    import gateway._config.compile
 
-    monkeypatch.setattr(gateway._compile, "otel_available", lambda: False)
+    monkeypatch.setattr(gateway._config.compile, "otel_available", lambda: False)
     text = "version: 1\ntracing: {otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}\n"
     assert problems_of(text) == [
         "gw.yaml: tracing: tracing needs the otel extra: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway._docs import config_reference_markdown
+from gateway._config.docs import config_reference_markdown
 
 ROOT = Path(__file__).parent.parent
 

@@ -1,4 +1,4 @@
-"""Dependency graphs and request conditions (gateway._graph): pure unit tests."""
+"""Dependency graphs and request conditions (gateway._rules.graph): pure unit tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway._graph import Condition, all_hold, find_cycle, skipped_by_condition
+from gateway._rules.graph import Condition, all_hold, find_cycle, skipped_by_condition
 
 # --- find_cycle -------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from conftest import (
 )
 from upstream import RecordedRequest, Reply
 
-from gateway._forwarded import client_info, parse_networks
+from gateway._rules.forwarded import client_info, parse_networks
 
 
 async def test_upstreams_get_forwarding_headers_and_client_claims_are_replaced(
@@ -270,7 +270,7 @@ async def test_secrets_never_reach_responses_or_logs(nursery: trio.Nursery, capl
 async def test_a_bug_while_shaping_one_result_fails_only_that_backend(
     nursery: trio.Nursery, monkeypatch: Any
 ) -> None:
-    from gateway._transform import Transform
+    from gateway._rules.transform import Transform
 
     original = Transform.shape
 

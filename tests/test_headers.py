@@ -1,11 +1,11 @@
-"""Which headers cross the gateway (gateway._headers)."""
+"""Which headers cross the gateway (gateway._rules.headers)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway._headers import HOP_BY_HOP, connection_named, select_headers, strip_hop_by_hop
+from gateway._rules.headers import HOP_BY_HOP, connection_named, select_headers, strip_hop_by_hop
 
 
 def test_strip_hop_by_hop_drops_every_hop_by_hop_field() -> None:

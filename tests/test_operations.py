@@ -14,7 +14,7 @@ import trio
 from conftest import backend_config, recorder, simple_config, start_gateway, start_upstream
 from upstream import RecordedRequest, Reply
 
-from gateway._logging import configure_logging
+from gateway._observability.logs import configure_logging
 
 
 def path_recorder() -> tuple[list[RecordedRequest], Any]:

@@ -7,7 +7,7 @@ import socket
 import pytest
 import trio
 
-from gateway._plainstream import PlainStream, connect_plain
+from gateway._upstream.plainstream import PlainStream, connect_plain
 
 
 async def _echo_server(

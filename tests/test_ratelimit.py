@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway._ratelimit import (
+from gateway._state.limiter import (
     Decision,
     Limit,
     RateLimiter,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway._resilience import BreakerSettings, CircuitBreaker, RetryBudget
+from gateway._rules.resilience import BreakerSettings, CircuitBreaker, RetryBudget
 
 FAST = BreakerSettings(
     consecutive_failures=3, failure_ratio=0.5, window_s=10, min_requests=6, open_for_s=30

@@ -15,8 +15,8 @@ import trio
 from redis_server import RedisServer, free_port
 
 from gateway._errors import GatewayError, StoreUnavailable
-from gateway._ratelimit import Limit
-from gateway._store import ENTRY_OVERHEAD_BYTES, MemoryStore, RedisStore, Store
+from gateway._state.limiter import Limit
+from gateway._state.store import ENTRY_OVERHEAD_BYTES, MemoryStore, RedisStore, Store
 
 TIMEOUT_S = 0.05
 # A call ends within timeout_s, or twice that when it opens a connection; plus scheduling.

@@ -1,4 +1,4 @@
-"""Templates for backend paths, queries and headers (gateway._template): pure unit tests."""
+"""Templates for backend paths, queries and headers (gateway._rules.template): pure unit tests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway._template import (
+from gateway._rules.template import (
     WILDCARD,
     Ref,
     Template,
@@ -26,7 +26,7 @@ from gateway._template import (
     url_value,
     walk,
 )
-from gateway._urls import TemplateError, parse_base_url
+from gateway._rules.urls import TemplateError, parse_base_url
 
 
 def only_ref(text: str) -> Ref:
@@ -295,7 +295,7 @@ def test_url_template_rejects_malformed_reference() -> None:
 
 
 def test_url_template_accepts_literal_ending_in_newline() -> None:
-    """``is_url_literal`` (gateway/_urls.py) uses ``^...*$`` with ``match``: a literal part
+    """``is_url_literal`` (gateway/_rules/urls.py) uses ``^...*$`` with ``match``: a literal part
     ending in a newline passes, so ``/users\\n`` is accepted and fails only at request
     time, when httpx refuses the URL (httpx.InvalidURL, not an UnresolvedReference)."""
     with pytest.raises(TemplateSyntaxError):

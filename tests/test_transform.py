@@ -1,4 +1,4 @@
-"""Shaping a backend's JSON: select, allow/deny, rename (gateway._transform)."""
+"""Shaping a backend's JSON: select, allow/deny, rename (gateway._rules.transform)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway._transform import (
+from gateway._rules.transform import (
     SelectMissing,
     Transform,
     allow_paths,

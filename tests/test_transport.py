@@ -16,7 +16,7 @@ from conftest import start_upstream
 from upstream import Reply
 
 from gateway import GatewayTransport, PoolLimits
-from gateway._transport import _Connection
+from gateway._upstream.transport import _Connection
 
 
 def client_for(url: str, **limits: float) -> tuple[httpx.AsyncClient, GatewayTransport]:

@@ -1,10 +1,10 @@
-"""Durations and sizes as written in config files (gateway._units)."""
+"""Durations and sizes as written in config files (gateway._config.units)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway._units import format_duration, parse_duration_s, parse_size_bytes
+from gateway._config.units import format_duration, parse_duration_s, parse_size_bytes
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Routes, path parameters, upstream URL templates and base URLs (gateway._urls)."""
+"""Routes, path parameters, upstream URL templates and base URLs (gateway._rules.urls)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gateway._errors import InvalidPathParameter, MethodNotAllowed, NotFound
-from gateway._template import Template, UnresolvedReference, parse_url_template, render, url_value
-from gateway._urls import (
+from gateway._rules.template import (
+    Template,
+    UnresolvedReference,
+    parse_url_template,
+    render,
+    url_value,
+)
+from gateway._rules.urls import (
     Router,
     TemplateError,
     decode_param,

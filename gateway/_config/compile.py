@@ -12,10 +12,25 @@ from collections.abc import Mapping
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from ._aggregate import Placement
-from ._balance import OutlierSettings
-from ._config_load import format_path, load_config_text, read_config_file
-from ._config_model import (
+from .._errors import ConfigError, ConfigProblem
+from .._observability.otel import OTEL_MISSING, otel_available
+from .._rules.aggregate import Placement
+from .._rules.balance import OutlierSettings
+from .._rules.forwarded import Network, parse_networks
+from .._rules.graph import Condition, find_cycle
+from .._rules.resilience import (
+    BreakerSettings,
+    BulkheadSettings,
+    GuardSettings,
+    HedgeSettings,
+    RetrySettings,
+)
+from .._rules.template import Ref, Template, parse_template, parse_url_template
+from .._rules.transform import Transform, split_path
+from .._rules.urls import BaseUrl, RoutePattern, Router, TemplateError, parse_base_url, parse_route
+from .._state.limiter import parse_limit
+from .load import format_path, load_config_text, read_config_file
+from .model import (
     BackendConfig,
     BodySelectConfig,
     BulkheadConfig,
@@ -27,11 +42,7 @@ from ._config_model import (
     UpstreamConfig,
     backend_has_default,
 )
-from ._errors import ConfigError, ConfigProblem
-from ._forwarded import Network, parse_networks
-from ._graph import Condition, find_cycle
-from ._otel import OTEL_MISSING, otel_available
-from ._plan import (
+from .plan import (
     ADMIN_PREFIX,
     BAD_VALUE,
     NEVER_FORWARDED,
@@ -45,18 +56,7 @@ from ._plan import (
     RateLimitPlan,
     UpstreamPlan,
 )
-from ._ratelimit import parse_limit
-from ._resilience import (
-    BreakerSettings,
-    BulkheadSettings,
-    GuardSettings,
-    HedgeSettings,
-    RetrySettings,
-)
-from ._template import Ref, Template, parse_template, parse_url_template
-from ._transform import Transform, split_path
-from ._units import format_duration
-from ._urls import BaseUrl, RoutePattern, Router, TemplateError, parse_base_url, parse_route
+from .units import format_duration
 
 
 def _check_headers(

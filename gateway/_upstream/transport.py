@@ -46,7 +46,7 @@ import httptools
 import httpx
 import trio
 
-from ._plainstream import PlainStream, connect_plain
+from .plainstream import PlainStream, connect_plain
 
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_IDLE_TIMEOUT_S = 4.0

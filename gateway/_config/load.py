@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ._config_model import GatewayConfig
-from ._errors import ConfigError, ConfigProblem
+from .._errors import ConfigError, ConfigProblem
+from .model import GatewayConfig
 
 # pure-Python PyYAML rejects valid flow mappings containing "?" (pyyaml#128); libyaml's
 # loader does not. The wheels ship libyaml; fall back only where it is missing.

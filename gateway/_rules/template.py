@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
-from ._errors import InvalidPathParameter
-from ._urls import TemplateError, check_param_value, is_url_literal
+from .._errors import InvalidPathParameter
+from .urls import TemplateError, check_param_value, is_url_literal
 
 WILDCARD = "*"
 """A ``[*]`` segment in a backend reference's path."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._transform import JSON
+from .transform import JSON
 
 
 class Outcome:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
 
-from ._units import parse_duration_s, parse_size_bytes
+from .units import parse_duration_s, parse_size_bytes
 
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 2.0

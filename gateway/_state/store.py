@@ -40,8 +40,8 @@ import coredis.exceptions
 import trio
 from coredis.retry import ConstantRetryPolicy
 
-from ._errors import StoreUnavailable
-from ._ratelimit import DEFAULT_MAX_KEYS, Decision, Limit, RateLimiter
+from .._errors import StoreUnavailable
+from .limiter import DEFAULT_MAX_KEYS, Decision, Limit, RateLimiter
 
 if TYPE_CHECKING:
     from anyio.abc import ByteStream
@@ -101,7 +101,7 @@ class Store(Protocol):
         ...
 
     async def rate(self, key: str, limit: Limit) -> Decision:
-        """Decide one request of ``key`` under ``limit`` (see :mod:`gateway._ratelimit`);
+        """Decide one request of ``key`` under ``limit`` (see :mod:`gateway._state.limiter`);
         the store's own clock says when.
 
         Raises:
@@ -155,7 +155,7 @@ class MemoryStore:
 
     Values live in an LRU: past ``max_bytes`` the least recently used are dropped. An
     expired value is dropped when it is next read or when the LRU reaches it. Rate limit
-    state lives in a separate :class:`~gateway._ratelimit.RateLimiter` of at most
+    state lives in a separate :class:`~gateway._state.limiter.RateLimiter` of at most
     ``max_rate_keys`` keys. Nothing here awaits anything, so every operation is atomic
     among trio tasks.
 
@@ -260,7 +260,7 @@ class MemoryStore:
 
 # --- Redis ------------------------------------------------------------------------------
 
-# GCRA as in gateway._ratelimit, in integer microseconds of the Redis server's clock.
+# GCRA as in gateway._state.limiter, in integer microseconds of the Redis server's clock.
 # KEYS[1]: the key's theoretical arrival time (TAT); ARGV[1]: the emission interval (us);
 # ARGV[2]: the burst. Returns {allowed (0 or 1), remaining, reset_us, retry_after_us}.
 # Lua numbers are doubles: exact for integers below 2^53 (microseconds since 1970 are

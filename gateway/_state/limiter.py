@@ -13,7 +13,7 @@ at once.
 Time is kept in integer nanoseconds here (``now_s`` is converted once), so a burst spent
 at one instant is exact and no rounding drift builds up; the emission interval is rounded
 *up* to a whole nanosecond, which can only make a limit stricter. The Redis store runs the
-same arithmetic in microseconds inside one Lua script (:mod:`gateway._store`).
+same arithmetic in microseconds inside one Lua script (:mod:`gateway._state.store`).
 
 Nothing here awaits: :meth:`RateLimiter.decide` reads and writes a key's TAT with no
 checkpoint in between, so decisions are exact however many trio tasks ask at once.

@@ -15,8 +15,8 @@ from typing import Literal
 
 import trio  # only for the bulkhead's CapacityLimiter: state, not I/O
 
-from ._balance import HostSet
-from ._urls import BaseUrl
+from .balance import HostSet
+from .urls import BaseUrl
 
 BreakerState = Literal["closed", "open", "half_open"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from ._config_model import (
+from .model import (
     BackendCacheConfig,
     BackendConfig,
     BodySelectConfig,
@@ -33,7 +33,7 @@ from ._config_model import (
     TracingConfig,
     UpstreamConfig,
 )
-from ._units import format_duration
+from .units import format_duration
 
 SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("Top level", GatewayConfig),

@@ -13,17 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ._aggregate import Placement
-from ._balance import Balance, OutlierSettings
-from ._config_model import GatewayConfig
-from ._errors import ConfigProblem
-from ._forwarded import Network
-from ._graph import Condition
-from ._ratelimit import Limit
-from ._resilience import GuardSettings
-from ._template import Template
-from ._transform import Transform
-from ._urls import BaseUrl, RoutePattern, Router
+from .._errors import ConfigProblem
+from .._rules.aggregate import Placement
+from .._rules.balance import Balance, OutlierSettings
+from .._rules.forwarded import Network
+from .._rules.graph import Condition
+from .._rules.resilience import GuardSettings
+from .._rules.template import Template
+from .._rules.transform import Transform
+from .._rules.urls import BaseUrl, RoutePattern, Router
+from .._state.limiter import Limit
+from .model import GatewayConfig
 
 ADMIN_PREFIX = "/__gateway"
 RESERVED_BACKEND_NAMES = frozenset({"query", "header"})

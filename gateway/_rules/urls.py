@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote_to_bytes, urlencode, urlsplit
 
 import httpx
 
-from ._errors import InvalidPathParameter, MethodNotAllowed, NotFound
+from .._errors import InvalidPathParameter, MethodNotAllowed, NotFound
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WHOLE_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")

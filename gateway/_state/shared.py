@@ -1,7 +1,7 @@
 """Rate limits and caches at request time, over the configured store.
 
 One :class:`SharedState` per worker, opened for the app's whole life (:func:`open_state`):
-the store (:class:`~gateway._store.MemoryStore`, or :class:`~gateway._store.RedisStore`
+the store (:class:`~gateway._state.store.MemoryStore`, or :class:`~gateway._state.store.RedisStore`
 with ``state.redis``), the coalescer of identical backend calls, and the rules that use
 them. When the store fails, the gateway keeps answering: caches are skipped, rate limits
 follow ``state.on_error``; the first failure and the recovery are logged once each, and
@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from . import _metrics as metrics
-from ._aggregate import BackendResult
-from ._coalesce import Coalescer
-from ._config_model import StateConfig
-from ._errors import RateLimitUnavailable, RequestError, StoreUnavailable, TooManyRequests
-from ._plan import EndpointPlan, RateLimitPlan
-from ._ratelimit import Decision, format_policy, format_ratelimit, retry_after_s
-from ._store import MemoryStore, RedisStore, Store
+from .._config.model import StateConfig
+from .._config.plan import EndpointPlan, RateLimitPlan
+from .._errors import RateLimitUnavailable, RequestError, StoreUnavailable, TooManyRequests
+from .._observability import metrics as metrics
+from .._rules.aggregate import BackendResult
+from .coalesce import Coalescer
+from .limiter import Decision, format_policy, format_ratelimit, retry_after_s
+from .store import MemoryStore, RedisStore, Store
 
 log = logging.getLogger("gateway")
 

@@ -1,0 +1,1 @@
+"""The config pipeline: schema, loading, compilation into plans, units, docs."""

@@ -1,0 +1,1 @@
+"""Observability: access logs, Prometheus metrics, trace context, OpenTelemetry."""

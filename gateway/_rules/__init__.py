@@ -1,0 +1,1 @@
+"""The pure core: header, URL, template, transform, merge, cache and resilience rules."""

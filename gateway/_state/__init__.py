@@ -1,0 +1,1 @@
+"""Shared state: stores (memory, Redis), rate limiter, coalescing, caches."""

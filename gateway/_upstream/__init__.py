@@ -1,0 +1,1 @@
+"""The upstream transport: HTTP/1.1 keep-alive pools on trio sockets."""
