@@ -24,6 +24,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from ._call.context import CallContext
 from ._config.compile import load_config
 from ._config.plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
 from ._endpoint import (
@@ -36,7 +37,6 @@ from ._endpoint import (
     serve_aggregate,
 )
 from ._errors import ConfigError, RequestBodyTooLarge, RequestError
-from ._fanout import CallContext
 from ._observability import metrics as metrics
 from ._observability.logs import AccessRecord, log_access
 from ._observability.otel import SpanExporter

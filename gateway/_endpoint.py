@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl
 import orjson
 import trio
 
+from ._call.context import CallContext
+from ._call.exchange import ByteBudget, Sender
 from ._config.plan import EndpointPlan, GatewayPlan
 from ._errors import (
     HeadersTooLarge,
@@ -27,7 +29,7 @@ from ._errors import (
     RequestTimeout,
     UrlTooLong,
 )
-from ._fanout import ByteBudget, CallContext, Receive, Sender, fan_out
+from ._fanout import Receive, fan_out
 from ._observability import metrics as metrics
 from ._observability.logs import AccessRecord
 from ._observability.tracing import with_request_id

@@ -1,5 +1,11 @@
 """Passthrough endpoints: one backend, streamed both ways without buffering or parsing.
 
+The call runs the passthrough pipeline (:data:`gateway._call.pipeline.PASSTHROUGH`: the
+circuit breaker, the bulkhead, host choice with outlier detection) around a streaming
+exchange; only the layers that need a replayable body or a buffered reply (cache,
+coalescing, retries, hedging) are left out. A bulkhead slot is held until the response
+body has been streamed.
+
 ``timeout`` is an inactivity bound here: it limits the wait for the response head (counted
 from the last request-body chunk sent) and every gap between response-body chunks, never
 the whole transfer, so a long upload or download is not cut while data keeps moving.
@@ -7,15 +13,18 @@ the whole transfer, so a long upload or download is not cut while data keeps mov
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
 import trio
 
+from ._call.context import CallContext
+from ._call.exchange import Reply
+from ._call.pipeline import PASSTHROUGH, CallSpec, CallStats, compose
+from ._call.request import UpstreamRequest, build_request
 from ._config.plan import EndpointPlan
 from ._errors import RequestBodyTooLarge
-from ._fanout import CallContext, build_request, pick_host
 from ._rules.aggregate import Outcome, http_outcome
 from ._rules.headers import RawHeaders, strip_hop_by_hop
 
@@ -35,13 +44,68 @@ class PassthroughAborted(Exception):
 
 @dataclass(frozen=True)
 class PassthroughResult:
-    """Either a streaming response (``body`` set) or a failure (``outcome`` not ok)."""
+    """Either a streaming response (``body`` set) or a failure (``outcome`` not ok, with
+    ``detail`` saying why)."""
 
     outcome: str
     status: int
     headers: RawHeaders
     body: AsyncIterator[bytes] | None
     backends_header: str
+    detail: str = ""
+
+
+class OpenBody:
+    """A passthrough response whose body is still to stream; ``call_on_close`` registers
+    what to do once it is closed (a bulkhead slot to release)."""
+
+    __slots__ = ("_closers", "response")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._closers: list[Callable[[], object]] = []
+
+    def call_on_close(self, fn: Callable[[], object]) -> None:
+        self._closers.append(fn)
+
+    async def aclose(self) -> None:
+        try:
+            await self.response.aclose()
+        finally:
+            closers, self._closers = self._closers, []
+            for fn in closers:
+                fn()
+
+
+class Streaming:
+    """The innermost layer of a passthrough call: send the request with its body streamed
+    and return at the response head, the body left open."""
+
+    __slots__ = ("body", "body_headers", "client", "method")
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        body: AsyncIterable[bytes] | None,
+        body_headers: RawHeaders,
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.body = body
+        self.body_headers = body_headers
+
+    async def send(self, request: UpstreamRequest) -> Reply:
+        headers = [(k, v) for k, v in request.headers if k.lower() != b"accept"]
+        headers.extend(self.body_headers)
+        outgoing = httpx.Request(self.method, request.url, headers=headers, content=self.body)
+        try:
+            response = await self.client.send(outgoing, stream=True)
+        except httpx.TransportError as exc:
+            return Reply(Outcome.UNREACHABLE, detail=str(exc) or type(exc).__name__)
+        status = response.status_code
+        outcome = Outcome.OK if 200 <= status < 400 else http_outcome(status)
+        return Reply(outcome, status, response.headers.raw, stream=OpenBody(response))
 
 
 async def open_passthrough(
@@ -53,7 +117,8 @@ async def open_passthrough(
     body_headers: RawHeaders,
     max_body_bytes: int,
 ) -> PassthroughResult:
-    """Send the request (streaming ``body``) and wait for the response head.
+    """Send the request (streaming ``body``) through the passthrough pipeline and wait for
+    the response head.
 
     Raises:
         RequestBodyTooLarge: the client sent more than ``max_body_bytes``.
@@ -72,58 +137,37 @@ async def open_passthrough(
             yield chunk
         scope.deadline = trio.current_time() + timeout_s
 
-    base = build_request(backend, ctx)
-
-    def failed(outcome: str) -> PassthroughResult:
-        status = 504 if outcome == Outcome.TIMEOUT else 502
-        return PassthroughResult(outcome, status, [], None, f"{backend.name}={outcome}")
-
-    guard = ctx.guards.get(backend.guard_name)
-    host, base = pick_host(guard, base)
-    verdict: bool | None = None  # for the host's outlier detection, if it has hosts
-    try:
-        headers = [(k, v) for k, v in base.headers if k.lower() != b"accept"]
-        headers.extend(body_headers)
-        request = httpx.Request(
-            method,
-            base.url,
-            headers=headers,
-            content=upload(body) if body is not None else None,
+    stats = CallStats(scope)
+    spec = CallSpec(backend, ctx.guards.get(backend.guard_name), None, stats)
+    terminal = Streaming(client, method, upload(body) if body is not None else None, body_headers)
+    stack = compose(spec, PASSTHROUGH, terminal)
+    reply: Reply | None = None
+    with scope:
+        reply = await stack.send(build_request(backend, ctx))
+    if reply is None:
+        reply = Reply(Outcome.TIMEOUT, detail=f"no response head within {timeout_s:g}s")
+    if reply.stream is None:
+        status = 504 if reply.outcome == Outcome.TIMEOUT else 502
+        return PassthroughResult(
+            reply.outcome, status, [], None, f"{backend.name}={reply.outcome}", reply.detail
         )
-        response: httpx.Response | None = None
-        with scope:
-            try:
-                response = await client.send(request, stream=True)
-            except httpx.TransportError:
-                verdict = True
-                return failed(Outcome.UNREACHABLE)
-        if response is None:
-            verdict = True
-            return failed(Outcome.TIMEOUT)
-        verdict = response.status_code >= 500
-    finally:
-        if host is not None and guard is not None and guard.hosts is not None:
-            guard.hosts.ended(host, trio.current_time(), verdict)
-
-    status = response.status_code
-    outcome = Outcome.OK if 200 <= status < 400 else http_outcome(status)
     return PassthroughResult(
-        outcome,
-        status,
+        reply.outcome,
+        reply.status,
         [
             (name, value)
-            for name, value in strip_hop_by_hop(response.headers.raw, also=_NOT_PASSED_BACK)
+            for name, value in strip_hop_by_hop(reply.headers, also=_NOT_PASSED_BACK)
             if not name.lower().startswith(b"x-gateway-")
         ],
-        _stream_body(response, timeout_s),
-        f"{backend.name}={outcome}",
+        _stream_body(reply.stream, timeout_s),
+        f"{backend.name}={reply.outcome}",
     )
 
 
-async def _stream_body(response: httpx.Response, gap_s: float) -> AsyncIterator[bytes]:
+async def _stream_body(body: OpenBody, gap_s: float) -> AsyncIterator[bytes]:
     """Yield raw (still encoded) body chunks; each wait is bounded by ``gap_s``."""
     try:
-        chunks = response.aiter_raw().__aiter__()
+        chunks = body.response.aiter_raw().__aiter__()
         while True:
             chunk = b""
             with trio.move_on_after(gap_s) as scope:
@@ -137,4 +181,4 @@ async def _stream_body(response: httpx.Response, gap_s: float) -> AsyncIterator[
                 raise PassthroughAborted(f"no body data from upstream for {gap_s:g}s")
             yield chunk  # outside the cancel scope: never yield inside one
     finally:
-        await response.aclose()
+        await body.aclose()

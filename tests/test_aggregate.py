@@ -304,9 +304,8 @@ def test_a_finished_call_keeps_every_field_of_its_result() -> None:
             values[f.name] = (("x-n", str(number)),)
         else:
             values[f.name] = type(default)(number)
-    values["raw"] = b"raw"
     result = BackendResult(**values)  # type: ignore[arg-type]
-    finished = _finished(result, 1.5, 2.5, 3, 4, "http://h:1")
+    finished = _finished(result, 1.5, 2.5, 3, 4)
     assert finished == dataclasses.replace(
-        result, duration_s=1.5, started_s=2.5, retries=3, hedges=4, host="http://h:1"
+        result, duration_s=1.5, started_s=2.5, retries=3, hedges=4
     )

@@ -65,8 +65,6 @@ class BackendResult:
     hedges: int = 0  # hedged calls sent
     cache: str = ""  # "hit" (from the cache) or "coalesced" (shared another call's answer)
     host: str = ""  # with several hosts: the origin of the last attempt
-    raw: bytes | None = None  # the body as received, while it is to be cached ...
-    ttl_s: float = 0.0  # ... for this long
 
     @property
     def ok(self) -> bool:

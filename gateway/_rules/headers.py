@@ -24,6 +24,22 @@ HOP_BY_HOP = frozenset(
 
 RawHeaders = list[tuple[bytes, bytes]]
 
+# Request fields the gateway itself sets per client or per request: never part of a cache
+# key (they would make every entry private to one request).
+NOT_CACHE_KEYED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"via",
+        b"traceparent",
+        b"tracestate",
+        b"x-request-id",
+    }
+)
+
 
 def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Field names listed in Connection headers (lower-case)."""

@@ -22,7 +22,6 @@ from .._config.model import StateConfig
 from .._config.plan import EndpointPlan, RateLimitPlan
 from .._errors import RateLimitUnavailable, RequestError, StoreUnavailable, TooManyRequests
 from .._observability import metrics as metrics
-from .._rules.aggregate import BackendResult
 from .coalesce import Coalescer
 from .limiter import Decision, format_policy, format_ratelimit, retry_after_s
 from .store import MemoryStore, RedisStore, Store
@@ -40,7 +39,7 @@ class SharedState:
     store: Store
     on_error: str = "open"
     shared: bool = False  # on Redis: every instance sees the same state
-    flights: Coalescer[BackendResult] = field(default_factory=Coalescer)
+    flights: Coalescer[object] = field(default_factory=Coalescer)  # backend replies
     failing: bool = False
 
     # -- store calls that never raise: a failure is logged, counted and returns None --

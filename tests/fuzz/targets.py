@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway import ConfigError, RequestError, load_config
+from gateway._call.request import UpstreamRequest, build_requests
 from gateway._config.plan import GatewayPlan
 from gateway._endpoint import build_context
-from gateway._fanout import UpstreamRequest, build_requests
 from gateway._rules.aggregate import BackendResult, Outcome
 from gateway._rules.template import UnresolvedReference
 

@@ -1,0 +1,173 @@
+"""The backend cache and coalescing: the two outermost layers of a backend call.
+
+**Cache.** A backend with ``cache:`` stores its upstream's 2xx replies (status, end-to-end
+header lines, body) under a key of the method, the final URL and every request field the
+gateway sends but its own per-request ones (:data:`~gateway._rules.headers.NOT_CACHE_KEYED`),
+for as long as RFC 9111 lets a shared cache (:func:`~gateway._rules.cachecontrol.shared_freshness`:
+never with ``Set-Cookie``, ``private``, ``no-store`` or ``no-cache``; a request with
+``Authorization`` only when the response allows it, section 3.5), else ``cache.ttl`` when
+the upstream gave no freshness at all. A hit answers here: nothing below runs.
+
+**Coalescing.** With ``coalesce``, concurrent identical misses share one upstream request
+(:class:`~gateway._state.coalesce.Coalescer`). A follower takes the leader's reply only if
+that reply may be shared between clients (:func:`shareable`); otherwise it makes its own
+call, so a reply meant for one client (a fresh session cookie, ``private``) never reaches
+another.
+
+Replies are stored and shared, not results: each backend shapes a reply itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+from .._observability import metrics as metrics
+from .._rules.aggregate import Outcome
+from .._rules.cachecontrol import cache_key, parse_cache_control, shared_freshness
+from .._rules.headers import NOT_CACHE_KEYED, strip_hop_by_hop
+from .._state.shared import pack, unpack
+from .exchange import Reply
+from .request import UpstreamRequest
+
+if TYPE_CHECKING:
+    from .._config.plan import BackendCachePlan
+    from .._state.coalesce import Coalescer
+    from .._state.shared import SharedState
+    from .pipeline import CallSpec, Layer
+
+
+def key_fields(request: UpstreamRequest) -> frozenset[bytes]:
+    """The request fields that may vary an upstream response: every one the gateway sends
+    (the upstream's and backend's headers, forwarded client headers) but its own
+    per-request ones."""
+    return frozenset(n.lower() for n, _ in request.headers) - NOT_CACHE_KEYED
+
+
+def request_key(request: UpstreamRequest) -> str:
+    """The store (and coalescing) key of an upstream request."""
+    return cache_key(request.method, request.url, request.headers, key_fields(request))
+
+
+def shareable(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a reply may go to another client than the one it was made for: no
+    ``Set-Cookie``, no ``private``, ``no-store`` or ``no-cache`` (RFC 9111 sections
+    5.2.2.4, 5.2.2.5, 5.2.2.7; stricter than the RFC for cookies), and a Cache-Control
+    that parses."""
+    control: list[str] = []
+    for name, value in headers:
+        low = name.lower()
+        if low == b"set-cookie":
+            return False
+        if low == b"cache-control":
+            control.append(value.decode("latin-1"))
+    if not control:
+        return True
+    directives = parse_cache_control(control)
+    return directives is not None and not (
+        "private" in directives or "no-store" in directives or "no-cache" in directives
+    )
+
+
+def _ttl_s(plan: BackendCachePlan, request: UpstreamRequest, reply: Reply) -> float:
+    """How long a reply may be stored: as its Cache-Control allows, else the backend's
+    ``cache.ttl`` when the upstream gave no freshness at all; 0: not stored."""
+    fields = key_fields(request)
+    freshness = shared_freshness(
+        reply.status,
+        reply.headers,
+        now_s=time.time(),
+        key_headers=fields,
+        request_authorized=b"authorization" in fields,
+    )
+    if freshness.storable:
+        return freshness.ttl_s
+    if freshness.reason == "no-freshness" and plan.ttl_s is not None:
+        return plan.ttl_s
+    return 0.0
+
+
+class Cache:
+    """Answers from the store; stores what may be stored (see the module docstring)."""
+
+    __slots__ = ("next", "plan", "state")
+
+    def __init__(self, next: Layer, spec: CallSpec) -> None:
+        assert spec.backend.cache is not None and spec.state is not None
+        self.next = next
+        self.plan = spec.backend.cache
+        self.state: SharedState = spec.state
+
+    @staticmethod
+    def wanted(spec: CallSpec) -> bool:
+        return spec.backend.cache is not None and spec.state is not None
+
+    async def send(self, request: UpstreamRequest) -> Reply:
+        state = self.state
+        key = request_key(request)
+        entry = await state.get(key)
+        unpacked = unpack(entry) if entry is not None else None
+        if unpacked is not None and isinstance(unpacked[0], dict):
+            meta, body = cast("dict[str, object]", unpacked[0]), unpacked[1]
+            status = meta.get("status")
+            headers = meta.get("headers")
+            if isinstance(status, int) and isinstance(headers, list):
+                metrics.CACHE.labels("backend", "hit").inc()
+                lines = [(str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in headers]
+                return Reply(Outcome.OK, status, lines, body, cache="hit")
+        reply = await self.next.send(request)
+        if reply.cache != "coalesced":
+            metrics.CACHE.labels("backend", "miss").inc()
+            if reply.outcome == Outcome.OK and reply.body is not None:
+                ttl_s = _ttl_s(self.plan, request, reply)
+                if ttl_s > 0:
+                    stored = [
+                        [n.decode("latin-1"), v.decode("latin-1")]
+                        for n, v in strip_hop_by_hop(reply.headers)
+                    ]
+                    meta = {"status": reply.status, "headers": stored}
+                    await state.set(key, pack(meta, reply.body), ttl_s)
+        return reply
+
+
+class Coalescing:
+    """Concurrent identical calls share one upstream request, when its reply may be
+    shared; a follower of a reply that may not makes its own call."""
+
+    __slots__ = ("flights", "next")
+
+    def __init__(self, next: Layer, spec: CallSpec) -> None:
+        assert spec.state is not None
+        self.next = next
+        self.flights = cast("Coalescer[Reply]", spec.state.flights)
+
+    @staticmethod
+    def wanted(spec: CallSpec) -> bool:
+        cache = spec.backend.cache
+        return cache is not None and cache.coalesce and spec.state is not None
+
+    async def send(self, request: UpstreamRequest) -> Reply:
+        leader = False
+
+        async def fetch() -> Reply:
+            nonlocal leader
+            leader = True
+            return await self.next.send(request)
+
+        reply = await self.flights.run(request_key(request), fetch)
+        if leader:
+            return reply
+        if not shareable(reply.headers):
+            metrics.CACHE.labels("backend", "not_shared").inc()
+            return await self.next.send(request)
+        metrics.CACHE.labels("backend", "coalesced").inc()
+        return Reply(
+            reply.outcome,
+            reply.status,
+            reply.headers,
+            reply.body,
+            reply.detail,
+            "coalesced",
+            reply.host,
+        )

@@ -1,0 +1,245 @@
+"""The upstream request of one backend call, built from config and the client request (pure).
+
+Everything that addresses the upstream comes from config (origin, base path, the parsed
+templates); the client request contributes only the values the config references
+(``{param}``, ``{query.NAME}``, ``{header.NAME}``, the JSON body) and the fields it lists
+(``forward_headers``, ``forward_query``). Targets are percent-encoded and checked here, so
+the transport sends them as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+import orjson
+
+from .._config.plan import BackendPlan
+from .._observability.tracing import CURRENT
+from .._rules.aggregate import BackendResult, Outcome
+from .._rules.template import (
+    Ref,
+    UnresolvedReference,
+    expand,
+    header_value,
+    render,
+    url_value,
+    walk,
+)
+from .._rules.transform import JSON
+from .._rules.urls import BaseUrl
+
+if TYPE_CHECKING:
+    from .context import CallContext
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class UpstreamRequest:
+    """One backend call as the transport sends it, without httpx objects: the origin and
+    base path come from config, the target is already percent-encoded and checked, the
+    header lines are complete (Host and Content-Length as httpx would add them)."""
+
+    method: str
+    base: BaseUrl  # scheme, host and port (its base path is part of ``target``)
+    target: str  # path and query, as on the request line
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | None = None
+    auto_host: bool = False  # headers[0] is the Host field made for ``base``
+
+    @property
+    def url(self) -> str:
+        """``scheme://host[:port]/path?query``, as httpx prints the URL."""
+        return self.base.printed_origin + self.target
+
+
+# A target httpx would leave exactly as it is (no encoding, no dot segments to remove);
+# any other goes through httpx.URL, so both forms agree.
+_CANONICAL_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+MAX_URL_LENGTH = 65536  # httpx's
+
+
+def upstream_request(
+    method: str,
+    base: BaseUrl,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None = None,
+) -> UpstreamRequest:
+    """The request httpx would build for ``base.origin + target`` (same target, same header
+    lines in the same order); takes ownership of ``headers``.
+
+    Raises:
+        httpx.InvalidURL: the URL is too long or invalid.
+    """
+    if (
+        _CANONICAL_TARGET.fullmatch(target) is None
+        or "/." in target.partition("?")[0]
+        or len(base.origin) + len(target) > MAX_URL_LENGTH
+    ):
+        target = httpx.URL(base.origin + target).raw_path.decode("ascii")
+    names = {name.lower() for name, _ in headers}
+    if body and b"content-length" not in names:
+        headers.append((b"Content-Length", b"%d" % len(body)))
+        names.add(b"content-length")
+    auto: list[tuple[bytes, bytes]] = []
+    if b"host" not in names:
+        auto.append((b"Host", base.host_header))
+    if (
+        method in ("POST", "PUT", "PATCH")
+        and b"content-length" not in names
+        and b"transfer-encoding" not in names
+    ):
+        auto.append((b"Content-Length", b"0"))
+    if auto:
+        return UpstreamRequest(method, base, target, auto + headers, body, auto[0][0] == b"Host")
+    return UpstreamRequest(method, base, target, headers, body)
+
+
+def with_host(request: UpstreamRequest, base: BaseUrl) -> UpstreamRequest:
+    """The same request to another host of the upstream (same scheme and base path), with
+    that host's ``Host`` field (RFC 9110 section 7.2: the target URI's authority, or the
+    upstream's ``host_header``). A Host field the config set itself is kept."""
+    if base is request.base:
+        return request
+    headers = request.headers
+    if request.auto_host:
+        headers = [(b"Host", base.host_header), *headers[1:]]
+    return UpstreamRequest(
+        request.method, base, request.target, headers, request.body, request.auto_host
+    )
+
+
+_NO_ELEMENT = object()
+
+
+def _resolver(
+    ctx: CallContext, results: Sequence[BackendResult | None], element: object = _NO_ELEMENT
+) -> Callable[[Ref], JSON]:
+    def resolve(ref: Ref) -> JSON:
+        if ref.kind == "param":
+            return ctx.params[ref.name]
+        if ref.kind == "query":
+            values = ctx.query.get(ref.name)
+            if not values:
+                raise UnresolvedReference("not in the request's query")
+            return values[0]
+        if ref.kind == "header":
+            value = ctx.headers.get(ref.name)
+            if value is None:
+                raise UnresolvedReference("not in the request's headers")
+            return value
+        if ref.has_wildcard and element is not _NO_ELEMENT:
+            return element
+        result = results[ref.index]
+        assert result is not None and result.outcome == Outcome.OK
+        return walk(result.selected, ref.path)
+
+    return resolve
+
+
+def build_request(
+    backend: BackendPlan,
+    ctx: CallContext,
+    results: Sequence[BackendResult | None] = (),
+    element: object = _NO_ELEMENT,
+    span_id: bytes | None = None,
+) -> UpstreamRequest:
+    """The upstream request for one backend call: URL from config, references filled in.
+
+    Raises:
+        UnresolvedReference: a referenced value is missing or unsafe.
+        httpx.InvalidURL: the filled-in URL is too long.
+    """
+    resolve = _resolver(ctx, results, element)
+    path = render(backend.url, resolve, url_value)
+    if ctx.extra_query:
+        path += ("&" if backend.url.has_query else "?") + ctx.extra_query
+    headers = list(backend.static_headers)
+    for name, template in backend.header_templates:
+        value = render(template, resolve, header_value)
+        headers.append((name.encode("latin-1"), value.encode("utf-8")))
+    headers.extend(ctx.forward_headers)
+    trace = CURRENT.get()
+    if trace is not None:
+        headers.extend(trace.child_headers(span_id))
+    content: bytes | None = None
+    if backend.body is not None:
+        if ctx.body is None:
+            raise UnresolvedReference("the request has no JSON body to send")
+        if backend.body:
+            try:
+                content = orjson.dumps(walk(ctx.json_body, backend.body))
+            except UnresolvedReference as exc:
+                raise UnresolvedReference(f"request body: {exc}") from None
+        else:
+            content = ctx.body  # forwarded intact
+        headers.append((b"content-type", b"application/json"))
+    base = backend.upstream.base
+    return upstream_request(backend.method, base, base.base_path + path, headers, content)
+
+
+def build_requests(
+    backend: BackendPlan,
+    ctx: CallContext,
+    results: Sequence[BackendResult | None],
+    span_id: bytes | None = None,
+) -> list[UpstreamRequest]:
+    """One request, or one per array element for ``for_each``.
+
+    Raises:
+        UnresolvedReference: a referenced value is missing or unsafe, or the array is
+            longer than ``max_calls``.
+    """
+    if not backend.for_each:
+        return [build_request(backend, ctx, results, span_id=span_id)]
+    ref = next(
+        r
+        for t in (backend.url, *(t for _, t in backend.header_templates))
+        for r in t.refs
+        if r.has_wildcard
+    )
+    source = results[ref.index]
+    assert source is not None
+    try:
+        elements = expand(source.selected, ref.path)
+    except UnresolvedReference as exc:
+        raise UnresolvedReference(f"{ref.text}: {exc}") from None
+    if len(elements) > backend.max_calls:
+        raise UnresolvedReference(
+            f"{ref.text}: {len(elements)} elements exceed max_calls {backend.max_calls}"
+        )
+    return [build_request(backend, ctx, results, element, span_id) for element in elements]
+
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def redirect_request(
+    request: UpstreamRequest, status: int, location: str
+) -> UpstreamRequest | None:
+    """The request that follows a redirect, or None when it leaves the origin.
+
+    RFC 9110 section 15.4: 303 (and, by long practice, 301/302 after a POST) turn into a
+    GET without a body; 307 and 308 repeat the request as it was.
+
+    Raises:
+        httpx.InvalidURL: ``location`` is not a valid URL reference.
+    """
+    url = httpx.URL(request.url)
+    target = url.join(location)
+    if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
+        return None
+    path = target.raw_path.decode("ascii")
+    if status == 303 or (status in (301, 302) and request.method == "POST"):
+        headers = [
+            (k, v)
+            for k, v in request.headers
+            if k.lower() not in (b"content-type", b"content-length", b"transfer-encoding")
+        ]
+        method = "GET" if request.method != "HEAD" else "HEAD"
+        return upstream_request(method, request.base, path, headers)
+    headers = [(k, v) for k, v in request.headers if k.lower() != b"host"]
+    return upstream_request(request.method, request.base, path, headers, request.body)
