@@ -73,7 +73,8 @@ def tune_gc() -> None:
 
 
 MASK = "***"
-ROUTED = "gateway.routed"  # ASGI scope key: (RouteMatch, GatewayPlan) of a passthrough request
+# ASGI scope key: (RouteMatch, GatewayPlan, AccessRecord | None) of a passthrough request
+ROUTED = "gateway.routed"
 
 
 def build_guards(plan: GatewayPlan, previous: dict[str, UpstreamGuard]) -> dict[str, UpstreamGuard]:
@@ -163,6 +164,7 @@ def pool_limits(plan: GatewayPlan) -> dict[tuple[str, str, int], PoolLimits]:
             max_connections=up.max_connections,
             idle_timeout_s=up.idle_timeout_s,
             ca_file=up.ca_file,
+            server_name=host.server_name if host.virtual_host is not None else None,
         )
         for up in plan.upstreams.values()
         for host in up.all_hosts
@@ -332,7 +334,7 @@ class GatewayApp(QuartTrio):
                     return
                 # passthrough is served through Quart (request body streaming); it reuses
                 # this match instead of routing again
-                scope[ROUTED] = (match, plan)
+                scope[ROUTED] = (match, plan, record)
         try:
             await super().asgi_app(scope, receive, send)
         except* PassthroughAborted as group:
@@ -489,16 +491,23 @@ class GatewayApp(QuartTrio):
         routed = scope.get(ROUTED)
         if routed is None:
             return None  # the admin routes, routed by Quart
-        match, plan = routed
+        match, plan, record = routed
         endpoint = match.target
         try:
-            ctx = build_context(endpoint, match.params, scope, None, plan.trusted_proxies)
+            # the worker's guards: passthrough calls have a breaker, bulkhead and hosts too
+            ctx = build_context(
+                endpoint, match.params, scope, None, plan.trusted_proxies, self.guards
+            )
         except RequestError as exc:
             return error_response(exc)
-        return await self._passthrough(endpoint, ctx, scope)
+        return await self._passthrough(endpoint, ctx, scope, record)
 
     async def _passthrough(
-        self, endpoint: EndpointPlan, ctx: CallContext, scope: dict[str, Any]
+        self,
+        endpoint: EndpointPlan,
+        ctx: CallContext,
+        scope: dict[str, Any],
+        record: AccessRecord | None = None,
     ) -> Response:
         # Content-Length is never copied: the upstream request is framed by the client
         # library (chunked), counted against max_request_body as it streams.
@@ -522,6 +531,10 @@ class GatewayApp(QuartTrio):
         except RequestError as exc:
             return error_response(exc)
         if result.body is None:
+            if record is not None:
+                record.backends = {
+                    endpoint.backends[0].name: {"outcome": result.outcome, "reason": result.detail}
+                }
             body_json = error_body(
                 "upstream_failed",
                 f"passthrough backend failed: {result.outcome}",

@@ -29,7 +29,7 @@ from ._errors import (
     RequestTimeout,
     UrlTooLong,
 )
-from ._fanout import Receive, fan_out
+from ._fanout import Receive, backend_report, fan_out
 from ._observability import metrics as metrics
 from ._observability.logs import AccessRecord
 from ._observability.tracing import with_request_id
@@ -307,8 +307,7 @@ async def serve_aggregate(
     result, results = answer
     if record is not None:
         record.backends = {
-            b.name: {"outcome": r.outcome, "duration_ms": round(r.duration_s * 1000, 3)}
-            for b, r in zip(endpoint.backends, results, strict=True)
+            b.name: backend_report(r) for b, r in zip(endpoint.backends, results, strict=True)
         }
         record.timings = [
             (b.name, r.outcome, r.duration_s)

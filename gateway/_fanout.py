@@ -259,19 +259,38 @@ def _outcome(result: BackendResult | None) -> str | None:
     return result.outcome if result is not None else None
 
 
+def backend_report(result: BackendResult) -> dict[str, Any]:
+    """A backend's line in the access log: ``{outcome, duration_ms}``, and ``reason`` when
+    it did not succeed (what went wrong, from the gateway's own words: never a header,
+    query or body value of the client's or the upstream's)."""
+    report: dict[str, Any] = {
+        "outcome": result.outcome,
+        "duration_ms": round(result.duration_s * 1000, 3),
+    }
+    if result.outcome != Outcome.OK and result.detail:
+        report["reason"] = result.detail
+    return report
+
+
 def debug_block(endpoint: EndpointPlan, results: Sequence[BackendResult]) -> dict[str, Any]:
     """``{"backends": {NAME: {outcome, started_ms, duration_ms, depends_on, retries,
-    hedges}}}``."""
+    hedges[, reason][, host][, cache]}}}``."""
     return {
         "backends": {
             backend.name: {
                 "outcome": result.outcome,
+                **(
+                    {"reason": result.detail}
+                    if result.outcome != Outcome.OK and result.detail
+                    else {}
+                ),
                 "started_ms": round(result.started_s * 1000, 3),
                 "duration_ms": round(result.duration_s * 1000, 3),
                 "depends_on": [endpoint.backends[d].name for d in backend.deps],
                 "retries": result.retries,
                 "hedges": result.hedges,
                 **({"host": result.host} if result.host else {}),
+                **({"cache": result.cache} if result.cache else {}),
             }
             for backend, result in zip(endpoint.backends, results, strict=True)
         }

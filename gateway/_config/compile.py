@@ -27,7 +27,15 @@ from .._rules.resilience import (
 )
 from .._rules.template import Ref, Template, parse_template, parse_url_template
 from .._rules.transform import Transform, split_path
-from .._rules.urls import BaseUrl, RoutePattern, Router, TemplateError, parse_base_url, parse_route
+from .._rules.urls import (
+    BaseUrl,
+    RoutePattern,
+    Router,
+    TemplateError,
+    check_host_header,
+    parse_base_url,
+    parse_route,
+)
 from .._state.limiter import parse_limit
 from .load import format_path, load_config_text, read_config_file
 from .model import (
@@ -434,6 +442,13 @@ def _upstream_hosts(
             problems.append(ConfigProblem(file, format_path((*where, *key)), "listed twice"))
             return ()
         hosts.append(host)
+    if up.host_header is not None:
+        try:
+            virtual = check_host_header(up.host_header)
+        except TemplateError as exc:
+            problems.append(ConfigProblem(file, format_path((*where, "host_header")), str(exc)))
+            return ()
+        hosts = [replace(h, virtual_host=virtual) for h in hosts]
     return tuple(hosts)
 
 

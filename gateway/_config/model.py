@@ -280,6 +280,12 @@ class UpstreamConfig(_Model):
     """Several hosts serving the same API (same scheme and base path): calls are balanced
     over them (`balance`), and a failed call is retried on another host."""
 
+    host_header: str | None = None
+    """The `Host` field (and, for https, the TLS server name the certificate must match)
+    sent to every host of this upstream, for replicas behind one virtual name:
+    `host` or `host:port`. Default: each host's own authority from its URL (RFC 9110
+    section 7.2), so calls balanced over `urls` name the host they go to."""
+
     balance: Literal["round_robin", "least_outstanding"] = "round_robin"
     """With `urls`: `round_robin`, or `least_outstanding` (the host with the fewest calls in
     flight from this worker)."""

@@ -86,7 +86,9 @@ class TextFormatter(logging.Formatter):
         if not access:
             return f"{stamp} {record.levelname.lower()} {record.name}: " + super().format(record)
         backends = " ".join(
-            f"{name}={b['outcome']}" + (f"/{b['duration_ms']}ms" if "duration_ms" in b else "")
+            f"{name}={b['outcome']}"
+            + (f"/{b['duration_ms']}ms" if "duration_ms" in b else "")
+            + (f" ({b['reason']})" if "reason" in b else "")
             for name, b in access.get("backends", {}).items()
         )
         return (

@@ -200,6 +200,7 @@ class BaseUrl:
     host: str
     port: int
     base_path: str
+    virtual_host: str | None = None  # ``host_header``: the authority to name instead
 
     @property
     def origin(self) -> str:
@@ -225,8 +226,41 @@ class BaseUrl:
 
     @cached_property
     def host_header(self) -> bytes:
-        """The Host field httpx would send (the port only when not the default)."""
+        """The Host field for this host (RFC 9110 section 7.2): the upstream's
+        ``host_header`` if it has one, else this URL's authority as httpx writes it (the
+        port only when not the default)."""
+        if self.virtual_host is not None:
+            return self.virtual_host.encode("ascii")
         return self._httpx_url.netloc
+
+    @cached_property
+    def server_name(self) -> str:
+        """The TLS server name (SNI) and the name the certificate must match: the host
+        of ``host_header`` if set, else this URL's host."""
+        if self.virtual_host is None:
+            return self.host
+        return urlsplit("//" + self.virtual_host).hostname or self.host
+
+
+_AUTHORITY = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
+
+
+def check_host_header(text: str) -> str:
+    """A ``host_header`` value: ``host[:port]`` (RFC 9110 section 7.2, a DNS name or a
+    bracketed IPv6 address).
+
+    Raises:
+        TemplateError: anything else (a scheme, a path, spaces, a bad port).
+    """
+    if not _AUTHORITY.fullmatch(text):
+        raise TemplateError("must be host or host:port, e.g. api.internal:8443")
+    port = text.rpartition(":")[2] if not text.endswith("]") and ":" in text else None
+    if port is not None and not 0 < int(port) < 65536:
+        raise TemplateError("port must be 1-65535")
+    return text
 
 
 def parse_base_url(text: str) -> BaseUrl:

@@ -98,6 +98,7 @@ class PoolLimits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     ca_file: str | None = None  # https: verify against these CAs instead of the system's
+    server_name: str | None = None  # https: the TLS server name, if not the origin's host
 
 
 @dataclass(frozen=True)
@@ -415,7 +416,12 @@ class ConnectionPool:
         if scheme != "https":
             return _Connection(plain)
         assert self._ssl_context is not None
-        tls = trio.SSLStream(stream, self._ssl_context, server_hostname=host, https_compatible=True)
+        tls = trio.SSLStream(
+            stream,
+            self._ssl_context,
+            server_hostname=self.limits.server_name or host,
+            https_compatible=True,
+        )
         try:
             await tls.do_handshake()
         except BaseException as exc:
