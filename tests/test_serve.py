@@ -6,6 +6,7 @@ import signal
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -23,12 +24,26 @@ from upstream import Reply
 async def test_a_burst_of_200_requests_fans_out_concurrently(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    """200 simultaneous requests x 3 backends of 100 ms: serialised this is 60 s."""
+    """200 simultaneous requests x 3 backends of 100 ms: serialised this is 60 s. What is
+    checked is concurrency (calls in flight at each upstream at once), not a time, which
+    a loaded machine would make flaky; the burst's speed is measured in bench/burst.py."""
+    in_flight = {"a": 0, "b": 0, "c": 0}
+    most = dict(in_flight)
+
+    def counting(name: str) -> Any:
+        async def handler(req: Any) -> Reply:
+            in_flight[name] += 1
+            most[name] = max(most[name], in_flight[name])
+            try:
+                await trio.sleep(0.1)  # the upstream's latency
+            finally:
+                in_flight[name] -= 1
+            return Reply(json={name: 1})
+
+        return handler
+
     with trio.fail_after(30):
-        ups = {
-            name: await start_upstream(nursery, {"/x": Reply(json={name: 1}, delay_s=0.1)})
-            for name in ("a", "b", "c")
-        }
+        ups = {name: await start_upstream(nursery, counting(name)) for name in ("a", "b", "c")}
         config = simple_config(
             ups, [backend_config(n, n, "/x", required=True) for n in ups], deadline="5s"
         )
@@ -42,14 +57,13 @@ async def test_a_burst_of_200_requests_fans_out_concurrently(
         async def one(i: int) -> None:
             statuses.append((await raw_request(url, f"/api/{i}")).status)
 
-        start = trio.current_time()
         async with trio.open_nursery() as n:
             for i in range(200):
                 n.start_soon(one, i)
-        elapsed = trio.current_time() - start
         assert statuses == [200] * 200
-        assert elapsed < 2.0, f"burst took {elapsed:.2f}s"
         assert sum(up.calls("/x") for up in ups.values()) == 3 * 201
+        # serialised (or a pool handing one connection to queued calls) this would be 1
+        assert min(most.values()) >= 20, most
 
 
 async def test_serve_stops_cleanly_on_sigterm(nursery: trio.Nursery, tmp_path: Path) -> None:
