@@ -8,8 +8,10 @@ arrives: that is how these tests see which layer holds what.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import trio.testing
 from conftest import Gateway, backend_config, simple_config, start_gateway, start_upstream
 from upstream import RecordedRequest, Reply, Upstream, serve_upstream
 
+from gateway._call.exchange import ByteBudget
 from gateway._rules.resilience import UpstreamGuard
 
 
@@ -508,3 +511,95 @@ async def test_the_failure_reason_is_in_the_access_log_and_debug_output(
     assert {name: b.get("reason") for name, b in logged.items()} == reasons
     # never a value of the client's
     assert "s3cr3t" not in str(debug) and "s3cr3t" not in str(logged)
+
+
+# -- composition (pure) -------------------------------------------------------------------
+
+
+def _stack_of(config: dict[str, Any], passthrough: bool = False) -> list[str]:
+    from gateway import load_config
+    from gateway._app import build_guards
+    from gateway._call.pipeline import (
+        AGGREGATED,
+        PASSTHROUGH,
+        CallSpec,
+        CallStats,
+        Exchange,
+        compose,
+    )
+    from gateway._state.shared import SharedState
+
+    plan = load_config("t.yaml", {}, text=json.dumps(config))
+    backend = plan.endpoints[0].backends[0]
+    guards = build_guards(plan, {})
+    spec = CallSpec(
+        backend,
+        guards.get(backend.guard_name),
+        SharedState(store=None),  # type: ignore[arg-type]
+        CallStats(trio.CancelScope()),
+        sender=lambda *args: None,  # type: ignore[arg-type,return-value]
+        budget=None,
+    )
+    if not passthrough:
+        spec = replace(spec, budget=ByteBudget(1))
+    layer: Any = compose(
+        spec,
+        PASSTHROUGH if passthrough else AGGREGATED,
+        Exchange(spec) if not passthrough else Terminal(),
+    )
+    names = []
+    while layer is not None:
+        names.append(type(layer).__name__)
+        layer = getattr(layer, "next", None)
+    return names
+
+
+class Terminal:
+    async def send(self, request: Any) -> Any:
+        raise AssertionError("not called")
+
+
+EVERY_POLICY = {
+    "version": 1,
+    "upstreams": {
+        "u": {
+            "urls": ["http://127.0.0.1:1", "http://127.0.0.1:2"],
+            "retries": {"attempts": 1},
+            "circuit_breaker": {"consecutive_failures": 3},
+            "hedge": {"after": "10ms"},
+            "bulkhead": {"max_concurrent": 5},
+        }
+    },
+    "endpoints": [
+        {
+            "path": "/x",
+            "backends": [{"name": "b", "upstream": "u", "path": "/b", "cache": {"ttl": "1s"}}],
+        }
+    ],
+}
+
+
+def test_the_stack_is_composed_in_the_documented_order() -> None:
+    assert _stack_of(EVERY_POLICY) == [
+        "Cache",
+        "Coalescing",
+        "Retries",
+        "Breaker",
+        "Hedging",
+        "Bulkhead",
+        "HostChoice",
+        "Exchange",
+    ]
+    assert _stack_of(EVERY_POLICY, passthrough=True) == [
+        "Breaker",
+        "Bulkhead",
+        "HostChoice",
+        "Terminal",
+    ]
+
+
+def test_a_backend_without_policies_is_just_its_exchange() -> None:
+    config = json.loads(json.dumps(EVERY_POLICY))
+    config["upstreams"]["u"] = {"url": "http://127.0.0.1:1"}
+    del config["endpoints"][0]["backends"][0]["cache"]
+    assert _stack_of(config) == ["Exchange"]

@@ -162,12 +162,4 @@ class Coalescing:
             metrics.CACHE.labels("backend", "not_shared").inc()
             return await self.next.send(request)
         metrics.CACHE.labels("backend", "coalesced").inc()
-        return Reply(
-            reply.outcome,
-            reply.status,
-            reply.headers,
-            reply.body,
-            reply.detail,
-            "coalesced",
-            reply.host,
-        )
+        return reply.tagged(cache="coalesced")

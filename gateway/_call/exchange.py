@@ -85,6 +85,20 @@ class Reply:
     host: str = ""
     stream: Any = None
 
+    def tagged(self, *, cache: str | None = None, host: str | None = None) -> Reply:
+        """The same reply, marked as coming from the cache or a coalesced call, or with the
+        host that answered (what ``replace`` does, for less)."""
+        return Reply(
+            self.outcome,
+            self.status,
+            self.headers,
+            self.body,
+            self.detail,
+            self.cache if cache is None else cache,
+            self.host if host is None else host,
+            self.stream,
+        )
+
 
 async def read_limited(
     response: UpstreamResponse, max_bytes: int, budget: ByteBudget | None = None

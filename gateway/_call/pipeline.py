@@ -122,9 +122,8 @@ class Exchange:
         return exchange(self.sender, self.backend, self.budget, request)
 
 
-class HostChoice:
-    """Several hosts: the balancer's pick (another than the previous attempt's where
-    there is one), the request aimed at it, and the verdict for outlier detection."""
+class _Guarded:
+    """A layer that uses the upstream's guard and the call's state."""
 
     __slots__ = ("guard", "next", "stats")
 
@@ -133,6 +132,13 @@ class HostChoice:
         self.next = next
         self.guard = spec.guard
         self.stats = spec.stats
+
+
+class HostChoice(_Guarded):
+    """Several hosts: the balancer's pick (another than the previous attempt's where
+    there is one), the request aimed at it, and the verdict for outlier detection."""
+
+    __slots__ = ()
 
     @staticmethod
     def wanted(spec: CallSpec) -> bool:
@@ -150,26 +156,13 @@ class HostChoice:
         try:
             reply = await self.next.send(with_host(request, base))
             verdict = counts_as_failure(reply.outcome)
-            return reply if reply.host else _with_host_name(reply, base.origin)
+            return reply if reply.host else reply.tagged(host=base.origin)
         except BaseException:
             # cut by the backend's own timeout: this host was too slow
             verdict = True if stats.timeout.cancel_called else None
             raise
         finally:
             hosts.ended(index, trio.current_time(), verdict)
-
-
-def _with_host_name(reply: Reply, origin: str) -> Reply:
-    return Reply(
-        reply.outcome,
-        reply.status,
-        reply.headers,
-        reply.body,
-        reply.detail,
-        reply.cache,
-        origin,
-        reply.stream,
-    )
 
 
 class Bulkhead:
@@ -249,19 +242,13 @@ class Breaker:
         return reply
 
 
-class Hedging:
+class Hedging(_Guarded):
     """Delayed hedging of idempotent requests: if no answer came after the hedge delay,
     send another (up to ``max``), each against the retry budget; the first success wins
     and the rest are cancelled, which closes their connections. Successful attempts feed
     the upstream's latency window (for ``after: pNN``)."""
 
-    __slots__ = ("guard", "next", "stats")
-
-    def __init__(self, next: Layer, spec: CallSpec) -> None:
-        assert spec.guard is not None
-        self.next = next
-        self.guard = spec.guard
-        self.stats = spec.stats
+    __slots__ = ()
 
     @staticmethod
     def wanted(spec: CallSpec) -> bool:
@@ -311,18 +298,12 @@ class Hedging:
         return winner if winner is not None else replies[0]
 
 
-class Retries:
+class Retries(_Guarded):
     """The retry budget counts this request while it is in flight; a failed attempt whose
     outcome is in ``retries.on`` is retried (idempotent methods, or every method with
     ``unsafe``) after a jittered exponential backoff, while the budget allows."""
 
-    __slots__ = ("guard", "next", "stats")
-
-    def __init__(self, next: Layer, spec: CallSpec) -> None:
-        assert spec.guard is not None
-        self.next = next
-        self.guard = spec.guard
-        self.stats = spec.stats
+    __slots__ = ()
 
     @staticmethod
     def wanted(spec: CallSpec) -> bool:
