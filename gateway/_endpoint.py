@@ -34,11 +34,12 @@ from ._observability import metrics as metrics
 from ._observability.logs import AccessRecord
 from ._observability.tracing import with_request_id
 from ._rules.aggregate import error_body
+from ._rules.cachecontrol import shared_store_refusal
 from ._rules.forwarded import Network, client_info
 from ._rules.headers import select_headers
 from ._rules.resilience import UpstreamGuard
 from ._rules.urls import RouteMatch, encode_query
-from ._state.shared import SharedState, endpoint_cache_key, pack, unpack
+from ._state.shared import SharedState, bypasses_cache, endpoint_cache_key, pack, unpack
 
 Scope = dict[str, Any]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -263,7 +264,13 @@ async def serve_aggregate(
     state: SharedState | None = None,
 ) -> None:
     """Answer one request to an aggregated endpoint (from the endpoint's cache, if it has
-    one and it holds the answer)."""
+    one and it holds the answer).
+
+    The cache answers say ``X-Cache: hit``, ``miss`` or ``bypass`` (a request carrying
+    credentials the key does not name: answered by the backends, never stored). Only a
+    complete 200 that a shared cache may store (:func:`shared_store_refusal` on the
+    headers the backends returned) is kept.
+    """
     endpoint = match.target
     if record is not None:
         record.endpoint = endpoint.path
@@ -284,22 +291,30 @@ async def serve_aggregate(
         await send_error(send, exc, head=head)
         return
     cache_key: str | None = None
+    cache_status = b""
     if endpoint.cache is not None and state is not None:
-        cache_key = endpoint_cache_key(
-            endpoint,
-            match.params,
-            scope.get("query_string") or b"",
-            request_query(scope),
-            scope["headers"],
-        )
-        entry = await state.get(cache_key)
-        unpacked = unpack(entry) if entry is not None else None
-        if unpacked is not None and isinstance(unpacked[0], list):
-            metrics.CACHE.labels("endpoint", "hit").inc()
-            stored = [(str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in unpacked[0]]
-            await send_body(send, 200, unpacked[1], [*stored, (b"x-cache", b"hit")], head=head)
-            return
-        metrics.CACHE.labels("endpoint", "miss").inc()
+        if bypasses_cache(endpoint, scope["headers"]):
+            metrics.CACHE.labels("endpoint", "bypass").inc()
+            cache_status = b"bypass"
+        else:
+            cache_key = endpoint_cache_key(
+                endpoint,
+                match.params,
+                scope.get("query_string") or b"",
+                request_query(scope),
+                scope["headers"],
+            )
+            entry = await state.get(cache_key)
+            unpacked = unpack(entry) if entry is not None else None
+            if unpacked is not None and isinstance(unpacked[0], list):
+                metrics.CACHE.labels("endpoint", "hit").inc()
+                stored = [
+                    (str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in unpacked[0]
+                ]
+                await send_body(send, 200, unpacked[1], [*stored, (b"x-cache", b"hit")], head=head)
+                return
+            metrics.CACHE.labels("endpoint", "miss").inc()
+            cache_status = b"miss"
     # a client that leaves cancels the fan-out (and so every upstream call) at once
     answer = await fan_out(sender, endpoint, ctx, receive)
     if answer is None:
@@ -318,14 +333,19 @@ async def serve_aggregate(
         (b"x-gateway-backends", result.backends_header.encode("latin-1")),
         *((n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers),
     ]
-    if cache_key is None:
+    if not cache_status:
         await send_json(send, result.status, result.body, headers, head=head)
-    else:
+        return
+    data = orjson.dumps(with_request_id(result.body))
+    if (
+        cache_key is not None
+        and result.status == 200
+        and result.complete  # only complete answers are kept ...
+        and shared_store_refusal(200, headers) is None  # ... that anyone may be given
+    ):
         assert state is not None and endpoint.cache is not None
-        data = orjson.dumps(with_request_id(result.body))
-        if result.status == 200 and result.complete:  # only complete answers are kept
-            # stored before sending: the next request hits, and a client that leaves
-            # once it has its answer cannot cut the store call short
-            meta = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
-            await state.set(cache_key, pack(meta, data), endpoint.cache.ttl_s)
-        await send_body(send, result.status, data, [*headers, (b"x-cache", b"miss")], head=head)
+        # stored before sending: the next request hits, and a client that leaves
+        # once it has its answer cannot cut the store call short
+        meta = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
+        await state.set(cache_key, pack(meta, data), endpoint.cache.ttl_s)
+    await send_body(send, result.status, data, [*headers, (b"x-cache", cache_status)], head=head)

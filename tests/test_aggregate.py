@@ -17,6 +17,7 @@ from gateway._rules.aggregate import (
     error_body,
     http_outcome,
     merge,
+    not_to_be_kept,
 )
 
 
@@ -222,6 +223,43 @@ def test_no_backend_succeeded_is_an_error_even_with_defaults() -> None:
     result = aggregate(placements, [failed()])
     assert result.status == 502
     assert "a" not in result.body
+
+
+# --- what caches downstream may keep --------------------------------------------------------
+
+
+def returned(*headers: tuple[str, str]) -> BackendResult:
+    return BackendResult(Outcome.OK, {}, headers=headers)
+
+
+FRESH = (
+    ("Cache-Control", "max-age=600"),
+    ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+    ("CDN-Cache-Control", "max-age=60"),
+    ("Surrogate-Control", "max-age=60"),
+    ("ETag", '"v1"'),
+)
+
+
+def test_a_complete_answer_keeps_the_freshness_its_backends_returned() -> None:
+    result = aggregate([place("a"), place("b")], [returned(*FRESH), ok({})])
+    assert result.headers == FRESH
+
+
+def test_an_incomplete_answer_says_no_store_and_drops_every_freshness_field() -> None:
+    result = aggregate([place("a"), place("b")], [returned(*FRESH), failed()])
+    assert result.headers == (("ETag", '"v1"'), ("cache-control", "no-store"))
+
+
+def test_error_answers_say_no_store() -> None:
+    required = aggregate([place("a", required=True), place("b")], [failed(), returned(*FRESH)])
+    nothing = aggregate([place("a")], [failed()])
+    assert required.headers == nothing.headers == (("cache-control", "no-store"),)
+
+
+def test_not_to_be_kept_never_duplicates_cache_control() -> None:
+    headers = not_to_be_kept([("cache-control", "no-store"), ("Cache-Control", "public")])
+    assert headers == (("cache-control", "no-store"),)
 
 
 def test_backends_header_lists_outcomes_in_config_order() -> None:

@@ -14,6 +14,7 @@ from gateway._rules.cachecontrol import (
     cache_key,
     parse_cache_control,
     shared_freshness,
+    shared_store_refusal,
 )
 
 NOW = 1_800_000_000.0
@@ -190,6 +191,37 @@ def test_any_cache_control_text_gives_an_answer_not_an_exception(value: str) -> 
     headers = [(b"cache-control", value.encode("utf-8", "surrogatepass"))]
     result = shared_freshness(200, headers, now_s=NOW)
     assert result.storable == (result.ttl_s > 0)
+
+
+# --- what no shared cache stores, whatever its key ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "reason"),
+    [
+        (200, [], None),
+        (200, [(b"Cache-Control", b"max-age=60, public")], None),
+        (404, [(b"ETag", b'"x"')], None),
+        (206, [], "status"),
+        (304, [], "status"),
+        (101, [], "status"),
+        (200, [(b"Cache-Control", b"max-age=60,, =x")], "malformed"),
+        (200, [(b"cache-control", b"max-age=60"), (b"Cache-Control", b"NO-STORE")], "no-store"),
+        (200, [(b"Cache-Control", b"must-understand, no-store")], None),
+        (299, [(b"Cache-Control", b"must-understand, no-store")], "must-understand"),
+        (200, [(b"Cache-Control", b'private="set-cookie", max-age=60')], "private"),
+        (200, [(b"Cache-Control", b"no-cache")], "no-cache"),
+        (200, [(b"Set-Cookie", b"session=1")], "set-cookie"),
+        (200, [(b"Vary", b"accept, *")], "vary"),
+        (200, [(b"Vary", b"accept")], None),
+    ],
+)
+def test_what_no_shared_cache_may_store(
+    status: int, headers: list[tuple[bytes, bytes]], reason: str | None
+) -> None:
+    assert shared_store_refusal(status, headers) == reason
+    if reason is not None:  # the backend cache refuses it for the same reason
+        assert shared_freshness(status, headers, now_s=NOW).reason == reason
 
 
 # --- cache keys -------------------------------------------------------------------------

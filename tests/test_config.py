@@ -870,6 +870,102 @@ def test_check_warns_about_risky_settings_and_still_exits_0(
     assert "OK: 1 endpoint(s)" in out
 
 
+CACHED = """\
+version: 1
+upstreams:
+  u: {url: "http://127.0.0.1:9"}
+endpoints:
+"""
+
+
+def warnings_of(endpoints: str) -> list[str]:
+    plan = load_config("c.yaml", {}, text=CACHED + textwrap.indent(endpoints, "  "))
+    return [str(w) for w in plan.warnings]
+
+
+def test_check_warns_when_an_explicit_cache_key_leaves_out_a_value_the_endpoint_reads() -> None:
+    assert warnings_of(
+        textwrap.dedent(
+            """\
+            - path: /a/{id}
+              forward_headers: [Accept-Language]
+              forward_query: [page]
+              cache: {ttl: 5s, key: [path.id, query.page]}
+              backends:
+                - name: a
+                  upstream: u
+                  path: /a/{id}?lang={query.lang}
+                  headers: {X-Tenant: "{header.X-Tenant}"}
+                  when: {header: X-Beta}
+            """
+        )
+    ) == [
+        "c.yaml: endpoints[0].cache.key: warning: leaves out query.lang, "
+        "header.accept-language, header.x-beta, header.x-tenant, which the endpoint reads: "
+        "requests that differ only there share one cached answer"
+    ]
+
+
+def test_a_default_cache_key_or_one_naming_every_read_value_gives_no_warning() -> None:
+    endpoint = """\
+        - path: /a/{id}
+          forward_headers: [X-Tenant]
+          cache: %s
+          backends: [{name: a, upstream: u, path: "/a/{id}?lang={query.lang}"}]
+        """
+    for cache in ("{ttl: 5s}", "{ttl: 5s, key: [path.id, query.lang, header.X-Tenant]}"):
+        assert warnings_of(textwrap.dedent(endpoint % cache)) == []
+
+
+def test_check_warns_when_credentials_the_endpoint_sends_would_bypass_its_cache() -> None:
+    endpoint = """\
+        - path: /me
+          forward_headers: [Cookie]
+          cache: %s
+          backends:
+            - {name: me, upstream: u, path: /me, headers: {Authorization: "{header.Authorization}"}}
+        """
+    default = warnings_of(textwrap.dedent(endpoint % "{ttl: 5s}"))
+    assert default == [
+        "c.yaml: endpoints[0].cache: warning: the endpoint sends the client's authorization "
+        "upstream but cache.key does not name header.authorization: every request carrying "
+        "it bypasses the cache",
+        "c.yaml: endpoints[0].cache: warning: the endpoint sends the client's cookie "
+        "upstream but cache.key does not name header.cookie: every request carrying "
+        "it bypasses the cache",
+    ]
+    named = "{ttl: 5s, key: [header.Authorization, header.Cookie]}"
+    assert warnings_of(textwrap.dedent(endpoint % named)) == []
+
+
+def test_check_warns_that_an_answer_setting_a_cookie_is_never_cached() -> None:
+    assert warnings_of(
+        textwrap.dedent(
+            """\
+            - path: /login
+              cache: {ttl: 5s}
+              backends: [{name: a, upstream: u, path: /a, return_headers: [Set-Cookie]}]
+            """
+        )
+    ) == [
+        "c.yaml: endpoints[0].backends[0].return_headers: warning: a response that sets a "
+        "cookie is never stored in the endpoint's cache"
+    ]
+
+
+def test_a_cache_key_header_must_be_a_valid_field_name() -> None:
+    text = CACHED + textwrap.indent(
+        "- {path: /a, cache: {ttl: 5s, key: [header.X Y]}, "
+        "backends: [{name: a, upstream: u, path: /a}]}\n",
+        "  ",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config("c.yaml", {}, text=text)
+    assert [str(p) for p in info.value.problems] == [
+        "c.yaml: endpoints[0].cache.key[0]: invalid header name"
+    ]
+
+
 def test_upstreams_sharing_an_origin_must_agree_on_pool_settings() -> None:
     text = textwrap.dedent(
         """\

@@ -20,12 +20,11 @@ Replies are stored and shared, not results: each backend shapes a reply itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from .._observability import metrics as metrics
 from .._rules.aggregate import Outcome
-from .._rules.cachecontrol import cache_key, parse_cache_control, shared_freshness
+from .._rules.cachecontrol import cache_key, shared_freshness, shared_store_refusal
 from .._rules.headers import NOT_CACHE_KEYED, strip_hop_by_hop
 from .._state.shared import pack, unpack
 from .exchange import Reply
@@ -50,24 +49,15 @@ def request_key(request: UpstreamRequest) -> str:
     return cache_key(request.method, request.url, request.headers, key_fields(request))
 
 
-def shareable(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Whether a reply may go to another client than the one it was made for: no
-    ``Set-Cookie``, no ``private``, ``no-store`` or ``no-cache`` (RFC 9111 sections
-    5.2.2.4, 5.2.2.5, 5.2.2.7; stricter than the RFC for cookies), and a Cache-Control
-    that parses."""
-    control: list[str] = []
-    for name, value in headers:
-        low = name.lower()
-        if low == b"set-cookie":
-            return False
-        if low == b"cache-control":
-            control.append(value.decode("latin-1"))
-    if not control:
+def shareable(reply: Reply) -> bool:
+    """Whether a reply may go to another client than the one it was made for: what a
+    shared cache may store (:func:`~gateway._rules.cachecontrol.shared_store_refusal`: no
+    ``Set-Cookie``, ``private``, ``no-store``, ``no-cache``, ``Vary: *``, and a
+    Cache-Control that parses), whatever its status; a failure without an answer holds
+    nothing of anyone's."""
+    if not reply.status:
         return True
-    directives = parse_cache_control(control)
-    return directives is not None and not (
-        "private" in directives or "no-store" in directives or "no-cache" in directives
-    )
+    return shared_store_refusal(reply.status, reply.headers) in (None, "status")
 
 
 def _ttl_s(plan: BackendCachePlan, request: UpstreamRequest, reply: Reply) -> float:
@@ -158,7 +148,7 @@ class Coalescing:
         reply = await self.flights.run(request_key(request), fetch)
         if leader:
             return reply
-        if not shareable(reply.headers):
+        if not shareable(reply):
             metrics.CACHE.labels("backend", "not_shared").inc()
             return await self.next.send(request)
         metrics.CACHE.labels("backend", "coalesced").inc()

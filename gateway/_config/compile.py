@@ -53,6 +53,7 @@ from .model import (
 from .plan import (
     ADMIN_PREFIX,
     BAD_VALUE,
+    CREDENTIAL_HEADERS,
     NEVER_FORWARDED,
     RESERVED_BACKEND_NAMES,
     TOKEN,
@@ -62,7 +63,9 @@ from .plan import (
     EndpointPlan,
     GatewayPlan,
     RateLimitPlan,
+    RequestReads,
     UpstreamPlan,
+    request_reads,
 )
 from .units import format_duration
 
@@ -277,7 +280,14 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                     debug=ep.debug,
                     max_total_response_bytes=defaults.max_total_response_size,
                     rate_limits=_rate_limits(ep, route, where, file, problems),
-                    cache=_endpoint_cache(ep, route, where, file, problems),
+                    cache=_endpoint_cache(
+                        ep,
+                        route,
+                        request_reads(backends, forward_headers, ep.forward_query),
+                        where,
+                        file,
+                        problems,
+                    ),
                 )
             )
 
@@ -367,10 +377,13 @@ def _rate_limits(
 def _endpoint_cache(
     ep: EndpointConfig,
     route: RoutePattern,
+    reads: RequestReads,
     where: tuple[int | str, ...],
     file: str,
     problems: list[ConfigProblem],
 ) -> EndpointCachePlan | None:
+    """The endpoint's aggregate cache. The default key is computed here once: every header
+    the endpoint reads (path parameters and the raw query string are always in it)."""
     if ep.cache is None:
         return None
     at = (*where, "cache")
@@ -383,7 +396,8 @@ def _endpoint_cache(
         problems.append(ConfigProblem(file, format_path(at), "only GET endpoints are cached"))
         return None
     if ep.cache.key is None:
-        return EndpointCachePlan(ep.cache.ttl, None)
+        vary = tuple(sorted(name.encode("latin-1") for name in reads.headers))
+        return EndpointCachePlan(ep.cache.ttl, None, reads, vary)
     key: list[tuple[str, str]] = []
     for ki, text in enumerate(ep.cache.key):
         source, _, name = text.partition(".")
@@ -401,9 +415,16 @@ def _endpoint_cache(
                     file, format_path((*at, "key", ki)), f"{ep.path} has no parameter {name!r}"
                 )
             )
+        elif source == "header" and not TOKEN.fullmatch(name):
+            problems.append(
+                ConfigProblem(file, format_path((*at, "key", ki)), "invalid header name")
+            )
         else:
             key.append((source, name.lower() if source == "header" else name))
-    return EndpointCachePlan(ep.cache.ttl, tuple(key))
+    named = frozenset(name.encode("latin-1") for source, name in key if source == "header")
+    return EndpointCachePlan(
+        ep.cache.ttl, tuple(key), reads, bypass_headers=CREDENTIAL_HEADERS - named
+    )
 
 
 def _upstream_hosts(
@@ -548,6 +569,49 @@ def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
                         "(its failure fails the request)",
                     )
                 )
+        if ep.cache is not None:
+            warnings.extend(_cache_warnings(file, ep, ep.cache))
+    return warnings
+
+
+def _cache_warnings(file: str, ep: EndpointPlan, cache: EndpointCachePlan) -> list[ConfigProblem]:
+    """An explicit aggregate cache key that leaves out a value the endpoint reads (clients
+    would share answers), and settings that make the cache miss every time."""
+    at = ("endpoints", ep.index, "cache")
+    warnings: list[ConfigProblem] = []
+    if cache.key is not None:
+        named = {f"{source}.{name}" for source, name in cache.key}
+        missing = [name for name in cache.reads.names() if name not in named]
+        if missing:
+            warnings.append(
+                ConfigProblem(
+                    file,
+                    format_path((*at, "key")),
+                    f"warning: leaves out {', '.join(missing)}, which the endpoint reads: "
+                    "requests that differ only there share one cached answer",
+                )
+            )
+    for field_name in sorted(CREDENTIAL_HEADERS & cache.bypass_headers):
+        name = field_name.decode("latin-1")
+        if name in cache.reads.headers:
+            warnings.append(
+                ConfigProblem(
+                    file,
+                    format_path(at),
+                    f"warning: the endpoint sends the client's {name} upstream but cache.key "
+                    f"does not name header.{name}: every request carrying it bypasses the cache",
+                )
+            )
+    for bi, be in enumerate(ep.backends):
+        if b"set-cookie" in be.return_headers:
+            warnings.append(
+                ConfigProblem(
+                    file,
+                    format_path(("endpoints", ep.index, "backends", bi, "return_headers")),
+                    "warning: a response that sets a cookie is never stored in the endpoint's "
+                    "cache",
+                )
+            )
     return warnings
 
 

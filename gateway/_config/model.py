@@ -362,16 +362,23 @@ class BackendCacheConfig(_Model):
 
 
 class EndpointCacheConfig(_Model):
-    """Cache the endpoint's merged response: only complete 200 responses are stored;
-    responses carry `X-Cache: hit` or `miss`."""
+    """Cache the endpoint's merged response, shared by every client (and, with
+    `state.redis`, every instance). Only a complete 200 is stored, and never one whose
+    returned headers make it unshareable (`Set-Cookie`; `Cache-Control` with `no-store`,
+    `private` or `no-cache`; `Vary: *`). A request carrying `Authorization` or `Cookie` is
+    neither answered from nor stored in the cache unless `key` names that header (RFC 9111
+    section 3.5). Responses carry `X-Cache: hit`, `miss` or `bypass`."""
 
     ttl: Duration
     """How long a stored response is served."""
 
     key: list[str] | None = None
-    """What tells responses apart besides the endpoint: `path.NAME`, `query.NAME` and
-    `header.NAME` values. Default: every path parameter, the whole query string and the
-    values of the endpoint's `forward_headers`."""
+    """What tells responses apart besides the endpoint: `path.NAME`, `query.NAME` (every
+    value) and `header.NAME` values. Default: every value the endpoint reads, which is every
+    path parameter, the whole query string and every header a template
+    (`{header.NAME}`), a `when:` or `forward_headers` reads. An explicit key that leaves out
+    a value the endpoint reads is allowed (for a header that never changes the answer) but
+    `gateway check` warns: clients differing only there share one answer."""
 
 
 class ConditionConfig(_Model):
@@ -474,7 +481,9 @@ class BackendConfig(_Model):
 
     return_headers: list[str] = Field(default_factory=list)
     """Response headers of this call copied into the aggregated response (when it
-    succeeds); a later backend's value replaces an earlier one's."""
+    succeeds); a later backend's value replaces an earlier one's. An incomplete response
+    drops `Cache-Control`, `Expires`, `CDN-Cache-Control` and `Surrogate-Control` and says
+    `Cache-Control: no-store` instead."""
 
     select: str | None = None
     """Dot path taken from the response body first (`data`, `data.items`, `items.0`).

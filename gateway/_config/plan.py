@@ -9,7 +9,7 @@ merge placement and the dependency graph.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -84,10 +84,72 @@ class RateLimitPlan:
     key_name: str = ""
 
 
+# Request fields carrying a client's credentials. RFC 9111 section 3.5: a shared cache must
+# not reuse a response to a request with Authorization unless the response allows it; an
+# aggregate has no single upstream response that could, and a cookie is a credential too.
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie"})
+
+
+@dataclass(frozen=True)
+class RequestReads:
+    """Every client request value an endpoint's backend calls depend on, so every value
+    that can vary its answer: path parameters, query parameters and header fields (names
+    lower-case) read by a template, a ``when:`` condition, ``forward_headers`` or
+    ``forward_query``."""
+
+    params: frozenset[str] = frozenset()
+    query: frozenset[str] = frozenset()
+    headers: frozenset[str] = frozenset()
+
+    def names(self) -> list[str]:
+        """``path.NAME``, ``query.NAME`` and ``header.NAME``, sorted within each source."""
+        return [
+            *(f"path.{n}" for n in sorted(self.params)),
+            *(f"query.{n}" for n in sorted(self.query)),
+            *(f"header.{n}" for n in sorted(self.headers)),
+        ]
+
+
+def request_reads(
+    backends: Iterable[BackendPlan],
+    forward_headers: Iterable[str],
+    forward_query: Iterable[str],
+) -> RequestReads:
+    """What an endpoint with these backends reads from the client request (see
+    :class:`RequestReads`). The client's body is not listed: only GET endpoints are
+    cached, and they send no body."""
+    params: set[str] = set()
+    query: set[str] = set(forward_query)
+    headers: set[str] = {name.lower() for name in forward_headers}
+    for backend in backends:
+        for template in (backend.url, *(t for _, t in backend.header_templates)):
+            for ref in template.refs:
+                if ref.kind == "param":
+                    params.add(ref.name)
+                elif ref.kind == "query":
+                    query.add(ref.name)
+                elif ref.kind == "header":
+                    headers.add(ref.name)
+        for condition in backend.conditions:
+            (query if condition.source == "query" else headers).add(condition.name)
+    return RequestReads(frozenset(params), frozenset(query), frozenset(headers))
+
+
 @dataclass(frozen=True)
 class EndpointCachePlan:
+    """The aggregate cache of one endpoint.
+
+    ``key`` is the configured key, (``path``|``query``|``header``, NAME) pairs, or None for
+    the default one: every path parameter, the raw query string and ``vary_headers``.
+    A request carrying one of ``bypass_headers`` is neither served from the cache nor
+    stored in it.
+    """
+
     ttl_s: float
-    key: tuple[tuple[str, str], ...] | None  # (path|query|header, NAME); None: path params+query
+    key: tuple[tuple[str, str], ...] | None
+    reads: RequestReads = field(default_factory=RequestReads)
+    vary_headers: tuple[bytes, ...] = ()  # every header ``reads`` names, sorted
+    bypass_headers: frozenset[bytes] = CREDENTIAL_HEADERS  # those ``key`` does not name
 
 
 @dataclass(frozen=True)

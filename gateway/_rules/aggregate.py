@@ -11,7 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .cachecontrol import FRESHNESS_FIELDS, NO_STORE
 from .transform import JSON
+
+# RFC 9111 section 5.2.2.5, on every response that is not a complete 200.
+NO_STORE_FIELD = (NO_STORE[0].decode("latin-1"), NO_STORE[1].decode("latin-1"))
 
 
 class Outcome:
@@ -144,6 +148,10 @@ def aggregate(
     2. No backend that was called succeeded: 504 if every one timed out, else 502.
     3. Otherwise 200; ``complete`` is false if any backend failed (``skipped`` is not a
        failure).
+
+    Every answer but a complete 200 carries ``Cache-Control: no-store`` and none of the
+    backends' freshness fields (:func:`not_to_be_kept`): a degraded answer must not be
+    kept by a CDN or a browser, whatever ``max-age`` a backend returned.
     """
     header = backends_header(placements, results)
     outcomes = {p.name: r.outcome for p, r in zip(placements, results, strict=True)}
@@ -165,6 +173,7 @@ def aggregate(
                 outcomes,
             ),
             header,
+            (NO_STORE_FIELD,),
         )
     called = [r for r in results if r.outcome != Outcome.SKIPPED]
     if called and not any(r.outcome == Outcome.OK for r in called):
@@ -174,9 +183,29 @@ def aggregate(
             False,
             error_body("all_backends_failed", "no backend answered successfully", outcomes),
             header,
+            (NO_STORE_FIELD,),
         )
     complete = all(r.ok for r in results)
-    return Aggregate(200, complete, merge(placements, results), header, merge_headers(results))
+    headers = merge_headers(results)
+    return Aggregate(
+        200,
+        complete,
+        merge(placements, results),
+        header,
+        headers if complete else not_to_be_kept(headers),
+    )
+
+
+def not_to_be_kept(headers: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """``headers`` for a response no cache may keep: without any freshness field
+    (``Cache-Control``, ``Expires``, targeted ``CDN-Cache-Control``...), then one
+    ``Cache-Control: no-store`` (RFC 9111 section 5.2.2.5)."""
+    kept = tuple(
+        (name, value)
+        for name, value in headers
+        if name.lower().encode("latin-1") not in FRESHNESS_FIELDS
+    )
+    return (*kept, NO_STORE_FIELD)
 
 
 def merge_headers(results: Sequence[BackendResult]) -> tuple[tuple[str, str], ...]:

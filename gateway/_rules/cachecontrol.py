@@ -30,6 +30,16 @@ so anything that would need revalidation is not stored. A response is stored for
   understands (the heuristically cacheable ones of RFC 9110 section 15.1);
 - it sets no cookie: stricter than RFC 9111, which leaves it to the cache, because a
   ``Set-Cookie`` meant for one client must never be replayed to another.
+
+The rules that depend on nothing but the response (status, ``Cache-Control``,
+``Set-Cookie``, ``Vary: *``) are :func:`shared_store_refusal`, which both caches use: the
+backend cache through :func:`shared_freshness`, the aggregate cache on the merged
+response's headers.
+
+An aggregated response that is not complete must not be kept by anyone downstream either
+(a CDN or browser would go on serving a degraded answer): it is sent with
+``Cache-Control: no-store`` (section 5.2.2.5) and without any backend's freshness fields
+(:data:`FRESHNESS_FIELDS`).
 """
 
 from __future__ import annotations
@@ -49,6 +59,16 @@ MAX_DELTA_SECONDS = 2**31
 # RFC 9110 section 15.1: heuristically cacheable status codes, the ones this cache
 # "understands" for must-understand.
 UNDERSTOOD_STATUS = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+
+# Response fields that make a response reusable downstream: Cache-Control and Expires
+# (RFC 9111 sections 5.2 and 5.3), and the targeted fields a CDN obeys before Cache-Control
+# (RFC 9213 CDN-Cache-Control; Surrogate-Control).
+FRESHNESS_FIELDS = frozenset(
+    {b"cache-control", b"expires", b"cdn-cache-control", b"surrogate-control"}
+)
+
+# The field sent on a response no cache may keep (RFC 9111 section 5.2.2.5).
+NO_STORE = (b"cache-control", b"no-store")
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -179,6 +199,64 @@ def _field_names(values: Iterable[str]) -> list[str]:
     return [name.strip().lower() for value in values for name in value.split(",") if name.strip()]
 
 
+def _lines(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, list[str]]:
+    """Field values by lower-case name, lines in order."""
+    lines: dict[bytes, list[str]] = {}
+    for name, value in headers:
+        lines.setdefault(name.lower(), []).append(value.decode("latin-1"))
+    return lines
+
+
+def _refusal(
+    status: int,
+    lines: dict[bytes, list[str]],
+    directives: Directives | None,
+    vary_names: list[str],
+) -> str | None:
+    """The response-only rules of the module docstring, in order: the first that refuses."""
+    if status < 200 or status in (206, 304):
+        return "status"
+    if directives is None:
+        return "malformed"
+    if "must-understand" in directives:
+        if status not in UNDERSTOOD_STATUS:
+            return "must-understand"
+    elif "no-store" in directives:
+        return "no-store"
+    if "private" in directives:
+        return "private"
+    if "no-cache" in directives:
+        return "no-cache"
+    if b"set-cookie" in lines:
+        return "set-cookie"
+    if "*" in vary_names:
+        return "vary"
+    return None
+
+
+def shared_store_refusal(status: int, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why a shared cache must never store this response, whatever its key or freshness;
+    None when it may be stored (freshness still decides for how long).
+
+    Refused: a status that is not final or is 206/304 (``status``); an unparsable
+    Cache-Control (``malformed``); ``no-store`` (``must-understand`` with a status this
+    cache does not understand: ``must-understand``), ``private``, ``no-cache``; a
+    ``Set-Cookie`` (``set-cookie``); ``Vary: *`` (``vary``). The reasons are the ones of
+    :class:`Freshness`.
+
+    Args:
+        status: the response status code.
+        headers: the response header fields, names in any case.
+    """
+    lines = _lines(headers)
+    return _refusal(
+        status,
+        lines,
+        parse_cache_control(lines.get(b"cache-control", ())),
+        _field_names(lines.get(b"vary", ())),
+    )
+
+
 def shared_freshness(
     status: int,
     headers: Iterable[tuple[bytes, bytes]],
@@ -199,30 +277,14 @@ def shared_freshness(
             (see :func:`cache_key`); a ``Vary`` naming any other field is not stored.
         request_authorized: the request carried ``Authorization``.
     """
-    lines: dict[bytes, list[str]] = {}
-    for name, value in headers:
-        lines.setdefault(name.lower(), []).append(value.decode("latin-1"))
+    lines = _lines(headers)
     vary_names = _field_names(lines.get(b"vary", ()))
     vary = tuple(name.encode("latin-1") for name in vary_names)
-
-    if status < 200 or status in (206, 304):
-        return _not_stored("status", vary)
     directives = parse_cache_control(lines.get(b"cache-control", ()))
-    if directives is None:
-        return _not_stored("malformed", vary)
-    if "must-understand" in directives:
-        if status not in UNDERSTOOD_STATUS:
-            return _not_stored("must-understand", vary)
-    elif "no-store" in directives:
-        return _not_stored("no-store", vary)
-    if "private" in directives:
-        return _not_stored("private", vary)
-    if "no-cache" in directives:
-        return _not_stored("no-cache", vary)
-    if b"set-cookie" in lines:
-        return _not_stored("set-cookie", vary)
-    if "*" in vary_names:
-        return _not_stored("vary", vary)
+    refusal = _refusal(status, lines, directives, vary_names)
+    if refusal is not None:
+        return _not_stored(refusal, vary)
+    assert directives is not None
     if any(name not in key_headers for name in vary):
         return _not_stored("vary", vary)
     if request_authorized and not (

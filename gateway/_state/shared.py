@@ -162,37 +162,58 @@ def endpoint_cache_key(
     query: Mapping[str, Sequence[str]],
     headers: RawHeaders,
 ) -> str:
-    """The aggregate cache's key: the endpoint and the configured values (default: every
-    path parameter, the whole query string and the forwarded headers), length-prefixed and
-    hashed."""
-    assert endpoint.cache is not None
+    """The aggregate cache's key: the endpoint and the values that may vary its answer,
+    length-prefixed and hashed.
+
+    The default key holds every value the endpoint reads from the request (computed at
+    load, :class:`~gateway._config.plan.RequestReads`): every path parameter, the raw query
+    string (so every query value, forwarded or templated) and every header field a
+    template, a ``when:`` condition or ``forward_headers`` reads. An explicit ``cache.key``
+    holds the listed values instead (every value of a query parameter, in order). Header
+    lines of one field are joined with ``, `` as templates see them; an absent field and
+    an empty one differ.
+    """
+    cache = endpoint.cache
+    assert cache is not None
     digest = hashlib.sha256()
 
     def part(data: bytes) -> None:
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)
 
+    def header(wanted: bytes) -> None:
+        found = [v for n, v in headers if n.lower() == wanted]
+        part(b"1" + b", ".join(found) if found else b"0")
+
     part(f"{endpoint.method} {endpoint.path}".encode())
-    if endpoint.cache.key is None:
+    if cache.key is None:
         for name in sorted(params):
             part(name.encode())
             part(params[name].encode("utf-8", "surrogateescape"))
         part(query_string)
-        for field_name in sorted(endpoint.forward_header_names):  # they may vary the answer
-            found = [v for n, v in headers if n.lower() == field_name]
-            part(b"1" + b", ".join(found) if found else b"0")
+        for field_name in cache.vary_headers:
+            header(field_name)
     else:
-        for source, name in endpoint.cache.key:
+        for source, name in cache.key:
             if source == "path":
                 part(params.get(name, "").encode("utf-8", "surrogateescape"))
             elif source == "query":
-                values = query.get(name)
-                part(b"1" + values[0].encode("utf-8", "surrogateescape") if values else b"0")
+                values = query.get(name, ())
+                part(len(values).to_bytes(4, "big"))
+                for value in values:
+                    part(value.encode("utf-8", "surrogateescape"))
             else:
-                wanted = name.encode("latin-1")
-                found = [v for n, v in headers if n.lower() == wanted]
-                part(b"1" + b", ".join(found) if found else b"0")
+                header(name.encode("latin-1"))
     return "agg:" + digest.hexdigest()
+
+
+def bypasses_cache(endpoint: EndpointPlan, headers: RawHeaders) -> bool:
+    """Whether a request must neither be served from nor stored in the aggregate cache:
+    it carries Authorization or Cookie and ``cache.key`` does not name that field (RFC 9111
+    section 3.5; see :data:`~gateway._config.plan.CREDENTIAL_HEADERS`)."""
+    assert endpoint.cache is not None
+    bypass = endpoint.cache.bypass_headers
+    return bool(bypass) and any(name.lower() in bypass for name, _ in headers)
 
 
 def pack(meta: object, body: bytes) -> bytes:

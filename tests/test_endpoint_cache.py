@@ -1,0 +1,319 @@
+"""The aggregate (endpoint-level) cache never mixes clients: through a running gateway
+over real upstreams, and as properties of its pure key function.
+
+The gateway is a shared cache (RFC 9111 section 1): its key must hold every request value
+the endpoint reads, a request with credentials the key does not name is never served from
+it (section 3.5), a response that cannot be shared is never stored, and an incomplete
+answer is sent so that no cache downstream keeps it either.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import pytest
+import trio
+from conftest import backend_config, recorder, simple_config, start_gateway, start_upstream
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from upstream import RecordedRequest, Reply
+
+from gateway import load_config
+from gateway._config.plan import EndpointPlan
+from gateway._state.shared import bypasses_cache, endpoint_cache_key
+
+# --- the key holds every value the endpoint reads ----------------------------------------
+
+
+def whoami(req: RecordedRequest) -> Reply:
+    return Reply(json={"user": req.headers.get("authorization", "")})
+
+
+async def test_a_templated_authorization_is_never_answered_from_another_users_entry(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder(whoami)
+        up = await start_upstream(nursery, handler)
+        me = backend_config("me", "u", "/me", headers={"Authorization": "{header.Authorization}"})
+        gw = await start_gateway(
+            nursery, simple_config({"u": up}, [me], path="/me", cache={"ttl": "30s"})
+        )
+        alice = await gw.get("/me", headers={"authorization": "Bearer alice"})
+        assert alice.status_code == 200 and alice.json()["user"] == "Bearer alice"
+        assert alice.headers["x-cache"] == "bypass"
+        mallory = await gw.get("/me", headers={"authorization": "Bearer mallory"})
+        assert mallory.json()["user"] == "Bearer mallory"
+        assert mallory.headers["x-cache"] == "bypass"
+        anonymous = await gw.get("/me")  # the template cannot be filled: no one's data
+        assert anonymous.status_code == 502 and "alice" not in anonymous.text
+        assert anonymous.headers["x-cache"] == "miss"
+        assert len(seen) == 2
+
+
+async def test_a_key_that_names_authorization_caches_each_user_apart(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder(whoami)
+        up = await start_upstream(nursery, handler)
+        me = backend_config("me", "u", "/me", headers={"Authorization": "{header.Authorization}"})
+        cache = {"ttl": "30s", "key": ["header.Authorization"]}
+        gw = await start_gateway(nursery, simple_config({"u": up}, [me], path="/me", cache=cache))
+        asks = ["Bearer alice", "Bearer alice", "Bearer mallory", "Bearer alice"]
+        answers = [await gw.get("/me", headers={"authorization": token}) for token in asks]
+        assert [r.json()["user"] for r in answers] == asks
+        assert [r.headers["x-cache"] for r in answers] == ["miss", "hit", "miss", "hit"]
+        assert len(seen) == 2
+
+
+async def test_a_header_condition_is_part_of_the_default_key(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(
+            nursery, {"/a": Reply(json={"a": 1}), "/beta": Reply(json={"beta": True})}
+        )
+        backends = [
+            backend_config("a", "u", "/a"),
+            backend_config("beta", "u", "/beta", when={"header": "X-Beta"}),
+        ]
+        gw = await start_gateway(nursery, simple_config({"u": up}, backends, cache={"ttl": "30s"}))
+        with_beta = await gw.get("/api/1", headers={"x-beta": "1"})
+        assert with_beta.headers["x-gateway-backends"] == "a=ok, beta=ok"
+        without = await gw.get("/api/1")
+        assert without.headers["x-cache"] == "miss"
+        assert without.headers["x-gateway-backends"] == "a=ok, beta=skipped"
+        assert without.json() == {"a": 1}
+        again = await gw.get("/api/1", headers={"x-beta": "1"})
+        assert again.headers["x-cache"] == "hit" and again.json() == {"a": 1, "beta": True}
+
+
+async def test_a_request_with_a_cookie_bypasses_the_cache(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder(lambda req: Reply(json={"n": 1}))
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/a")], cache={"ttl": "30s"})
+        gw = await start_gateway(nursery, config)
+        asks = [{"cookie": "session=alice"}, {}, {}, {"cookie": "session=alice"}]
+        caches = [(await gw.get("/api/1", headers=h)).headers["x-cache"] for h in asks]
+        assert caches == ["bypass", "miss", "hit", "bypass"]
+        assert len(seen) == 3
+
+
+# --- responses that cannot be shared are never stored ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("Set-Cookie", "session=s3cret; HttpOnly"),
+        ("Cache-Control", "private, max-age=60"),
+        ("Cache-Control", "no-store"),
+        ("Cache-Control", "no-cache"),
+        ("Vary", "*"),
+    ],
+)
+async def test_an_answer_that_cannot_be_shared_is_never_stored(
+    nursery: trio.Nursery, field: str, value: str
+) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder(lambda req: Reply(json={"n": len(seen)}, headers=[(field, value)]))
+        up = await start_upstream(nursery, handler)
+        backend = backend_config("a", "u", "/a", return_headers=[field])
+        gw = await start_gateway(nursery, simple_config({"u": up}, [backend], cache={"ttl": "30s"}))
+        first = await gw.get("/api/1")
+        gw.client.cookies.clear()  # the second request is another client's
+        second = await gw.get("/api/1")
+        assert first.headers[field] == value
+        assert [first.headers["x-cache"], second.headers["x-cache"]] == ["miss", "miss"]
+        assert [first.json(), second.json()] == [{"n": 1}, {"n": 2}]
+        assert len(seen) == 2
+
+
+async def test_an_answer_that_may_be_shared_is_stored_with_its_returned_fields(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder(
+            lambda req: Reply(json={"n": 1}, headers=[("Cache-Control", "max-age=60")])
+        )
+        up = await start_upstream(nursery, handler)
+        backend = backend_config("a", "u", "/a", return_headers=["Cache-Control"])
+        gw = await start_gateway(nursery, simple_config({"u": up}, [backend], cache={"ttl": "30s"}))
+        await gw.get("/api/1")
+        hit = await gw.get("/api/1")
+        assert hit.headers["x-cache"] == "hit"
+        assert hit.headers.get_list("cache-control") == ["max-age=60"]
+        assert len(seen) == 1
+
+
+# --- an incomplete answer is kept by no one ----------------------------------------------
+
+FRESH = [
+    ("Cache-Control", "max-age=600"),
+    ("Expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+    ("CDN-Cache-Control", "max-age=3600"),
+    ("ETag", '"v1"'),
+]
+
+
+async def test_an_incomplete_answer_is_sent_with_no_store_only(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(
+            nursery, {"/fresh": Reply(json={"a": 1}, headers=FRESH), "/down": Reply(status=500)}
+        )
+        returned = ["Cache-Control", "Expires", "CDN-Cache-Control", "ETag"]
+        backends = [
+            backend_config("fresh", "u", "/fresh", return_headers=returned),
+            backend_config("down", "u", "/down"),
+        ]
+        config = simple_config({"u": up}, backends)
+        config["endpoints"].append(
+            {
+                "path": "/cached/{id}",
+                "cache": {"ttl": "30s"},
+                "backends": backends,
+            }
+        )
+        gw = await start_gateway(nursery, config)
+        for path in ("/api/1", "/cached/1", "/cached/1"):
+            r = await gw.get(path)
+            assert r.status_code == 200 and r.headers["x-gateway-complete"] == "false"
+            assert r.headers.get_list("cache-control") == ["no-store"]
+            assert "expires" not in r.headers and "cdn-cache-control" not in r.headers
+            assert r.headers["etag"] == '"v1"'  # the other returned fields stay
+            assert r.headers.get("x-cache", "miss") == "miss"
+
+
+async def test_a_failed_answer_is_sent_with_no_store(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(
+            nursery, {"/fresh": Reply(json={"a": 1}, headers=FRESH), "/down": Reply(status=500)}
+        )
+        backends = [
+            backend_config("fresh", "u", "/fresh", return_headers=["Cache-Control"]),
+            backend_config("down", "u", "/down", required=True),
+        ]
+        gw = await start_gateway(nursery, simple_config({"u": up}, backends))
+        r = await gw.get("/api/1")
+        assert r.status_code == 502
+        assert r.headers.get_list("cache-control") == ["no-store"]
+
+
+# --- properties of the key function --------------------------------------------------------
+
+
+def reading_endpoint(key: list[str] | None) -> EndpointPlan:
+    """An endpoint that reads a value from every source: a path parameter, query values
+    (templated, tested, forwarded) and headers (templated, tested, forwarded)."""
+    backends = [
+        backend_config(
+            "a", "u", "/a/{id}?lang={query.lang}", headers={"X-Tenant": "{header.X-Tenant}"}
+        ),
+        backend_config("b", "u", "/b", when=[{"query": "beta"}, {"header": "X-Beta"}]),
+    ]
+    config = {
+        "version": 1,
+        "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+        "endpoints": [
+            {
+                "path": "/api/{id}",
+                "backends": backends,
+                "forward_headers": ["Accept-Language"],
+                "forward_query": ["page"],
+                "cache": {"ttl": "30s", **({"key": key} if key is not None else {})},
+            }
+        ],
+    }
+    return load_config("p.yaml", {}, text=json.dumps(config)).endpoints[0]
+
+
+EVERY_READ = [
+    "path.id",
+    "query.lang",
+    "query.beta",
+    "query.page",
+    "header.X-Tenant",
+    "header.X-Beta",
+    "header.Accept-Language",
+]
+ENDPOINTS = {
+    "default key": reading_endpoint(None),
+    "key of every read": reading_endpoint(EVERY_READ),
+}
+
+HEADER_NAMES = ["x-tenant", "X-Tenant", "x-beta", "accept-language", "x-other", "user-agent"]
+QUERY_NAMES = ["lang", "beta", "page", "other"]
+values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=4)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[dict[str, str], bytes, list[tuple[bytes, bytes]]]:
+    params = {"id": draw(st.text(min_size=1, max_size=4))}
+    query = draw(st.lists(st.tuples(st.sampled_from(QUERY_NAMES), values), max_size=4))
+    headers = draw(st.lists(st.tuples(st.sampled_from(HEADER_NAMES), values), max_size=4))
+    raw_headers = [(n.lower().encode(), v.encode("latin-1")) for n, v in headers]
+    return params, urlencode(query).encode(), raw_headers
+
+
+def key_of(
+    endpoint: EndpointPlan, request: tuple[dict[str, str], bytes, list[tuple[bytes, bytes]]]
+) -> str:
+    params, query_string, headers = request
+    query: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        query.setdefault(name, []).append(value)
+    return endpoint_cache_key(endpoint, params, query_string, query, headers)
+
+
+def what_is_read(
+    request: tuple[dict[str, str], bytes, list[tuple[bytes, bytes]]],
+) -> tuple[Any, ...]:
+    """Every value ``reading_endpoint`` reads, as its templates, conditions and forwarding
+    see them."""
+    params, query_string, headers = request
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    query = tuple(tuple(v for n, v in pairs if n == name) for name in ("lang", "beta", "page"))
+    fields = tuple(
+        tuple(v for n, v in headers if n == name)
+        for name in (b"x-tenant", b"x-beta", b"accept-language")
+    )
+    return params["id"], query, tuple(b", ".join(f) if f else None for f in fields)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS.values(), ids=ENDPOINTS.keys())
+@settings(max_examples=300)
+@given(requests(), requests())
+def test_requests_that_differ_in_a_read_value_never_share_a_key(
+    endpoint: EndpointPlan,
+    one: tuple[dict[str, str], bytes, list[tuple[bytes, bytes]]],
+    other: tuple[dict[str, str], bytes, list[tuple[bytes, bytes]]],
+) -> None:
+    if what_is_read(one) != what_is_read(other):
+        assert key_of(endpoint, one) != key_of(endpoint, other)
+
+
+@settings(max_examples=200)
+@given(requests(), st.lists(st.tuples(st.sampled_from(["x-other", "user-agent"]), values)))
+def test_values_the_endpoint_does_not_read_do_not_split_the_default_key(
+    request: tuple[dict[str, str], bytes, list[tuple[bytes, bytes]]],
+    unread: list[tuple[str, str]],
+) -> None:
+    endpoint = ENDPOINTS["default key"]
+    params, query_string, headers = request
+    kept = [(n, v) for n, v in headers if n not in (b"x-other", b"user-agent")]
+    extra = [(n.encode(), v.encode("latin-1")) for n, v in unread]
+    assert key_of(endpoint, (params, query_string, kept)) == key_of(
+        endpoint, (params, query_string, kept + extra)
+    )
+
+
+def test_credentials_bypass_unless_the_key_names_them() -> None:
+    default = ENDPOINTS["default key"]
+    assert bypasses_cache(default, [(b"authorization", b"Bearer a")])
+    assert bypasses_cache(default, [(b"Cookie", b"s=1")])
+    assert not bypasses_cache(default, [(b"x-tenant", b"t")])
+    named = reading_endpoint(["path.id", "header.Authorization"])
+    assert not bypasses_cache(named, [(b"authorization", b"Bearer a")])
+    assert bypasses_cache(named, [(b"authorization", b"Bearer a"), (b"cookie", b"s=1")])
