@@ -30,27 +30,6 @@ RESERVED_BACKEND_NAMES = frozenset({"query", "header"})
 
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 section 5.6.2
 BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 section 5.5: no CR, LF, NUL
-# RFC 9110 section 7.6.1 hop-by-hop fields, and fields the gateway frames itself.
-NEVER_FORWARDED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "expect",
-        # set by the gateway itself (see _forwarded)
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "via",
-    }
-)
 
 
 @dataclass(frozen=True)
