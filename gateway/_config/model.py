@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
 
+from .._state.store import DEFAULT_MEMORY_MAX_BYTES, DEFAULT_NAMESPACE
+from .._state.store import DEFAULT_TIMEOUT_S as DEFAULT_STATE_TIMEOUT_S
 from .units import parse_duration_s, parse_size_bytes
 
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -549,7 +551,7 @@ class StateConfig(_Model):
     """`redis://HOST:PORT/DB` (or `rediss://` for TLS). May use `${VAR}` for a password:
     `redis://:${REDIS_PASSWORD}@HOST:PORT/0`."""
 
-    timeout: Duration = 0.1
+    timeout: Duration = DEFAULT_STATE_TIMEOUT_S
     """Bounds each Redis call. When Redis is down or slow, the gateway keeps answering:
     caches are skipped and rate limits follow `on_error`."""
 
@@ -557,10 +559,10 @@ class StateConfig(_Model):
     """When Redis cannot decide a rate limit: `open` lets the request through, `closed`
     answers 503."""
 
-    key_prefix: str = "gw:"
+    key_prefix: str = DEFAULT_NAMESPACE
     """Prefix of every Redis key, so several gateways can share one Redis."""
 
-    memory_max_size: Size = 64 * 1024 * 1024
+    memory_max_size: Size = DEFAULT_MEMORY_MAX_BYTES
     """The in-memory store's bound (per worker): least recently used entries go first."""
 
 
