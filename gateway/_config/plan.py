@@ -23,7 +23,7 @@ from .._rules.template import Template
 from .._rules.transform import Transform
 from .._rules.urls import BaseUrl, RoutePattern, Router
 from .._state.limiter import Limit
-from .model import GatewayConfig
+from .model import DEFAULT_MAX_TOTAL_RESPONSE_BYTES, GatewayConfig
 
 ADMIN_PREFIX = "/__gateway"
 RESERVED_BACKEND_NAMES = frozenset({"query", "header"})
@@ -130,7 +130,7 @@ class EndpointPlan:
     backends: tuple[BackendPlan, ...]
     placements: tuple[Placement, ...]
     debug: bool = False
-    max_total_response_bytes: int = 64 * 1024 * 1024
+    max_total_response_bytes: int = DEFAULT_MAX_TOTAL_RESPONSE_BYTES
     rate_limits: tuple[RateLimitPlan, ...] = ()
     cache: EndpointCachePlan | None = None
 
