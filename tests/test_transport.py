@@ -466,7 +466,7 @@ async def test_invalid_requests_are_refused_before_anything_is_sent(
 
 
 def test_checked_header_lines_are_remembered_within_a_bound() -> None:
-    from gateway import _transport
+    from gateway._upstream import transport as _transport
 
     _transport._CHECKED_LINES.clear()
     lines = [(b"Host", b"a")] + [
