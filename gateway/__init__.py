@@ -31,3 +31,30 @@ from ._server import serve_app as serve_app
 from ._upstream.transport import GatewayTransport as GatewayTransport
 from ._upstream.transport import PoolLimits as PoolLimits
 from ._upstream.transport import PoolStatistics as PoolStatistics
+
+__all__ = [
+    "Aggregate",
+    "BackendResult",
+    "ConfigError",
+    "ConfigProblem",
+    "GatewayApp",
+    "GatewayConfig",
+    "GatewayError",
+    "GatewayPlan",
+    "GatewayTransport",
+    "InvalidPathParameter",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "Outcome",
+    "PoolLimits",
+    "PoolStatistics",
+    "RequestBodyTooLarge",
+    "RequestError",
+    "compile_config",
+    "create_app",
+    "hypercorn_config",
+    "json_schema",
+    "load_config",
+    "serve_app",
+]

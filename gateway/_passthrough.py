@@ -26,11 +26,9 @@ from ._call.request import UpstreamRequest, build_request
 from ._config.plan import EndpointPlan
 from ._errors import RequestBodyTooLarge
 from ._rules.aggregate import Outcome, http_outcome
-from ._rules.headers import RawHeaders, strip_hop_by_hop
+from ._rules.headers import GATEWAY_PREFIX, NOT_PASSED_BACK, RawHeaders, strip_hop_by_hop
 
-# The server sets its own Date; an upstream's would be sent twice. X-Gateway-* fields are
-# the gateway's own (see _endpoint) and never come from an upstream.
-_NOT_PASSED_BACK = frozenset({b"date"})
+_GATEWAY_PREFIX_BYTES = GATEWAY_PREFIX.encode("ascii")
 
 
 class PassthroughAborted(Exception):
@@ -156,8 +154,9 @@ async def open_passthrough(
         reply.status,
         [
             (name, value)
-            for name, value in strip_hop_by_hop(reply.headers, also=_NOT_PASSED_BACK)
-            if not name.lower().startswith(b"x-gateway-")
+            for name, value in strip_hop_by_hop(reply.headers, also=NOT_PASSED_BACK)
+            # X-Gateway-* fields are the gateway's own: never taken from an upstream
+            if not name.lower().startswith(_GATEWAY_PREFIX_BYTES)
         ],
         _stream_body(reply.stream, timeout_s),
         f"{backend.name}={reply.outcome}",

@@ -487,6 +487,9 @@ def test_a_path_merely_starting_with_the_admin_name_is_allowed() -> None:
         "Via",
         "Forwarded",
         "X-Gateway-Complete",
+        "X-Request-Id",
+        "traceparent",
+        "Expect",
     ],
 )
 def test_forwarding_a_hop_by_hop_or_gateway_framed_header_is_refused(header: str) -> None:
@@ -504,6 +507,15 @@ def test_upstream_header_set_by_the_gateway_is_refused() -> None:
     text = "version: 1\nupstreams:\n  u: {url: 'http://h', headers: {Host: evil.example}}\n"
     assert problems_of(text) == [
         "gw.yaml: upstreams.u.headers.Host: this header is set by the gateway"
+    ]
+
+
+@pytest.mark.parametrize("header", ["Date", "Content-Type", "Connection", "X-Request-Id"])
+def test_returning_a_header_the_gateway_sets_is_refused(header: str) -> None:
+    text = one_endpoint(f"- {{name: a, upstream: users, path: /a, return_headers: [{header}]}}")
+    assert problems_of(text) == [
+        f"gw.yaml: endpoints[0].backends[0].return_headers[0]: {header} is set by the gateway "
+        "and cannot be returned"
     ]
 
 

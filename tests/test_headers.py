@@ -5,6 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway._observability.tracing import trace_context
+from gateway._rules import headers
+from gateway._rules.forwarded import client_info, parse_networks
 from gateway._rules.headers import HOP_BY_HOP, connection_named, select_headers, strip_hop_by_hop
 
 
@@ -126,3 +129,46 @@ def test_strip_hop_by_hop_never_leaves_a_hop_by_hop_or_connection_named_field(
     out = strip_hop_by_hop(headers)
     assert all(n.lower() not in HOP_BY_HOP and n.lower() not in named for n, _ in out)
     assert [h for h in headers if h in out] == out
+
+
+HEADER_SETS = {
+    "HOP_BY_HOP": headers.HOP_BY_HOP,
+    "FRAMING": headers.FRAMING,
+    "GATEWAY_SET": headers.GATEWAY_SET,
+    "NEVER_FORWARDED": headers.NEVER_FORWARDED,
+    "NOT_CACHE_KEYED": headers.NOT_CACHE_KEYED,
+    "NOT_PASSED_BACK": headers.NOT_PASSED_BACK,
+    "NEVER_RETURNED": headers.NEVER_RETURNED,
+}
+
+
+def test_every_header_set_holds_lower_case_bytes_names() -> None:
+    for name, names in HEADER_SETS.items():
+        assert names, name
+        assert all(isinstance(n, bytes) and n == n.lower() for n in names), name
+
+
+def test_never_forwarded_is_hop_by_hop_framing_and_the_gateways_own() -> None:
+    assert headers.NEVER_FORWARDED == headers.HOP_BY_HOP | headers.FRAMING | headers.GATEWAY_SET
+
+
+def test_the_str_views_name_the_same_fields() -> None:
+    assert {n.encode() for n in headers.NEVER_FORWARDED_STR} == headers.NEVER_FORWARDED
+    assert {n.encode() for n in headers.NEVER_RETURNED_STR} == headers.NEVER_RETURNED
+
+
+def test_nothing_the_gateway_sets_per_request_is_cache_keyed() -> None:
+    assert headers.GATEWAY_SET <= headers.NOT_CACHE_KEYED
+    assert {b"host", b"content-length"} <= headers.NOT_CACHE_KEYED
+
+
+def test_gateway_set_names_every_field_the_gateway_adds_to_an_upstream_call() -> None:
+    info = client_info(
+        "10.0.0.1", "http", [(b"host", b"example.com")], parse_networks(["10.0.0.0/8"])
+    )
+    trace = trace_context(
+        [(b"tracestate", b"k=v"), (b"traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]
+    )
+    added = {name for name, _ in info.headers} | {name for name, _ in trace.child_headers()}
+    assert b"tracestate" in added
+    assert added <= headers.GATEWAY_SET

@@ -18,6 +18,7 @@ from .._rules.aggregate import Placement
 from .._rules.balance import OutlierSettings
 from .._rules.forwarded import Network, parse_networks
 from .._rules.graph import Condition, find_cycle
+from .._rules.headers import GATEWAY_PREFIX, NEVER_FORWARDED_STR, NEVER_RETURNED_STR
 from .._rules.resilience import (
     BreakerSettings,
     BulkheadSettings,
@@ -54,7 +55,6 @@ from .plan import (
     ADMIN_PREFIX,
     BAD_VALUE,
     CREDENTIAL_HEADERS,
-    NEVER_FORWARDED,
     RESERVED_BACKEND_NAMES,
     TOKEN,
     BackendCachePlan,
@@ -80,7 +80,7 @@ def _check_headers(
     for name, value in headers.items():
         if not TOKEN.fullmatch(name):
             problems.append(ConfigProblem(file, format_path((*where, name)), "invalid header name"))
-        elif name.lower() in NEVER_FORWARDED:
+        elif name.lower() in NEVER_FORWARDED_STR:
             problems.append(
                 ConfigProblem(
                     file, format_path((*where, name)), "this header is set by the gateway"
@@ -207,7 +207,7 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                         file, format_path((*where, "forward_headers", hi)), "invalid header name"
                     )
                 )
-            elif header.lower() in NEVER_FORWARDED or header.lower().startswith("x-gateway-"):
+            elif header.lower() in NEVER_FORWARDED_STR or header.lower().startswith(GATEWAY_PREFIX):
                 problems.append(
                     ConfigProblem(
                         file,
@@ -616,9 +616,6 @@ def _cache_warnings(file: str, ep: EndpointPlan, cache: EndpointCachePlan) -> li
 
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Response headers a backend may not copy into the aggregated response: hop-by-hop ones
-# (RFC 9110 section 7.6.1), the ones the gateway frames itself, and its own.
-NEVER_RETURNED = NEVER_FORWARDED | {"content-type", "content-encoding", "date", "server"}
 
 
 def _compile_backend(
@@ -742,7 +739,7 @@ def _compile_backend(
         low = header.lower()
         if not TOKEN.fullmatch(header):
             problem(("return_headers", hi), "invalid header name")
-        elif low in NEVER_RETURNED or low.startswith("x-gateway-"):
+        elif low in NEVER_RETURNED_STR or low.startswith(GATEWAY_PREFIX):
             problem(
                 ("return_headers", hi), f"{header} is set by the gateway and cannot be returned"
             )

@@ -13,13 +13,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
 
+from .._rules.balance import OutlierSettings
+from .._rules.resilience import BreakerSettings
+from .._state.store import DEFAULT_MEMORY_MAX_BYTES, DEFAULT_NAMESPACE
+from .._state.store import DEFAULT_TIMEOUT_S as DEFAULT_STATE_TIMEOUT_S
+from .._upstream.transport import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from .units import parse_duration_s, parse_size_bytes
 
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_DEADLINE_S = 5.0
-DEFAULT_MAX_CONNECTIONS = 1024
-DEFAULT_IDLE_TIMEOUT_S = 4.0
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_TOTAL_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -28,6 +31,9 @@ DEFAULT_GRACEFUL_TIMEOUT_S = 3.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_MAX_URL_BYTES = 8192
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+# The state machines' own defaults are the config's: one definition each.
+_BREAKER = BreakerSettings()
+_OUTLIER = OutlierSettings()
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -195,22 +201,22 @@ class RetryConfig(_Model):
 class CircuitBreakerConfig(_Model):
     """Stop calling an upstream that keeps failing; either trigger opens the breaker."""
 
-    consecutive_failures: int = Field(default=5, ge=1)
+    consecutive_failures: int = Field(default=_BREAKER.consecutive_failures, ge=1)
     """Failures in a row that open it."""
 
-    failure_ratio: Percent = 0.5
+    failure_ratio: Percent = _BREAKER.failure_ratio
     """Share of failed calls in `window` that opens it (after `min_requests` calls)."""
 
-    window: Duration = 10.0
+    window: Duration = _BREAKER.window_s
     """Sliding window for `failure_ratio`."""
 
-    min_requests: int = Field(default=20, ge=1)
+    min_requests: int = Field(default=_BREAKER.min_requests, ge=1)
     """Calls in the window before `failure_ratio` counts."""
 
-    open_for: Duration = 30.0
+    open_for: Duration = _BREAKER.open_for_s
     """How long it stays open (calls fail at once with `circuit_open`) before probing."""
 
-    half_open_requests: int = Field(default=1, ge=1)
+    half_open_requests: int = Field(default=_BREAKER.half_open_requests, ge=1)
     """Probes let through after `open_for`; all must succeed to close it again."""
 
 
@@ -254,17 +260,17 @@ class OutlierDetectionConfig(_Model):
     """Passive health of an upstream's hosts (with several `urls`): a host that keeps
     failing is ejected, for longer each time, and at least one host is always kept."""
 
-    consecutive_failures: int = Field(default=5, ge=1)
+    consecutive_failures: int = Field(default=_OUTLIER.consecutive_failures, ge=1)
     """Failed calls in a row (`unreachable`, `timeout`, `http_5xx`) that eject a host."""
 
-    ejection: Duration = 30.0
+    ejection: Duration = _OUTLIER.ejection_s
     """How long a host is ejected the first time; the n-th time in a row it is n times
     this. Each `ejection` it then stays in service takes one off that count."""
 
-    max_ejection: Duration = 300.0
+    max_ejection: Duration = _OUTLIER.max_ejection_s
     """The longest ejection."""
 
-    max_ejected: Percent = 0.5
+    max_ejected: Percent = _OUTLIER.max_ejected
     """Share of the hosts that may be ejected at once (at least one of two or more, never
     the last one in service)."""
 
@@ -564,7 +570,7 @@ class StateConfig(_Model):
     """`redis://HOST:PORT/DB` (or `rediss://` for TLS). May use `${VAR}` for a password:
     `redis://:${REDIS_PASSWORD}@HOST:PORT/0`."""
 
-    timeout: Duration = 0.1
+    timeout: Duration = DEFAULT_STATE_TIMEOUT_S
     """Bounds each Redis call. When Redis is down or slow, the gateway keeps answering:
     caches are skipped and rate limits follow `on_error`."""
 
@@ -572,10 +578,10 @@ class StateConfig(_Model):
     """When Redis cannot decide a rate limit: `open` lets the request through, `closed`
     answers 503."""
 
-    key_prefix: str = "gw:"
+    key_prefix: str = DEFAULT_NAMESPACE
     """Prefix of every Redis key, so several gateways can share one Redis."""
 
-    memory_max_size: Size = 64 * 1024 * 1024
+    memory_max_size: Size = DEFAULT_MEMORY_MAX_BYTES
     """The in-memory store's bound (per worker): least recently used entries go first."""
 
 

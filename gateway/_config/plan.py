@@ -23,34 +23,13 @@ from .._rules.template import Template
 from .._rules.transform import Transform
 from .._rules.urls import BaseUrl, RoutePattern, Router
 from .._state.limiter import Limit
-from .model import GatewayConfig
+from .model import DEFAULT_MAX_TOTAL_RESPONSE_BYTES, GatewayConfig
 
 ADMIN_PREFIX = "/__gateway"
 RESERVED_BACKEND_NAMES = frozenset({"query", "header"})
 
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 section 5.6.2
 BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 section 5.5: no CR, LF, NUL
-# RFC 9110 section 7.6.1 hop-by-hop fields, and fields the gateway frames itself.
-NEVER_FORWARDED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "expect",
-        # set by the gateway itself (see _forwarded)
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "via",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -213,7 +192,7 @@ class EndpointPlan:
     backends: tuple[BackendPlan, ...]
     placements: tuple[Placement, ...]
     debug: bool = False
-    max_total_response_bytes: int = 64 * 1024 * 1024
+    max_total_response_bytes: int = DEFAULT_MAX_TOTAL_RESPONSE_BYTES
     rate_limits: tuple[RateLimitPlan, ...] = ()
     cache: EndpointCachePlan | None = None
 

@@ -1,15 +1,18 @@
 """Header rules (pure): what crosses the gateway and what does not.
 
-RFC 9110 section 7.6.1: hop-by-hop fields (Connection and every field it names,
-Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade) describe one
-connection and are never forwarded. The gateway frames bodies itself, so it sets its own
-Content-Length/Transfer-Encoding.
+The one home of the gateway's header-name sets. Every set holds lower-case ``bytes``
+names, as ASGI and the upstream transport carry them; config checks compare ``str``
+names against the ``*_STR`` views. Each set cites the rule it encodes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+# RFC 9110 section 7.6.1: hop-by-hop fields describe one connection and are never
+# forwarded: Connection (and every field it names, see ``connection_named``) and the
+# fields known to need removal, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding,
+# Upgrade; Trailer as RFC 2616 section 13.5.1 listed it.
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -22,23 +25,60 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-RawHeaders = list[tuple[bytes, bytes]]
+# Message framing, decided by the gateway for each message it sends: the body's length
+# (RFC 9110 section 8.6 Content-Length, RFC 9112 section 6.1 Transfer-Encoding), the
+# target's authority (RFC 9110 section 7.2 Host) and the client's expectation of a 100
+# response (RFC 9110 section 10.1.1 Expect), which belongs to the client's own connection.
+FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect"})
 
-# Request fields the gateway itself sets per client or per request: never part of a cache
-# key (they would make every entry private to one request).
-NOT_CACHE_KEYED = frozenset(
+# Fields the gateway sets itself on every upstream call, per request: the forwarding
+# fields (X-Forwarded-*, the Forwarded field of RFC 7239 section 4, Via of RFC 9110
+# section 7.6.3; see ``_rules.forwarded``) and the trace context (W3C Trace Context
+# section 3, traceparent and tracestate, and X-Request-Id; see ``_observability.tracing``).
+# A client's value is never copied: the gateway's own replaces it.
+GATEWAY_SET = frozenset(
     {
-        b"host",
-        b"content-length",
         b"x-forwarded-for",
         b"x-forwarded-proto",
         b"x-forwarded-host",
+        b"forwarded",
         b"via",
         b"traceparent",
         b"tracestate",
         b"x-request-id",
     }
 )
+
+# Fields a config may not list in ``forward_headers`` nor set as a static upstream or
+# backend header: hop-by-hop ones (RFC 9110 section 7.6.1), the framing the gateway does
+# itself, and the fields it sets per request.
+NEVER_FORWARDED = HOP_BY_HOP | FRAMING | GATEWAY_SET
+
+# Request fields that never vary an upstream response for caching (RFC 9111 section 4.1,
+# Vary; RFC 9110 section 12.5.5): the framing and the gateway's per-request fields. Keyed
+# on, they would make every cache entry private to one request.
+NOT_CACHE_KEYED = FRAMING | GATEWAY_SET
+
+# Upstream response fields a passthrough response does not copy: the server sets its own
+# Date (RFC 9110 section 6.6.1: an origin server with a clock sends one), so an
+# upstream's would be sent twice. Hop-by-hop fields are dropped besides these.
+NOT_PASSED_BACK = frozenset({b"date"})
+
+# Upstream response fields a backend's ``return_headers`` may not copy into an aggregated
+# response: everything never forwarded, and the representation and server fields the
+# gateway writes for the merged body itself (RFC 9110 sections 8.3 Content-Type, 8.4
+# Content-Encoding, 6.6.1 Date, 10.2.4 Server).
+NEVER_RETURNED = NEVER_FORWARDED | {b"content-type", b"content-encoding", b"date", b"server"}
+
+# Fields named ``X-Gateway-*`` are the gateway's own (X-Gateway-Complete,
+# X-Gateway-Backends): a config may neither forward nor return one.
+GATEWAY_PREFIX = "x-gateway-"
+
+# ``str`` views for the config pipeline, which checks names as the config file spells them.
+NEVER_FORWARDED_STR = frozenset(name.decode("ascii") for name in NEVER_FORWARDED)
+NEVER_RETURNED_STR = frozenset(name.decode("ascii") for name in NEVER_RETURNED)
+
+RawHeaders = list[tuple[bytes, bytes]]
 
 
 def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:

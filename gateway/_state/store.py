@@ -7,7 +7,7 @@ so the caller decides: a rate limit fails open or closed, a cache is skipped.
 
 RedisStore, on coredis (anyio-based, so it runs under trio):
 
-- every call runs under its own deadline of ``timeout_s`` (50 ms by default); a call that
+- every call runs under its own deadline of ``timeout_s`` (100 ms by default); a call that
   must first open a connection can take up to twice that (see :class:`_ShieldedConnect`);
 - a rate decision is one atomic Lua script (``EVALSHA``, falling back to ``EVAL`` when the
   server does not know the script, e.g. after a restart), with time taken from the
@@ -48,14 +48,16 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# Also the defaults of the config's ``state`` section (memory_max_size, timeout,
+# key_prefix), which are what users are told: one definition, here.
+DEFAULT_MEMORY_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_TIMEOUT_S = 0.1
+DEFAULT_NAMESPACE = "gw:"
+
 # What one cache entry costs besides its key and value: the ordered dict's slot and link,
 # the entry object, the str and bytes headers (about 290 bytes measured on CPython 3.11).
 ENTRY_OVERHEAD_BYTES = 320
-
-DEFAULT_TIMEOUT_S = 0.05
-DEFAULT_MAX_CONNECTIONS = 8
-DEFAULT_NAMESPACE = "gateway:"
+DEFAULT_MAX_CONNECTIONS = 8  # Redis connections; requests are pipelined on few
 US_PER_S = 1_000_000
 
 
@@ -167,7 +169,7 @@ class MemoryStore:
 
     def __init__(
         self,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int = DEFAULT_MEMORY_MAX_BYTES,
         *,
         max_rate_keys: int = DEFAULT_MAX_KEYS,
         clock: Callable[[], float] | None = None,

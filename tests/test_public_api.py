@@ -1,0 +1,58 @@
+"""The public API is exactly what ``gateway/__init__.py`` exports; everything under
+``gateway._*`` is private."""
+
+from __future__ import annotations
+
+import types
+
+import gateway
+
+PUBLIC_NAMES = [
+    "Aggregate",
+    "BackendResult",
+    "ConfigError",
+    "ConfigProblem",
+    "GatewayApp",
+    "GatewayConfig",
+    "GatewayError",
+    "GatewayPlan",
+    "GatewayTransport",
+    "InvalidPathParameter",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "Outcome",
+    "PoolLimits",
+    "PoolStatistics",
+    "RequestBodyTooLarge",
+    "RequestError",
+    "compile_config",
+    "create_app",
+    "hypercorn_config",
+    "json_schema",
+    "load_config",
+    "serve_app",
+]
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    assert sorted(gateway.__all__) == PUBLIC_NAMES
+
+
+def test_every_name_in_all_is_importable_from_gateway() -> None:
+    for name in gateway.__all__:
+        assert getattr(gateway, name) is not None, name
+    namespace: dict[str, object] = {}
+    exec("from gateway import *", namespace)
+    assert sorted(n for n in namespace if n != "__builtins__") == PUBLIC_NAMES
+
+
+def test_no_public_attribute_is_missing_from_all() -> None:
+    public = {
+        name
+        for name, value in vars(gateway).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name != "annotations"
+    }
+    assert public == set(gateway.__all__)
