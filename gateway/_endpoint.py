@@ -110,6 +110,7 @@ def build_context(
         info.address,
         guards or {},
         state,
+        judge_sharing=endpoint.cache is not None,
     )
 
 
@@ -303,6 +304,7 @@ async def serve_aggregate(
                 scope.get("query_string") or b"",
                 request_query(scope),
                 scope["headers"],
+                ctx.forward_headers,
             )
             entry = await state.get(cache_key)
             unpacked = unpack(entry) if entry is not None else None
@@ -341,7 +343,8 @@ async def serve_aggregate(
         cache_key is not None
         and result.status == 200
         and result.complete  # only complete answers are kept ...
-        and shared_store_refusal(200, headers) is None  # ... that anyone may be given
+        and shared_store_refusal(200, headers) is None  # ... that anyone may be given,
+        and all(r.shareable for r in results)  # ... made of replies anyone may be given
     ):
         assert state is not None and endpoint.cache is not None
         # stored before sending: the next request hits, and a client that leaves

@@ -247,8 +247,45 @@ def test_a_complete_answer_keeps_the_freshness_its_backends_returned() -> None:
 
 
 def test_an_incomplete_answer_says_no_store_and_drops_every_freshness_field() -> None:
-    result = aggregate([place("a"), place("b")], [returned(*FRESH), failed()])
-    assert result.headers == (("ETag", '"v1"'), ("cache-control", "no-store"))
+    result = aggregate(
+        [place("a"), place("b")],
+        [
+            returned(*FRESH, ("X-Kept", "1"), ("Cloudflare-CDN-Cache-Control", "max-age=9")),
+            failed(),
+        ],
+    )
+    # validators (ETag) and every targeted CDN field go too: they describe a backend's
+    # representation, not this degraded answer
+    assert result.headers == (("X-Kept", "1"), ("cache-control", "no-store"))
+
+
+def test_several_backends_cache_control_combine_into_the_strictest() -> None:
+    from gateway._rules.cachecontrol import combine_cache_control
+
+    assert combine_cache_control(["private", "max-age=60"]) == "private, max-age=60"
+    assert combine_cache_control(["max-age=60, s-maxage=90", "max-age=30"]) == (
+        "max-age=30, s-maxage=90"
+    )
+    assert combine_cache_control(["public, max-age=5", "public"]) == "public, max-age=5"
+    assert combine_cache_control(["public", "max-age=5"]) == "max-age=5"
+    assert combine_cache_control(["max-age=5", "no-store"]) == "no-store"
+    assert combine_cache_control(["max-age=5", 'max-age="']) == "no-store"  # malformed
+    assert combine_cache_control(["no-cache", "must-revalidate, max-age=1"]) == (
+        "no-cache, must-revalidate, max-age=1"
+    )
+    assert combine_cache_control(["immutable", "stale-while-revalidate=9"]) == "no-store"
+    merged = aggregate(
+        [place("a"), place("b")],
+        [
+            returned(("Cache-Control", "private"), ("Set-Cookie", "a=1")),
+            returned(("Cache-Control", "max-age=60"), ("Set-Cookie", "b=1")),
+        ],
+    )
+    assert sorted(merged.headers) == [
+        ("Cache-Control", "private, max-age=60"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=1"),
+    ]
 
 
 def test_error_answers_say_no_store() -> None:

@@ -334,8 +334,9 @@ async def test_returned_headers_resolve_conflicts_by_config_order(nursery: trio.
             ),
         )
         r = await gw.get("/api/1")
+        # incomplete (third failed): no-store, and no backend's validator
         assert r.headers.get_list("cache-control") == ["no-store"]
-        assert r.headers["etag"] == '"e1"'
+        assert "etag" not in r.headers
 
 
 def problems(config: dict[str, Any]) -> list[str]:

@@ -157,8 +157,12 @@ def test_the_str_views_name_the_same_fields() -> None:
     assert {n.encode() for n in headers.NEVER_RETURNED_STR} == headers.NEVER_RETURNED
 
 
-def test_nothing_the_gateway_sets_per_request_is_cache_keyed() -> None:
-    assert headers.GATEWAY_SET <= headers.NOT_CACHE_KEYED
+def test_nothing_the_gateway_sets_per_request_is_cache_keyed_but_what_the_client_chose() -> None:
+    """The client's address and trace ids would make every entry private to one request;
+    the forwarded Host and scheme come from the client and are keyed (an unkeyed
+    X-Forwarded-Host lets one client poison another's answer)."""
+    assert headers.GATEWAY_SET - headers.KEYED_FORWARDING <= headers.NOT_CACHE_KEYED
+    assert not headers.KEYED_FORWARDING & headers.NOT_CACHE_KEYED
     assert {b"host", b"content-length"} <= headers.NOT_CACHE_KEYED
 
 

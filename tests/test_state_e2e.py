@@ -296,9 +296,11 @@ async def test_two_instances_share_limits_and_caches_on_redis(
         file = write_config(tmp_path, config)
         (one, p1), (two, p2) = [await start_gateway_process(nursery, file) for _ in range(2)]
         async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
-            # a cache filled through one instance is served by the other
-            r1 = await client.get(one + "/api/1")
-            r2 = await client.get(two + "/api/1")
+            # a cache filled through one instance is served by the other (behind a load
+            # balancer both see the same Host, which is part of the key)
+            same_host = {"host": "api.example"}
+            r1 = await client.get(one + "/api/1", headers=same_host)
+            r2 = await client.get(two + "/api/1", headers=same_host)
             assert r1.headers["x-gateway-backends"] == "a=ok"
             assert r2.headers["x-gateway-backends"] == "a=ok;cache=hit"
             assert [r.path for r in seen] == ["/x"]

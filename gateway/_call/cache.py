@@ -55,9 +55,9 @@ def shareable(reply: Reply) -> bool:
     ``Set-Cookie``, ``private``, ``no-store``, ``no-cache``, ``Vary: *``, and a
     Cache-Control that parses), whatever its status; a failure without an answer holds
     nothing of anyone's."""
-    if not reply.status:
-        return True
-    return shared_store_refusal(reply.status, reply.headers) in (None, "status")
+    # judged as a 200 would be: a status a cache cannot store (206, say) still goes to the
+    # client with its headers, cookies included
+    return not reply.status or shared_store_refusal(200, reply.headers) is None
 
 
 def _ttl_s(plan: BackendCachePlan, request: UpstreamRequest, reply: Reply) -> float:

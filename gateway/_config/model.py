@@ -361,10 +361,12 @@ class BackendCacheConfig(_Model):
     ttl: Duration | None = None
     """How long a response is fresh when the upstream's `Cache-Control` gives no
     `s-maxage`/`max-age`. Without it, only what `Cache-Control` allows is cached.
-    `no-store`, `no-cache` and `private` always prevent storing."""
+    `no-store`, `no-cache`, `private` and `Set-Cookie` always prevent storing."""
 
     coalesce: bool = True
-    """Let concurrent identical calls share one upstream request."""
+    """Let concurrent identical calls share one upstream request. A reply that may not be
+    shared between clients (`Set-Cookie`, `private`, `no-store`, `no-cache`) is never
+    given to the waiting calls: each makes its own request."""
 
 
 class EndpointCacheConfig(_Model):
@@ -483,7 +485,8 @@ class BackendConfig(_Model):
 
     cache: BackendCacheConfig | None = None
     """Cache this backend's responses (GET only). The key covers the method, the final URL
-    and the forwarded headers."""
+    and every header sent upstream but the gateway's per-request ones (client address,
+    `Via`, trace ids)."""
 
     return_headers: list[str] = Field(default_factory=list)
     """Response headers of this call copied into the aggregated response (when it

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .cachecontrol import FRESHNESS_FIELDS, NO_STORE
+from .cachecontrol import NO_STORE, VALIDATOR_FIELDS, combine_cache_control, is_freshness_field
 from .transform import JSON
 
 # RFC 9111 section 5.2.2.5, on every response that is not a complete 200.
@@ -69,6 +69,10 @@ class BackendResult:
     hedges: int = 0  # hedged calls sent
     cache: str = ""  # "hit" (from the cache) or "coalesced" (shared another call's answer)
     host: str = ""  # with several hosts: the origin of the last attempt
+    # whether a shared cache may give its reply to other clients (judged for endpoints
+    # with ``cache`` only): the aggregate cache never stores an answer made of one that
+    # may not, whether or not its headers are returned
+    shareable: bool = True
 
     @property
     def ok(self) -> bool:
@@ -203,21 +207,39 @@ def not_to_be_kept(headers: Sequence[tuple[str, str]]) -> tuple[tuple[str, str],
     kept = tuple(
         (name, value)
         for name, value in headers
-        if name.lower().encode("latin-1") not in FRESHNESS_FIELDS
+        if not is_freshness_field(low := name.lower().encode("latin-1"))
+        and low not in VALIDATOR_FIELDS
     )
     return (*kept, NO_STORE_FIELD)
 
 
 def merge_headers(results: Sequence[BackendResult]) -> tuple[tuple[str, str], ...]:
-    """Returned headers in config order; a later backend's field replaces an earlier one's."""
+    """Returned headers in config order; a later backend's field replaces an earlier one's,
+    but for two: every backend's ``Set-Cookie`` lines are kept (each sets its own cookie,
+    RFC 6265 section 3), and ``Cache-Control`` is combined into the strictest
+    (:func:`~gateway._rules.cachecontrol.combine_cache_control`), so a later backend's
+    ``max-age`` never lifts an earlier one's ``private``."""
     merged: dict[str, list[tuple[str, str]]] = {}
+    controls: list[str] = []
     for result in results:
         if result.outcome != Outcome.OK or not result.headers:
             continue
         fresh: dict[str, list[tuple[str, str]]] = {}
+        own_controls: list[str] = []
         for name, value in result.headers:
-            fresh.setdefault(name.lower(), []).append((name, value))
+            low = name.lower()
+            if low == "set-cookie":
+                merged.setdefault(low, []).append((name, value))
+                continue
+            if low == "cache-control":
+                own_controls.append(value)
+            fresh.setdefault(low, []).append((name, value))
+        if own_controls:
+            controls.append(", ".join(own_controls))
         merged.update(fresh)
+    if len(controls) > 1:
+        name = merged["cache-control"][0][0]
+        merged["cache-control"] = [(name, combine_cache_control(controls))]
     return tuple(pair for pairs in merged.values() for pair in pairs)
 
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -98,6 +98,50 @@ class Freshness:
 
 def _not_stored(reason: str, vary: tuple[bytes, ...] = ()) -> Freshness:
     return Freshness(0.0, reason, vary)
+
+
+# Response fields about one representation's freshness or validation, besides
+# FRESHNESS_FIELDS: a degraded aggregate must not carry a backend's validators or age
+# (RFC 9110 sections 8.8.2 Last-Modified, 8.8.3 ETag; RFC 9111 section 5.1 Age).
+VALIDATOR_FIELDS = frozenset({b"etag", b"last-modified", b"age"})
+
+
+def is_freshness_field(name: bytes) -> bool:
+    """``Cache-Control``, ``Expires``, ``Surrogate-Control``, and every targeted
+    ``...CDN-Cache-Control`` field (RFC 9213 section 2: ``CDN-Cache-Control`` and the
+    vendor ones such as ``Cloudflare-CDN-Cache-Control``). ``name`` lower-case."""
+    return name in FRESHNESS_FIELDS or name.endswith(b"cdn-cache-control")
+
+
+def combine_cache_control(values: Sequence[str]) -> str:
+    """One Cache-Control for a response merged from several backends' (``values``: the
+    field value each returned), as strict as the strictest: ``no-store`` if any says so
+    or any does not parse; ``private``, ``no-cache`` and ``must-revalidate`` if any says
+    so; ``public`` only if all do and none is private; the smallest ``max-age`` and
+    ``s-maxage`` given. Other directives are dropped: no rule combines them safely.
+    (RFC 9111 section 5.2.2.)"""
+    parsed = [parse_cache_control([value]) for value in values]
+    if any(d is None or "no-store" in d for d in parsed):
+        return "no-store"
+    directives = [d for d in parsed if d is not None]
+    out: list[str] = []
+    private = any("private" in d for d in directives)
+    if private:
+        out.append("private")
+    elif directives and all("public" in d for d in directives):
+        out.append("public")
+    for flag in ("no-cache", "must-revalidate"):
+        if any(flag in d for d in directives):
+            out.append(flag)
+    for name in ("max-age", "s-maxage"):
+        if name == "s-maxage" and private:
+            continue
+        ages = [_delta_seconds(d[name]) for d in directives if name in d]
+        if any(age is None for age in ages):
+            return "no-store"
+        if ages:
+            out.append(f"{name}={min(a for a in ages if a is not None)}")
+    return ", ".join(out) if out else "no-store"
 
 
 def parse_cache_control(values: Iterable[str]) -> Directives | None:

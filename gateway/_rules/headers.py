@@ -54,10 +54,16 @@ GATEWAY_SET = frozenset(
 # itself, and the fields it sets per request.
 NEVER_FORWARDED = HOP_BY_HOP | FRAMING | GATEWAY_SET
 
+# Forwarding fields the gateway sets from what the client sent (its Host, its scheme):
+# few distinct values, and an upstream may build links from them, so a cache keys on them
+# (an unkeyed X-Forwarded-Host is the classic way to poison a shared cache).
+KEYED_FORWARDING = frozenset({b"x-forwarded-host", b"x-forwarded-proto"})
+
 # Request fields that never vary an upstream response for caching (RFC 9111 section 4.1,
-# Vary; RFC 9110 section 12.5.5): the framing and the gateway's per-request fields. Keyed
-# on, they would make every cache entry private to one request.
-NOT_CACHE_KEYED = FRAMING | GATEWAY_SET
+# Vary; RFC 9110 section 12.5.5): the framing and the gateway's per-request fields (the
+# client's address, trace ids). Keyed on, they would make every cache entry private to one
+# request. An upstream whose answer depends on the client's address must not be cached.
+NOT_CACHE_KEYED = FRAMING | (GATEWAY_SET - KEYED_FORWARDING)
 
 # Upstream response fields a passthrough response does not copy: the server sets its own
 # Date (RFC 9110 section 6.6.1: an origin server with a clock sends one), so an

@@ -22,6 +22,7 @@ from .._config.model import StateConfig
 from .._config.plan import EndpointPlan, RateLimitPlan
 from .._errors import RateLimitUnavailable, RequestError, StoreUnavailable, TooManyRequests
 from .._observability import metrics as metrics
+from .._rules.headers import KEYED_FORWARDING
 from .coalesce import Coalescer
 from .limiter import Decision, format_policy, format_ratelimit, retry_after_s
 from .store import MemoryStore, RedisStore, Store
@@ -161,9 +162,14 @@ def endpoint_cache_key(
     query_string: bytes,
     query: Mapping[str, Sequence[str]],
     headers: RawHeaders,
+    forwarded: RawHeaders = (),
 ) -> str:
     """The aggregate cache's key: the endpoint and the values that may vary its answer,
     length-prefixed and hashed.
+
+    Whatever the key, it holds the forwarding fields the gateway derives from the client
+    request and sends upstream (``forwarded``, :data:`~gateway._rules.headers.KEYED_FORWARDING`:
+    X-Forwarded-Host and -Proto), so a client's Host cannot poison another's answer.
 
     The default key holds every value the endpoint reads from the request (computed at
     load, :class:`~gateway._config.plan.RequestReads`): every path parameter, the raw query
@@ -186,6 +192,9 @@ def endpoint_cache_key(
         part(b"1" + b", ".join(found) if found else b"0")
 
     part(f"{endpoint.method} {endpoint.path}".encode())
+    for field_name in sorted(KEYED_FORWARDING):
+        found = [v for n, v in forwarded if n.lower() == field_name]
+        part(b"1" + b", ".join(found) if found else b"0")
     if cache.key is None:
         for name in sorted(params):
             part(name.encode())
