@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -546,7 +545,7 @@ def _stack_of(config: dict[str, Any], passthrough: bool = False) -> list[str]:
         budget=None,
     )
     if not passthrough:
-        spec = replace(spec, budget=ByteBudget(1))
+        spec = spec._replace(budget=ByteBudget(1))
     layer: Any = compose(
         spec,
         PASSTHROUGH if passthrough else AGGREGATED,

@@ -40,7 +40,7 @@ import random
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -85,9 +85,9 @@ class AnyLayer(Layer, Protocol):
     def wanted(spec: CallSpec) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class CallSpec:
-    """What a layer is built from: the backend, its worker-wide state, and the call's."""
+class CallSpec(NamedTuple):
+    """What a layer is built from: the backend, its worker-wide state, and the call's
+    (a named tuple: built once per backend call, on the hot path)."""
 
     backend: BackendPlan
     guard: UpstreamGuard | None
@@ -359,6 +359,8 @@ hedging, which need a replayable body or a buffered reply."""
 def compose(spec: CallSpec, order: Sequence[type[AnyLayer]], innermost: Layer) -> Layer:
     """The call's stack: ``innermost`` wrapped in every layer of ``order`` that applies
     to it (``wanted``), so the first of ``order`` is the outermost."""
+    if spec.guard is None and spec.backend.cache is None:
+        return innermost  # no policy at all (every layer needs a guard or a cache)
     layer = innermost
     for kind in reversed(order):
         if kind.wanted(spec):
