@@ -939,12 +939,12 @@ def test_check_warns_when_credentials_the_endpoint_sends_would_bypass_its_cache(
         """
     default = warnings_of(textwrap.dedent(endpoint % "{ttl: 5s}"))
     assert default == [
-        "c.yaml: endpoints[0].cache: warning: the endpoint sends the client's authorization "
-        "upstream but cache.key does not name header.authorization: every request carrying "
-        "it bypasses the cache",
-        "c.yaml: endpoints[0].cache: warning: the endpoint sends the client's cookie "
-        "upstream but cache.key does not name header.cookie: every request carrying "
-        "it bypasses the cache",
+        "c.yaml: endpoints[0].cache: warning: the endpoint reads the client's authorization (a "
+        "template, a when: condition or forward_headers) but cache.key does not name "
+        "header.authorization: every request carrying it bypasses the cache",
+        "c.yaml: endpoints[0].cache: warning: the endpoint reads the client's cookie (a "
+        "template, a when: condition or forward_headers) but cache.key does not name "
+        "header.cookie: every request carrying it bypasses the cache",
     ]
     named = "{ttl: 5s, key: [header.Authorization, header.Cookie]}"
     assert warnings_of(textwrap.dedent(endpoint % named)) == []

@@ -598,8 +598,9 @@ def _cache_warnings(file: str, ep: EndpointPlan, cache: EndpointCachePlan) -> li
                 ConfigProblem(
                     file,
                     format_path(at),
-                    f"warning: the endpoint sends the client's {name} upstream but cache.key "
-                    f"does not name header.{name}: every request carrying it bypasses the cache",
+                    f"warning: the endpoint reads the client's {name} (a template, a when: "
+                    f"condition or forward_headers) but cache.key does not name "
+                    f"header.{name}: every request carrying it bypasses the cache",
                 )
             )
     for bi, be in enumerate(ep.backends):
