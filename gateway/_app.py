@@ -543,7 +543,11 @@ class GatewayApp(QuartTrio):
             return json_response(
                 body_json,
                 result.status,
-                {"X-Gateway-Complete": "false", "X-Gateway-Backends": result.backends_header},
+                {
+                    "X-Gateway-Complete": "false",
+                    "X-Gateway-Backends": result.backends_header,
+                    "Cache-Control": "no-store",  # as for every aggregated error
+                },
             )
         response = Response(result.body, status=result.status)
         response.headers.clear()

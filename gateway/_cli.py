@@ -36,6 +36,8 @@ def summary(plan: GatewayPlan) -> str:
     for name, up in plan.upstreams.items():
         hosts = " ".join(h.origin for h in up.all_hosts) + up.base.base_path
         balance = f" ({up.balance})" if len(up.all_hosts) > 1 else ""
+        if up.base.virtual_host is not None:
+            balance += f" Host: {up.base.virtual_host}"
         lines.append(
             f"  upstream {name:<16} {hosts}{balance}"
             f"  timeout {format_duration(up.timeout_s)}  max_connections {up.max_connections}"

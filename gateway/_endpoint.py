@@ -110,7 +110,6 @@ def build_context(
         info.address,
         guards or {},
         state,
-        judge_sharing=endpoint.cache is not None,
     )
 
 

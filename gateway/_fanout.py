@@ -36,7 +36,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 async def _each(
-    stack: Layer, backend: BackendPlan, requests: Sequence[UpstreamRequest], judge: bool
+    stack: Layer, backend: BackendPlan, requests: Sequence[UpstreamRequest]
 ) -> BackendResult:
     """``for_each``: all calls concurrently, each through the whole stack; results in
     element order; the first failure (in element order) fails the backend and cancels the
@@ -44,7 +44,7 @@ async def _each(
     results: list[BackendResult | None] = [None] * len(requests)
 
     async def one(index: int, request: UpstreamRequest, nursery: trio.Nursery) -> None:
-        result = shape(backend, await stack.send(request), judge)
+        result = shape(backend, await stack.send(request))
         results[index] = result
         if result.outcome not in (Outcome.OK, Outcome.CIRCUIT_OPEN):
             nursery.cancel_scope.cancel()  # the list is incomplete whatever the others do
@@ -124,9 +124,9 @@ async def _call_backend(
     result: BackendResult | None = None
     with stats.timeout:
         if backend.for_each:
-            result = await _each(stack, backend, requests, ctx.judge_sharing)
+            result = await _each(stack, backend, requests)
         else:
-            result = shape(backend, await stack.send(requests[0]), ctx.judge_sharing)
+            result = shape(backend, await stack.send(requests[0]))
     duration_s = trio.current_time() - start
     if result is None:  # the backend's own timeout fired (the breaker has been told)
         result = BackendResult(Outcome.TIMEOUT, detail="backend timeout")

@@ -263,9 +263,11 @@ def test_several_backends_cache_control_combine_into_the_strictest() -> None:
     from gateway._rules.cachecontrol import combine_cache_control
 
     assert combine_cache_control(["private", "max-age=60"]) == "private, max-age=60"
+    # a shared cache would keep the second for 30 s: s-maxage may not lift that
     assert combine_cache_control(["max-age=60, s-maxage=90", "max-age=30"]) == (
-        "max-age=30, s-maxage=90"
+        "max-age=30, s-maxage=30"
     )
+    assert combine_cache_control(["max-age=60", "s-maxage=600"]) == "max-age=60, s-maxage=60"
     assert combine_cache_control(["public, max-age=5", "public"]) == "public, max-age=5"
     assert combine_cache_control(["public", "max-age=5"]) == "max-age=5"
     assert combine_cache_control(["max-age=5", "no-store"]) == "no-store"
@@ -384,3 +386,24 @@ def test_a_finished_call_keeps_every_field_of_its_result() -> None:
     assert finished == dataclasses.replace(
         result, duration_s=1.5, started_s=2.5, retries=3, hedges=4
     )
+
+
+def test_merged_vary_names_every_backends_fields_and_one_backends_age_is_dropped() -> None:
+    merged = aggregate(
+        [place("a"), place("b")],
+        [
+            returned(("Vary", "Accept-Language"), ("Age", "100"), ("Cache-Control", "max-age=60")),
+            returned(("Vary", "X-Foo, accept-language")),
+        ],
+    )
+    assert dict(merged.headers) == {"Vary": "accept-language, x-foo", "Cache-Control": "max-age=60"}
+
+
+def test_an_answer_made_of_an_unshareable_reply_says_no_store() -> None:
+    private = BackendResult(Outcome.OK, {"mine": 1}, shareable=False)
+    public = returned(
+        ("Cache-Control", "public, max-age=600"), ("CDN-Cache-Control", "max-age=600")
+    )
+    merged = aggregate([place("a"), place("b")], [private, public])
+    assert merged.complete
+    assert merged.headers == (("cache-control", "no-store"),)

@@ -125,7 +125,10 @@ async def test_an_answer_that_cannot_be_shared_is_never_stored(
         first = await gw.get("/api/1")
         gw.client.cookies.clear()  # the second request is another client's
         second = await gw.get("/api/1")
-        assert first.headers[field] == value
+        if field == "Cache-Control":  # kept by no cache downstream either
+            assert first.headers.get_list(field) == ["no-store"]
+        else:
+            assert first.headers[field] == value
         assert [first.headers["x-cache"], second.headers["x-cache"]] == ["miss", "miss"]
         assert [first.json(), second.json()] == [{"n": 1}, {"n": 2}]
         assert len(seen) == 2
@@ -424,7 +427,8 @@ async def test_a_later_backends_max_age_never_lifts_an_earlier_ones_private(
         )
         gw = await start_gateway(nursery, config)
         first, second = [await gw.get("/api/1") for _ in range(2)]
-        assert first.headers["cache-control"] == "private, max-age=60"
+        # private data: kept by no cache, here or downstream
+        assert first.headers.get_list("cache-control") == ["no-store"]
         assert [first.headers["x-cache"], second.headers["x-cache"]] == ["miss", "miss"]
 
 
@@ -458,6 +462,10 @@ async def test_an_incomplete_answer_carries_no_backends_freshness_or_validators(
         ("CDN-Cache-Control", "max-age=60"),
         ("Cloudflare-CDN-Cache-Control", "max-age=60"),
         ("Surrogate-Control", "max-age=60"),
+        ("Edge-Control", "cache-maxage=60m"),
+        ("Akamai-Cache-Control", "max-age=60"),
+        ("Fastly-Surrogate-Control", "max-age=60"),
+        ("X-Accel-Expires", "600"),
         ("ETag", '"v1"'),
         ("Last-Modified", "Thu, 01 Dec 2022 16:00:00 GMT"),
         ("Age", "5"),
@@ -481,3 +489,84 @@ async def test_an_incomplete_answer_carries_no_backends_freshness_or_validators(
         assert r.headers["x-kept"] == "yes"
         for name, _ in fields[1:-1]:
             assert name.lower() not in r.headers, name
+
+
+@pytest.mark.parametrize(
+    "private_headers",
+    [
+        [("Cache-Control", "private")],
+        [("Cache-Control", "no-store")],
+        [("Set-Cookie", "sid=1")],
+    ],
+)
+async def test_an_unreturned_private_reply_makes_the_answer_no_store_downstream(
+    nursery: trio.Nursery, private_headers: list[tuple[str, str]]
+) -> None:
+    """Another backend's ``public, max-age`` (and CDN fields) must not tell a CDN to keep
+    an answer that holds one client's data, whether or not that reply's own fields are
+    returned."""
+    with trio.fail_after(10):
+        up = await start_upstream(
+            nursery,
+            {
+                "/me": Reply(json={"me": 1}, headers=private_headers),
+                "/cat": Reply(
+                    json={"cat": 1},
+                    headers=[
+                        ("Cache-Control", "public, max-age=600"),
+                        ("CDN-Cache-Control", "max-age=600"),
+                    ],
+                ),
+            },
+        )
+        config = simple_config(
+            {"u": up},
+            [
+                backend_config("me", "u", "/me"),
+                backend_config(
+                    "cat", "u", "/cat", return_headers=["Cache-Control", "CDN-Cache-Control"]
+                ),
+            ],
+        )
+        gw = await start_gateway(nursery, config)
+        r = await gw.get("/api/1")
+        assert r.headers["x-gateway-complete"] == "true"
+        assert r.headers.get_list("cache-control") == ["no-store"]
+        assert "cdn-cache-control" not in r.headers
+
+
+async def test_a_service_token_set_in_config_does_not_keep_the_backend_cache_empty(
+    nursery: trio.Nursery,
+) -> None:
+    """RFC 9111 section 3.5 is about a client's credentials: an Authorization the config
+    sends on every call (a service token, part of the key) does not make replies private;
+    a client's forwarded one does."""
+    with trio.fail_after(10):
+        seen, handler = recorder(lambda req: Reply(json={"n": 1}))
+        up = await start_upstream(nursery, handler)
+        config = simple_config(
+            {"u": up},
+            [backend_config("a", "u", "/a", cache={"ttl": "30s"})],
+            forward_headers=["X-Client-Auth"],
+        )
+        config["upstreams"]["u"]["headers"] = {"Authorization": "Bearer service-token"}
+        config["endpoints"].append(
+            {
+                "path": "/mine",
+                "backends": [
+                    backend_config(
+                        "a",
+                        "u",
+                        "/mine",
+                        cache={"ttl": "30s"},
+                        headers={"Authorization": "{header.X-User}"},
+                    )
+                ],
+            }
+        )
+        gw = await start_gateway(nursery, config)
+        _, second = [await gw.get("/api/1") for _ in range(2)]
+        assert second.headers["x-gateway-backends"] == "a=ok;cache=hit"
+        assert seen[0].headers["authorization"] == "Bearer service-token"
+        mine = [await gw.get("/mine", headers={"x-user": "Bearer alice"}) for _ in range(2)]
+        assert [r.headers["x-gateway-backends"] for r in mine] == ["a=ok", "a=ok"]

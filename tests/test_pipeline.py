@@ -343,6 +343,7 @@ async def test_passthrough_failures_open_the_breaker(nursery: trio.Nursery) -> N
         refused = await gw.get("/pass")
         assert refused.status_code == 502
         assert refused.headers["x-gateway-backends"] == "p=circuit_open"
+        assert refused.headers["cache-control"] == "no-store"
         assert up.calls("/p") == 2
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 
 from .._observability import metrics as metrics
 from .._rules.aggregate import Outcome
-from .._rules.cachecontrol import cache_key, shared_freshness, shared_store_refusal
+from .._rules.cachecontrol import cache_key, may_share, shared_freshness
 from .._rules.headers import NOT_CACHE_KEYED, strip_hop_by_hop
 from .._state.shared import pack, unpack
 from .exchange import Reply
@@ -57,19 +57,33 @@ def shareable(reply: Reply) -> bool:
     nothing of anyone's."""
     # judged as a 200 would be: a status a cache cannot store (206, say) still goes to the
     # client with its headers, cookies included
-    return not reply.status or shared_store_refusal(200, reply.headers) is None
+    return not reply.status or may_share(reply.headers)
 
 
-def _ttl_s(plan: BackendCachePlan, request: UpstreamRequest, reply: Reply) -> float:
+def _ttl_s(
+    plan: BackendCachePlan,
+    request: UpstreamRequest,
+    reply: Reply,
+    static: frozenset[tuple[bytes, bytes]],
+) -> float:
     """How long a reply may be stored: as its Cache-Control allows, else the backend's
-    ``cache.ttl`` when the upstream gave no freshness at all; 0: not stored."""
+    ``cache.ttl`` when the upstream gave no freshness at all; 0: not stored.
+
+    RFC 9111 section 3.5 (an authorized request's response is stored only if it allows
+    it) applies to an ``Authorization`` of the client's; one the config sets itself
+    (``static``: a service token, the same for every client, and part of the key) does
+    not make a response private."""
     fields = key_fields(request)
+    authorized = any(
+        name.lower() == b"authorization" and (name.lower(), value) not in static
+        for name, value in request.headers
+    )
     freshness = shared_freshness(
         reply.status,
         reply.headers,
         now_s=time.time(),
         key_headers=fields,
-        request_authorized=b"authorization" in fields,
+        request_authorized=authorized,
     )
     if freshness.storable:
         return freshness.ttl_s
@@ -81,13 +95,14 @@ def _ttl_s(plan: BackendCachePlan, request: UpstreamRequest, reply: Reply) -> fl
 class Cache:
     """Answers from the store; stores what may be stored (see the module docstring)."""
 
-    __slots__ = ("next", "plan", "state")
+    __slots__ = ("next", "plan", "state", "static")
 
     def __init__(self, next: Layer, spec: CallSpec) -> None:
         assert spec.backend.cache is not None and spec.state is not None
         self.next = next
         self.plan = spec.backend.cache
         self.state: SharedState = spec.state
+        self.static = spec.backend.static_authorization
 
     @staticmethod
     def wanted(spec: CallSpec) -> bool:
@@ -110,7 +125,7 @@ class Cache:
         if reply.cache != "coalesced":
             metrics.CACHE.labels("backend", "miss").inc()
             if reply.outcome == Outcome.OK and reply.body is not None:
-                ttl_s = _ttl_s(self.plan, request, reply)
+                ttl_s = _ttl_s(self.plan, request, reply, self.static)
                 if ttl_s > 0:
                     stored = [
                         [n.decode("latin-1"), v.decode("latin-1")]

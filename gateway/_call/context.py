@@ -38,5 +38,3 @@ class CallContext:
     # each backend call's state (retries and hedges so far), by backend name, so that a
     # call cut by the deadline is still reported with them
     attempts: dict[str, CallStats] = field(default_factory=dict)
-    # the endpoint has a cache: judge whether each reply may be shared between clients
-    judge_sharing: bool = False

@@ -22,7 +22,7 @@ import orjson
 
 from .._config.plan import BackendPlan
 from .._rules.aggregate import BackendResult, Outcome, http_outcome
-from .._rules.cachecontrol import shared_store_refusal
+from .._rules.cachecontrol import may_share
 from .._rules.headers import HOP_BY_HOP, connection_named
 from .._rules.transform import SelectMissing
 from .._upstream.transport import Origin, UpstreamResponse
@@ -226,18 +226,18 @@ def returned_headers(backend: BackendPlan, headers: RawHeaders) -> tuple[tuple[s
     )
 
 
-def shape(backend: BackendPlan, reply: Reply, judge_sharing: bool = False) -> BackendResult:
+def shape(backend: BackendPlan, reply: Reply) -> BackendResult:
     """A reply as the backend's result: a 2xx body parsed, selected and shaped (no body,
-    as for 204 or HEAD, is ``null``), with its ``return_headers``; a failure as it is.
-    With ``judge_sharing`` (an endpoint with a cache), whether a shared cache may give the
-    reply to other clients (:func:`~gateway._rules.cachecontrol.shared_store_refusal`).
-    A bug while shaping fails this backend (``internal_error``), never the request."""
+    as for 204 or HEAD, is ``null``), with its ``return_headers``, and whether the reply may
+    be given to other clients (:func:`~gateway._rules.cachecontrol.may_share`: an answer
+    made of one that may not is kept by no cache); a failure as it is. A bug while shaping
+    fails this backend (``internal_error``), never the request."""
     try:
         result = _shape(backend, reply)
     except Exception as exc:
         log.exception("backend %s failed with an internal error", backend.name)
         return BackendResult(Outcome.INTERNAL_ERROR, detail=f"internal error: {type(exc).__name__}")
-    if judge_sharing and reply.status and shared_store_refusal(200, reply.headers) is not None:
+    if reply.status and not may_share(reply.headers):
         return replace(result, shareable=False)
     return result
 

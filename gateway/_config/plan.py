@@ -153,6 +153,17 @@ class BackendPlan:
     deps: tuple[int, ...] = ()  # indexes of the backends this one references
 
     @cached_property
+    def static_authorization(self) -> frozenset[tuple[bytes, bytes]]:
+        """The ``Authorization`` lines the config itself sets, the upstream's or the
+        backend's without references (lower-case name, value)."""
+        lines = {(k.lower(), v) for k, v in self.static_headers if k.lower() == b"authorization"}
+        for name, template in self.header_templates:
+            if name.lower() == "authorization" and not template.refs:
+                text = "".join(p for p in template.parts if isinstance(p, str))
+                lines.add((b"authorization", text.encode("utf-8")))
+        return frozenset(lines)
+
+    @cached_property
     def static_headers(self) -> tuple[tuple[bytes, bytes], ...]:
         """``Accept`` and the upstream's headers, encoded once."""
         encoded = ((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)

@@ -69,9 +69,8 @@ class BackendResult:
     hedges: int = 0  # hedged calls sent
     cache: str = ""  # "hit" (from the cache) or "coalesced" (shared another call's answer)
     host: str = ""  # with several hosts: the origin of the last attempt
-    # whether a shared cache may give its reply to other clients (judged for endpoints
-    # with ``cache`` only): the aggregate cache never stores an answer made of one that
-    # may not, whether or not its headers are returned
+    # whether its reply may be given to other clients: an answer made of one that may not
+    # is kept by no cache, whether or not its headers are returned
     shareable: bool = True
 
     @property
@@ -153,9 +152,10 @@ def aggregate(
     3. Otherwise 200; ``complete`` is false if any backend failed (``skipped`` is not a
        failure).
 
-    Every answer but a complete 200 carries ``Cache-Control: no-store`` and none of the
-    backends' freshness fields (:func:`not_to_be_kept`): a degraded answer must not be
-    kept by a CDN or a browser, whatever ``max-age`` a backend returned.
+    Every answer but a complete 200, and every answer made of a reply that may not be
+    shared (``BackendResult.shareable``), carries ``Cache-Control: no-store`` and none of
+    the backends' freshness fields or validators (:func:`not_to_be_kept`): a CDN or a
+    browser must not keep it, whatever ``max-age`` a backend returned.
     """
     header = backends_header(placements, results)
     outcomes = {p.name: r.outcome for p, r in zip(placements, results, strict=True)}
@@ -191,12 +191,15 @@ def aggregate(
         )
     complete = all(r.ok for r in results)
     headers = merge_headers(results)
+    # an answer made of a reply meant for one client is kept by no cache either, whether
+    # or not that reply's own Cache-Control or Set-Cookie is returned
+    shareable = all(r.shareable for r in results)
     return Aggregate(
         200,
         complete,
         merge(placements, results),
         header,
-        headers if complete else not_to_be_kept(headers),
+        headers if complete and shareable else not_to_be_kept(headers),
     )
 
 
@@ -215,15 +218,19 @@ def not_to_be_kept(headers: Sequence[tuple[str, str]]) -> tuple[tuple[str, str],
 
 def merge_headers(results: Sequence[BackendResult]) -> tuple[tuple[str, str], ...]:
     """Returned headers in config order; a later backend's field replaces an earlier one's,
-    but for two: every backend's ``Set-Cookie`` lines are kept (each sets its own cookie,
-    RFC 6265 section 3), and ``Cache-Control`` is combined into the strictest
+    but: every backend's ``Set-Cookie`` lines are kept (each sets its own cookie, RFC 6265
+    section 3); ``Cache-Control`` is combined into the strictest
     (:func:`~gateway._rules.cachecontrol.combine_cache_control`), so a later backend's
-    ``max-age`` never lifts an earlier one's ``private``."""
+    ``max-age`` never lifts an earlier one's ``private``; ``Vary`` lists every backend's
+    names; and one backend's ``Age`` is dropped when several return fields."""
     merged: dict[str, list[tuple[str, str]]] = {}
     controls: list[str] = []
+    vary: dict[str, None] = {}
+    contributors = 0
     for result in results:
         if result.outcome != Outcome.OK or not result.headers:
             continue
+        contributors += 1
         fresh: dict[str, list[tuple[str, str]]] = {}
         own_controls: list[str] = []
         for name, value in result.headers:
@@ -233,6 +240,8 @@ def merge_headers(results: Sequence[BackendResult]) -> tuple[tuple[str, str], ..
                 continue
             if low == "cache-control":
                 own_controls.append(value)
+            elif low == "vary":
+                vary.update((v.strip().lower(), None) for v in value.split(",") if v.strip())
             fresh.setdefault(low, []).append((name, value))
         if own_controls:
             controls.append(", ".join(own_controls))
@@ -240,6 +249,10 @@ def merge_headers(results: Sequence[BackendResult]) -> tuple[tuple[str, str], ..
     if len(controls) > 1:
         name = merged["cache-control"][0][0]
         merged["cache-control"] = [(name, combine_cache_control(controls))]
+    if contributors > 1:
+        if "vary" in merged:  # varies on what any of them varies on (RFC 9110 12.5.5)
+            merged["vary"] = [(merged["vary"][0][0], ", ".join(vary))]
+        merged.pop("age", None)  # one backend's age is not the merged answer's
     return tuple(pair for pairs in merged.values() for pair in pairs)
 
 

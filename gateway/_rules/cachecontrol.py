@@ -106,11 +106,39 @@ def _not_stored(reason: str, vary: tuple[bytes, ...] = ()) -> Freshness:
 VALIDATOR_FIELDS = frozenset({b"etag", b"last-modified", b"age"})
 
 
+# Vendor fields that tell a CDN or proxy how long to keep a response, besides the targeted
+# ``...Cache-Control`` and ``...Surrogate-Control`` ones: Akamai's Edge-Control, nginx's
+# X-Accel-Expires (which nginx prefers to Cache-Control).
+_VENDOR_FRESHNESS = frozenset({b"edge-control", b"x-accel-expires"})
+
+
 def is_freshness_field(name: bytes) -> bool:
-    """``Cache-Control``, ``Expires``, ``Surrogate-Control``, and every targeted
-    ``...CDN-Cache-Control`` field (RFC 9213 section 2: ``CDN-Cache-Control`` and the
-    vendor ones such as ``Cloudflare-CDN-Cache-Control``). ``name`` lower-case."""
-    return name in FRESHNESS_FIELDS or name.endswith(b"cdn-cache-control")
+    """``Cache-Control``, ``Expires``, ``Surrogate-Control``, every targeted
+    ``...Cache-Control`` field (RFC 9213 section 2: ``CDN-Cache-Control`` and vendor ones
+    such as ``Cloudflare-CDN-Cache-Control`` or ``Akamai-Cache-Control``), every
+    ``...Surrogate-Control`` and the vendor fields ``Edge-Control`` and
+    ``X-Accel-Expires``. ``name`` lower-case."""
+    return (
+        name in FRESHNESS_FIELDS
+        or name.endswith((b"cache-control", b"surrogate-control"))
+        or name in _VENDOR_FRESHNESS
+    )
+
+
+# The response fields whose presence can make a response unshareable (a quick test before
+# parsing: most upstream replies carry none of them).
+_SHARING_FIELDS = frozenset({b"cache-control", b"set-cookie", b"vary"})
+
+
+def may_share(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a response (of any status) may go to other clients than the one it was
+    made for: :func:`shared_store_refusal` as for a 200, with a fast path for responses
+    without Cache-Control, Set-Cookie or Vary. Names lower-case, as the transport gives
+    them."""
+    headers = list(headers)
+    if not any(name in _SHARING_FIELDS for name, _ in headers):
+        return True
+    return shared_store_refusal(200, headers) is None
 
 
 def combine_cache_control(values: Sequence[str]) -> str:
@@ -133,14 +161,19 @@ def combine_cache_control(values: Sequence[str]) -> str:
     for flag in ("no-cache", "must-revalidate"):
         if any(flag in d for d in directives):
             out.append(flag)
-    for name in ("max-age", "s-maxage"):
-        if name == "s-maxage" and private:
-            continue
-        ages = [_delta_seconds(d[name]) for d in directives if name in d]
-        if any(age is None for age in ages):
-            return "no-store"
-        if ages:
-            out.append(f"{name}={min(a for a in ages if a is not None)}")
+    ages = [_delta_seconds(d["max-age"]) for d in directives if "max-age" in d]
+    # what a shared cache would use of each: s-maxage, else max-age (section 5.2.2.10)
+    shared = [
+        _delta_seconds(d["s-maxage"] if "s-maxage" in d else d["max-age"])
+        for d in directives
+        if "s-maxage" in d or "max-age" in d
+    ]
+    if any(age is None for age in (*ages, *shared)):
+        return "no-store"
+    if ages:
+        out.append(f"max-age={min(a for a in ages if a is not None)}")
+    if not private and any("s-maxage" in d for d in directives):
+        out.append(f"s-maxage={min(a for a in shared if a is not None)}")
     return ", ".join(out) if out else "no-store"
 
 
