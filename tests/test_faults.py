@@ -821,9 +821,10 @@ async def test_thousands_of_faulted_requests_leak_nothing(nursery: trio.Nursery)
         await settle()
         rss_after = rss_bytes()
         # The server may hold a connection whose client left until its keep-alive
-        # timeout (5 s) ends: give the counts that long to come back.
+        # timeout (5 s) ends: give the counts that long to come back, and more on a
+        # loaded machine (a leak never comes back, however long the wait).
         fds_after, tasks_after = measure()
-        with trio.move_on_after(6):
+        with trio.move_on_after(15):
             while fds_after > fds + 2 or tasks_after > tasks + 2:
                 await trio.sleep(0.1)
                 fds_after, tasks_after = measure()
