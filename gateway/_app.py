@@ -12,7 +12,7 @@ import gc
 import http.cookiejar
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -36,12 +36,13 @@ from ._endpoint import (
     send_framing_error,
     serve_aggregate,
 )
-from ._errors import ConfigError, RequestBodyTooLarge, RequestError
+from ._errors import ConfigError, NotFound, RequestBodyTooLarge, RequestError
 from ._observability import metrics as metrics
 from ._observability.logs import AccessRecord, log_access
 from ._observability.otel import SpanExporter
 from ._observability.tracing import CURRENT, trace_context, with_request_id
 from ._passthrough import PassthroughAborted, open_passthrough
+from ._rules.admin import Listener, admin_refusal, off_admin_listener, parse_listener
 from ._rules.aggregate import error_body
 from ._rules.balance import HostSet
 from ._rules.resilience import GuardSettings, UpstreamGuard
@@ -223,6 +224,8 @@ class GatewayApp(QuartTrio):
         self.exporter: SpanExporter | None = None
         self.guards: dict[str, UpstreamGuard] = build_guards(plan, {})
         self.state: SharedState | None = None  # open while serving (rate limits, caches)
+        # read at startup only: the listening sockets outlive a reload
+        self.admin_listener: Listener | None = plan.admin_listener
         self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/ready", "ready", self._ready, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/metrics", "metrics", self._metrics, methods=["GET"])
@@ -301,6 +304,10 @@ class GatewayApp(QuartTrio):
                 await send_framing_error(send, head=scope["method"] == "HEAD")
                 return
             raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+            refusal = self._admin_refusal(scope, raw_path.startswith(ADMIN_PREFIX + "/"), plan)
+            if refusal is not None:
+                await send_error(send, refusal, head=scope["method"] == "HEAD")
+                return
             if not raw_path.startswith(ADMIN_PREFIX + "/"):
                 try:
                     server = plan.config.server
@@ -467,6 +474,36 @@ class GatewayApp(QuartTrio):
                 "config": masked_config(self.plan),
             }
         )
+
+    def _admin_refusal(
+        self, scope: dict[str, Any], admin_path: bool, plan: GatewayPlan
+    ) -> RequestError | None:
+        """Private admin routes only to ``admin_allow`` and on the admin listener; the admin
+        listener serves nothing else."""
+        local = scope.get("server")
+        if not admin_path:
+            if off_admin_listener(local, self.admin_listener):
+                return NotFound("no endpoint at this path")
+            return None
+        return admin_refusal(
+            scope["path"], scope.get("client"), local, plan.admin_allow, self.admin_listener
+        )
+
+    def listening(self, binds: Sequence[str], urls: Sequence[str]) -> None:
+        """Learn the admin listener's bound port (``server.admin_bind`` may ask for port 0)
+        from hypercorn's ``binds`` and the ``urls`` it reported, one per bind, in order."""
+        admin_bind = self.plan.config.server.admin_bind
+        if (
+            self.admin_listener is None
+            or admin_bind is None
+            or admin_bind not in binds
+            or len(urls) != len(binds)
+        ):
+            return
+        # the last: hypercorn_config appends it after the public bind, which may be equal
+        index = len(binds) - 1 - list(reversed(binds)).index(admin_bind)
+        bound = parse_listener(urls[index].split("://", 1)[-1])
+        self.admin_listener = Listener(self.admin_listener.host, bound.port)
 
     async def _metrics(self) -> Response:
         """Prometheus exposition of this worker (of all workers in multiprocess mode)."""

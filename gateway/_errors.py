@@ -16,6 +16,8 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         ├── MethodNotAllowed          405 method_not_allowed: the path exists, the method does not
         ├── InvalidPathParameter      400 invalid_path_parameter: unsafe or malformed {param} value
         ├── InvalidRequest            400 invalid_request: another malformed part of the request
+        ├── AdminForbidden            403 admin_forbidden: a private admin route, peer outside
+        │                             server.admin_allow
         ├── RequestTimeout            408 request_timeout: the body took longer than body_timeout
         ├── RequestBodyTooLarge       413 request_body_too_large
         ├── UrlTooLong                414 url_too_long: path and query over max_url_length
@@ -98,6 +100,14 @@ class InvalidPathParameter(RequestError):
 class InvalidRequest(RequestError):
     status = 400
     code = "invalid_request"
+
+
+class AdminForbidden(RequestError):
+    """A private admin route (config, upstreams, state, metrics) asked for by a peer outside
+    ``server.admin_allow``."""
+
+    status = 403
+    code = "admin_forbidden"
 
 
 class RequestBodyTooLarge(RequestError):

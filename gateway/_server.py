@@ -25,7 +25,7 @@ def hypercorn_config(
     """Hypercorn settings from the config's ``server`` section (CLI values win)."""
     server = plan.config.server
     config = hypercorn.config.Config()
-    config.bind = [bind or server.bind]
+    config.bind = [bind or server.bind, *([server.admin_bind] if server.admin_bind else [])]
     config.workers = workers or server.workers
     config.worker_class = "trio"
     # hypercorn's default backlog of 100 drops connections in a burst
@@ -102,8 +102,20 @@ async def serve_app(
         app,
         config,
         shutdown_trigger=shutdown_trigger,
-        task_status=task_status,
+        task_status=_Listening(app, config.bind, task_status),
     )
+
+
+class _Listening:
+    """Passes hypercorn's bound URLs on, after telling the app (its admin listener)."""
+
+    def __init__(self, app: GatewayApp, binds: list[str], inner: trio.TaskStatus[list[str]]):
+        self._app, self._binds, self._inner = app, binds, inner
+
+    def started(self, value: list[str] | None = None) -> None:
+        if isinstance(self._app, GatewayApp):  # the demo serves its upstreams here too
+            self._app.listening(self._binds, value or [])
+        self._inner.started(value or [])
 
 
 def run_workers(config_path: str, config: hypercorn.config.Config) -> int:

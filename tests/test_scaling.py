@@ -112,6 +112,10 @@ async def test_the_nginx_example_balances_two_instances_sharing_redis(
             assert other.headers["x-gateway-backends"] == "a=ok;cache=hit"
             # the cache was shared: one upstream call for all of them
             assert len(seen) == 1
+            # the probes pass through; the private admin routes do not
+            assert (await client.get(url + "/__gateway/health")).status_code == 200
+            for private in ("config", "upstreams", "state", "metrics"):
+                assert (await client.get(url + "/__gateway/" + private)).status_code == 404
             # both instances answered
             for instance_url, _ in instances:
                 metrics = (await client.get(instance_url + "/__gateway/metrics")).text

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from .._errors import ConfigError, ConfigProblem
 from .._observability.otel import OTEL_MISSING, otel_available
+from .._rules.admin import Listener, parse_listener
 from .._rules.aggregate import Placement
 from .._rules.balance import OutlierSettings
 from .._rules.forwarded import Network, parse_networks
@@ -311,10 +312,30 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                     f"{cidr!r} is not an IP address or CIDR network",
                 )
             )
+    admin_allow: tuple[Network, ...] = ()
+    for ai, cidr in enumerate(config.server.admin_allow):
+        try:
+            admin_allow += parse_networks([cidr])
+        except ValueError:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path(("server", "admin_allow", ai)),
+                    f"{cidr!r} is not an IP address or CIDR network",
+                )
+            )
+    admin_listener: Listener | None = None
+    if config.server.admin_bind is not None:
+        try:
+            admin_listener = parse_listener(config.server.admin_bind)
+        except ValueError as exc:
+            problems.append(ConfigProblem(file, "server.admin_bind", str(exc)))
     if problems:
         raise ConfigError(problems)
     router = Router((e.route, e.method, e) for e in endpoints)
-    compiled = GatewayPlan(file, config, upstreams, tuple(endpoints), router, trusted)
+    compiled = GatewayPlan(
+        file, config, upstreams, tuple(endpoints), router, trusted, admin_allow, admin_listener
+    )
     return replace(compiled, warnings=tuple(risky_settings(compiled)))
 
 

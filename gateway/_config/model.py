@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
 
+from .._rules.admin import DEFAULT_ADMIN_ALLOW
 from .._rules.balance import OutlierSettings
 from .._rules.resilience import BreakerSettings
 from .._state.store import DEFAULT_MEMORY_MAX_BYTES, DEFAULT_NAMESPACE
@@ -127,6 +128,18 @@ class ServerConfig(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest level logged; `info` includes one access line per request. The CLI's
     `--log-level` overrides it."""
+
+    admin_allow: list[str] = Field(default_factory=lambda: list(DEFAULT_ADMIN_ALLOW))
+    """Addresses or CIDRs allowed to read the private admin routes (`/__gateway/config`,
+    `/upstreams`, `/state`, `/metrics`); anyone else gets 403 `admin_forbidden`. Matched
+    against the connection's peer address, never `X-Forwarded-For` (not even from
+    `trusted_proxies`). `/__gateway/health` and `/__gateway/ready` answer everyone."""
+
+    admin_bind: str | None = None
+    """Serve the private admin routes on a listener of their own, `HOST:PORT` (e.g.
+    `127.0.0.1:9901`); the public listener then answers 404 for them, and this one serves
+    only `/__gateway/`. `admin_allow` still applies. Read at startup (a reload keeps the
+    listener). None: the admin routes share `bind`."""
 
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses or CIDRs of proxies in front of the gateway whose `X-Forwarded-For`/

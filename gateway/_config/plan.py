@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from .._errors import ConfigProblem
+from .._rules.admin import ADMIN_PREFIX as ADMIN_PREFIX
+from .._rules.admin import Listener
 from .._rules.aggregate import Placement
 from .._rules.balance import Balance, OutlierSettings
 from .._rules.forwarded import Network
@@ -25,7 +27,6 @@ from .._rules.urls import BaseUrl, RoutePattern, Router
 from .._state.limiter import Limit
 from .model import DEFAULT_MAX_TOTAL_RESPONSE_BYTES, GatewayConfig
 
-ADMIN_PREFIX = "/__gateway"
 RESERVED_BACKEND_NAMES = frozenset({"query", "header"})
 
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 section 5.6.2
@@ -246,4 +247,6 @@ class GatewayPlan:
     endpoints: tuple[EndpointPlan, ...]
     router: Router[EndpointPlan] = field(repr=False)
     trusted_proxies: tuple[Network, ...] = ()
+    admin_allow: tuple[Network, ...] = ()
+    admin_listener: Listener | None = None  # server.admin_bind; None: the public listener
     warnings: tuple[ConfigProblem, ...] = ()  # risky but valid settings

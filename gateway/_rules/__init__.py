@@ -1,1 +1,2 @@
-"""The pure core: header, URL, template, transform, merge, cache and resilience rules."""
+"""The pure core: header, URL, template, transform, merge, cache, resilience and admin
+access rules."""
