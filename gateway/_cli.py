@@ -1,8 +1,8 @@
 """The ``gateway`` command: serve, check, demo, schema.
 
 Exit codes: 0 success, 1 a runtime failure, 2 a startup error: a bad config, bad arguments,
-or an address that cannot be listened on (a busy port, ``--bind :99999``). Errors are one
-line each on stderr, never a traceback.
+an address that cannot be listened on (a busy port, ``--bind :99999``), or a worker that
+could not start. Errors are one line each on stderr, never a traceback.
 """
 
 from __future__ import annotations
