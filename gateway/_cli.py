@@ -1,15 +1,17 @@
 """The ``gateway`` command: serve, check, demo, schema.
 
-Exit codes: 0 success, 1 a runtime failure (such as a port in use), 2 a bad config or bad
-arguments. Errors are one line each on stderr, never a traceback.
+Exit codes: 0 success, 1 a runtime failure, 2 a startup error: a bad config, bad arguments,
+an address that cannot be listened on (a busy port, ``--bind :99999``), or a worker that
+could not start. Errors are one line each on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import orjson
@@ -21,11 +23,13 @@ from ._config.model import json_schema
 from ._config.plan import GatewayPlan
 from ._config.units import format_duration
 from ._errors import ConfigError
+from ._listen import ListenError, check_binds, listen_error_in
 from ._observability.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_STARTUP = 2
 
 
 def summary(plan: GatewayPlan) -> str:
@@ -118,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log_level = args.log_level or plan.config.server.log_level
     configure_logging(log_format, log_level)
     config = hypercorn_config(plan, bind=args.bind, workers=args.workers)
+    check_binds([*config.bind, *config.insecure_bind])
     if config.workers > 1:
         # the workers are new processes: they read these back in gateway.asgi
         os.environ["GATEWAY_LOG_FORMAT"] = log_format
@@ -144,15 +149,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    trio.run(main)
+    _run_trio(main, ", ".join(config.bind))
     return EXIT_OK
+
+
+def _run_trio(main: Callable[[], Awaitable[None]], binds: str) -> None:
+    """``trio.run(main)``, with a :class:`ListenError` raised in a nursery unwrapped, and a
+    port taken after :func:`check_binds` (hypercorn's own bind failing) made one too."""
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        error = listen_error_in(group)
+        if error is not None:
+            raise error from None
+        bind_failure, _ = group.split(_is_bind_failure)
+        if bind_failure is None:
+            raise
+        leaf = bind_failure
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        reason = getattr(leaf, "strerror", None) or str(leaf)
+        raise ListenError(binds, reason.lower()) from None
+
+
+def _is_bind_failure(exc: BaseException) -> bool:
+    """An OSError from binding a listener (hypercorn binds before it serves anything)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
     configure_logging(args.log_format or "text", args.log_level or "info")
-    trio.run(partial(run_demo, args.bind))
+    _run_trio(partial(run_demo, args.bind), args.bind or "the demo's address")
     return EXIT_OK
 
 
@@ -218,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except ListenError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_STARTUP
     except OSError as exc:
         print(f"gateway: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE

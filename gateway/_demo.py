@@ -22,6 +22,7 @@ import trio
 from ._app import create_app
 from ._config.compile import load_config
 from ._config.plan import GatewayPlan
+from ._listen import check_binds
 from ._server import hypercorn_config, serve_app, wait_for_signal
 
 Scope = dict[str, Any]
@@ -169,6 +170,7 @@ async def run_demo(
             env[f"DEMO_{name.upper()}_URL"] = binds[0]
         plan: GatewayPlan = load_config(config_path or demo_config_path(), env)
         config = hypercorn_config(plan, bind=bind)
+        check_binds(config.bind)  # one line, not hypercorn's traceback, for a busy port
         binds = await nursery.start(
             partial(serve_app, create_app(plan), config, shutdown_trigger=stop.wait)
         )

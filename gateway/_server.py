@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +17,8 @@ from ._app import GatewayApp
 from ._config.plan import GatewayPlan
 
 CONFIG_ENV = "GATEWAY_CONFIG"
+# a file a worker that cannot start writes its reason to (gateway.asgi), for the main process
+STARTUP_REPORT_ENV = "GATEWAY_STARTUP_REPORT"
 log = logging.getLogger("gateway")
 
 
@@ -119,7 +122,28 @@ class _Listening:
 
 
 def run_workers(config_path: str, config: hypercorn.config.Config) -> int:
-    """Several worker processes, each importing ``gateway.asgi:app`` (shares the socket)."""
+    """Several worker processes, each importing ``gateway.asgi:app`` (shares the socket).
+
+    Returns 2 with the worker's reason printed once when a worker could not start: hypercorn's
+    runner would report 0 (pgjones/hypercorn#269) and every worker would print it.
+    """
+    with tempfile.TemporaryDirectory(prefix="gateway-startup-") as report_dir:
+        report = os.path.join(report_dir, "report")
+        os.environ[STARTUP_REPORT_ENV] = report
+        try:
+            code = _run_hypercorn_workers(config_path, config)
+        finally:
+            del os.environ[STARTUP_REPORT_ENV]
+        try:
+            with open(report, encoding="utf-8") as file:
+                reason = file.read()
+        except FileNotFoundError:
+            return code
+        sys.stderr.write(reason)
+        return 2
+
+
+def _run_hypercorn_workers(config_path: str, config: hypercorn.config.Config) -> int:
     from hypercorn.run import run
 
     os.environ[CONFIG_ENV] = os.path.abspath(config_path)
