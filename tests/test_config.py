@@ -990,7 +990,8 @@ def test_upstreams_sharing_an_origin_must_agree_on_pool_settings() -> None:
     )
     assert problems_of(text) == [
         "gw.yaml: upstreams.b: shares http://127.0.0.1:9001 with upstream 'a' but sets "
-        "different max_connections, idle_timeout or ca_file (one pool per origin)"
+        "different max_connections, idle_timeout, ca_file or client certificate "
+        "(one pool per origin)"
     ]
 
 

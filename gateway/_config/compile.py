@@ -67,6 +67,7 @@ from .plan import (
     UpstreamPlan,
     request_reads,
 )
+from .tls import cert_pair_problems
 from .units import format_duration
 
 
@@ -122,6 +123,8 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             max_response_bytes=up.max_response_size or defaults.max_response_size,
             headers=_check_headers(up.headers, file, (*where, "headers"), problems),
             ca_file=up.ca_file,
+            client_cert=up.client_cert,
+            client_key=up.client_key,
             guard=GuardSettings(
                 _retry_settings(up.retries),
                 _breaker_settings(up.circuit_breaker),
@@ -149,9 +152,22 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                     )
                 )
 
+        if (up.client_cert or up.client_key) and base.scheme != "https":
+            problems.append(
+                ConfigProblem(file, format_path((*where, "client_cert")), "only used with https")
+            )
+        elif base.scheme == "https":
+            problems += cert_pair_problems(
+                file,
+                up.client_cert,
+                up.client_key,
+                (*where, "client_cert"),
+                (*where, "client_key"),
+            )
+
     # Connections are pooled per origin: upstreams sharing one must agree on its settings.
     by_origin: dict[str, UpstreamPlan] = {}
-    pool_settings = ("max_connections", "idle_timeout_s", "ca_file")
+    pool_settings = ("max_connections", "idle_timeout_s", "ca_file", "client_cert", "client_key")
     for up_name, up_plan in upstreams.items():
         for host in up_plan.all_hosts:
             first = by_origin.setdefault(host.origin, up_plan)
@@ -163,7 +179,8 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                         file,
                         format_path(("upstreams", up_name)),
                         f"shares {host.origin} with upstream {first.name!r} but sets "
-                        "different max_connections, idle_timeout or ca_file (one pool per origin)",
+                        "different max_connections, idle_timeout, ca_file or client certificate "
+                        "(one pool per origin)",
                     )
                 )
                 break

@@ -320,6 +320,14 @@ class UpstreamConfig(_Model):
     """For https: a PEM file of CA certificates to verify this upstream against, instead
     of the system's. Certificates are always verified."""
 
+    client_cert: str | None = None
+    """For https: a PEM file with the certificate (and chain) the gateway presents to this
+    upstream (mutual TLS). Set together with `client_key`. Part of the pool's identity:
+    upstreams sharing an origin must agree on it."""
+
+    client_key: str | None = None
+    """For https: the PEM file of `client_cert`'s private key (unencrypted)."""
+
     retries: RetryConfig | None = None
     """Retry failed calls to this upstream (idempotent methods only, unless `unsafe`)."""
 
