@@ -798,6 +798,7 @@ def test_every_config_model_is_walked() -> None:
     assert names == {
         "GatewayConfig",
         "ServerConfig",
+        "ServerTLSConfig",
         "DefaultsConfig",
         "UpstreamConfig",
         "EndpointConfig",

@@ -67,7 +67,7 @@ from .plan import (
     UpstreamPlan,
     request_reads,
 )
-from .tls import cert_pair_problems
+from .tls import ca_file_problems, cert_pair_problems
 from .units import format_duration
 
 
@@ -328,11 +328,31 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                     f"{cidr!r} is not an IP address or CIDR network",
                 )
             )
+    problems += _server_tls_problems(config, file)
     if problems:
         raise ConfigError(problems)
     router = Router((e.route, e.method, e) for e in endpoints)
     compiled = GatewayPlan(file, config, upstreams, tuple(endpoints), router, trusted)
     return replace(compiled, warnings=tuple(risky_settings(compiled)))
+
+
+def _server_tls_problems(config: GatewayConfig, file: str) -> list[ConfigProblem]:
+    tls = config.server.tls
+    if tls is None:
+        return []
+    where = ("server", "tls")
+    problems = cert_pair_problems(
+        file, tls.cert_file, tls.key_file, (*where, "cert_file"), (*where, "key_file")
+    )
+    if tls.client_ca_file is not None:
+        problems += ca_file_problems(file, tls.client_ca_file, (*where, "client_ca_file"))
+    elif tls.require_client_cert:
+        problems.append(
+            ConfigProblem(
+                file, format_path((*where, "client_ca_file")), "required with require_client_cert"
+            )
+        )
+    return problems
 
 
 RATE_LIMIT_KEYS = ("ip", "global")
