@@ -256,9 +256,9 @@ async def test_min_version_refuses_older_clients(nursery: trio.Nursery, tmp_path
             assert (await client.get(gw.url + "/__gateway/health")).status_code == 200
 
 
-async def served_subject(gw: TLSGateway, ctx: ssl.SSLContext) -> str:
+async def served_subject(port: int, ctx: ssl.SSLContext) -> str:
     """The common name of the certificate the gateway presents in a new handshake."""
-    stream = await trio.open_ssl_over_tcp_stream(gw.host, gw.port, ssl_context=ctx)
+    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=ctx)
     async with stream:
         await stream.do_handshake()
         peer = stream.getpeercert()
@@ -275,10 +275,10 @@ async def test_after_sighup_a_renewed_certificate_is_served(
     with trio.fail_after(10):
         gw = await start_tls_gateway(nursery, tls_config(cert_file, key_file), tmp_path)
         await nursery.start(reload_on_sighup, gw.app, gw.config)
-        assert await served_subject(gw, ctx) == "first"
+        assert await served_subject(gw.port, ctx) == "first"
         # renewal: new files at the same paths, the config unchanged
         write_pair(ca.issue_cert("127.0.0.1", common_name="second"), tmp_path, "s")
-        assert await served_subject(gw, ctx) == "first"  # nothing is read until told
+        assert await served_subject(gw.port, ctx) == "first"  # nothing is read until told
         reloaded = trio.Event()
         reload_config = gw.app.reload
 
@@ -291,7 +291,7 @@ async def test_after_sighup_a_renewed_certificate_is_served(
         monkeypatch.setattr(gw.app, "reload", reload_then_tell)
         os.kill(os.getpid(), signal.SIGHUP)
         await reloaded.wait()
-        assert await served_subject(gw, ctx) == "second"
+        assert await served_subject(gw.port, ctx) == "second"
 
 
 async def test_an_unreadable_key_stops_serve_with_status_2_naming_file_and_path(
@@ -319,3 +319,47 @@ def test_require_client_cert_needs_client_ca_file(tmp_path: Path) -> None:
     assert problems_of(tls_config(cert_file, key_file, require_client_cert=True)) == [
         "gw.yaml: server.tls.client_ca_file: required with require_client_cert"
     ]
+
+
+async def test_gateway_serve_reloads_its_certificate_on_sighup(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    import re
+    import subprocess
+
+    ca = trustme.CA()
+    cert_file, key_file = write_pair(ca.issue_cert("127.0.0.1", common_name="first"), tmp_path, "s")
+    config_file = tmp_path / "gw.yaml"
+    config_file.write_text(json.dumps(tls_config(cert_file, key_file)))
+    cmd = [sys.executable, "-m", "gateway", "serve", str(config_file), "--bind", "127.0.0.1:0"]
+    cmd += ["--log-format", "text"]
+    with trio.fail_after(20):
+        proc: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                check=False,
+            )
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            out = b""
+            while not (match := re.search(rb"serving .*https://127\.0\.0\.1:(\d+)", out)):
+                data = await proc.stdout.receive_some(4096)
+                assert data, f"gateway exited before serving: {out!r}"
+                out += data
+            port = int(match.group(1))
+            ctx = client_context(ca)
+            assert await served_subject(port, ctx) == "first"
+            write_pair(ca.issue_cert("127.0.0.1", common_name="second"), tmp_path, "s")
+            proc.send_signal(signal.SIGHUP)
+            logged = b""
+            while b"certificate reloaded" not in logged:
+                data = await proc.stderr.receive_some(4096)
+                assert data, f"gateway exited: {logged!r}"
+                logged += data
+            assert await served_subject(port, ctx) == "second"
+        finally:
+            proc.terminate()
