@@ -165,6 +165,8 @@ def pool_limits(plan: GatewayPlan) -> dict[tuple[str, str, int], PoolLimits]:
             max_connections=up.max_connections,
             idle_timeout_s=up.idle_timeout_s,
             ca_file=up.ca_file,
+            client_cert=up.client_cert,
+            client_key=up.client_key,
             server_name=host.server_name if host.virtual_host is not None else None,
         )
         for up in plan.upstreams.values()

@@ -139,9 +139,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 nursery.cancel_scope.cancel()  # the reload watchers end with the server
 
             # Both live exactly as long as the server: cancelled by serve_then_stop.
-            nursery.start_soon(reload_on_sighup, app)
+            nursery.start_soon(reload_on_sighup, app, config)
             if args.watch:
-                nursery.start_soon(reload_on_change, app)
+                nursery.start_soon(reload_on_change, app, 1.0, config)
             binds = await nursery.start(serve_then_stop)
             print(
                 f"gateway: serving {len(plan.endpoints)} endpoint(s) from {plan.file} on "

@@ -15,6 +15,7 @@ import trio
 
 from ._app import GatewayApp
 from ._config.plan import GatewayPlan
+from ._tls import ListenerConfig
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 # a file a worker that cannot start writes its reason to (gateway.asgi), for the main process
@@ -27,7 +28,8 @@ def hypercorn_config(
 ) -> hypercorn.config.Config:
     """Hypercorn settings from the config's ``server`` section (CLI values win)."""
     server = plan.config.server
-    config = hypercorn.config.Config()
+    config = ListenerConfig()
+    config.apply_tls(server.tls)  # HTTP/2 over TLS through ALPN; see _tls
     config.bind = [bind or server.bind, *([server.admin_bind] if server.admin_bind else [])]
     config.workers = workers or server.workers
     config.worker_class = "trio"
@@ -48,14 +50,30 @@ async def wait_for_signal() -> None:
             return
 
 
-async def reload_on_sighup(app: GatewayApp) -> None:
-    """Reload the config on every SIGHUP, until cancelled."""
+def reload(app: GatewayApp, config: hypercorn.config.Config | None = None) -> None:
+    """Reload the config; if it is accepted, the listener's certificates too (``config``:
+    the serving hypercorn settings)."""
+    if app.reload() and isinstance(config, ListenerConfig):
+        config.reload_tls(app.plan.config.server.tls)
+
+
+async def reload_on_sighup(
+    app: GatewayApp,
+    config: hypercorn.config.Config | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Reload the config (and certificates) on every SIGHUP, until cancelled. Started once
+    the signal is watched."""
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        task_status.started()
         async for _ in signals:
-            app.reload()
+            reload(app, config)
 
 
-async def reload_on_change(app: GatewayApp, interval_s: float = 1.0) -> None:
+async def reload_on_change(
+    app: GatewayApp, interval_s: float = 1.0, config: hypercorn.config.Config | None = None
+) -> None:
     """Reload the config when its file changes (polled every ``interval_s``), until
     cancelled."""
 
@@ -72,7 +90,7 @@ async def reload_on_change(app: GatewayApp, interval_s: float = 1.0) -> None:
         current = stamp()
         if current is not None and current != last:
             last = current
-            app.reload()
+            reload(app, config)
 
 
 def drain_on_signal(app: GatewayApp, drain_delay_s: float | None) -> Callable[[], Awaitable[None]]:

@@ -798,6 +798,7 @@ def test_every_config_model_is_walked() -> None:
     assert names == {
         "GatewayConfig",
         "ServerConfig",
+        "ServerTLSConfig",
         "DefaultsConfig",
         "UpstreamConfig",
         "EndpointConfig",
@@ -990,7 +991,8 @@ def test_upstreams_sharing_an_origin_must_agree_on_pool_settings() -> None:
     )
     assert problems_of(text) == [
         "gw.yaml: upstreams.b: shares http://127.0.0.1:9001 with upstream 'a' but sets "
-        "different max_connections, idle_timeout or ca_file (one pool per origin)"
+        "different max_connections, idle_timeout, ca_file or client certificate "
+        "(one pool per origin)"
     ]
 
 

@@ -68,6 +68,7 @@ from .plan import (
     UpstreamPlan,
     request_reads,
 )
+from .tls import ca_file_problems, cert_pair_problems
 from .units import format_duration
 
 
@@ -123,6 +124,8 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             max_response_bytes=up.max_response_size or defaults.max_response_size,
             headers=_check_headers(up.headers, file, (*where, "headers"), problems),
             ca_file=up.ca_file,
+            client_cert=up.client_cert,
+            client_key=up.client_key,
             guard=GuardSettings(
                 _retry_settings(up.retries),
                 _breaker_settings(up.circuit_breaker),
@@ -150,9 +153,22 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                     )
                 )
 
+        if (up.client_cert or up.client_key) and base.scheme != "https":
+            problems.append(
+                ConfigProblem(file, format_path((*where, "client_cert")), "only used with https")
+            )
+        elif base.scheme == "https":
+            problems += cert_pair_problems(
+                file,
+                up.client_cert,
+                up.client_key,
+                (*where, "client_cert"),
+                (*where, "client_key"),
+            )
+
     # Connections are pooled per origin: upstreams sharing one must agree on its settings.
     by_origin: dict[str, UpstreamPlan] = {}
-    pool_settings = ("max_connections", "idle_timeout_s", "ca_file")
+    pool_settings = ("max_connections", "idle_timeout_s", "ca_file", "client_cert", "client_key")
     for up_name, up_plan in upstreams.items():
         for host in up_plan.all_hosts:
             first = by_origin.setdefault(host.origin, up_plan)
@@ -164,7 +180,8 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                         file,
                         format_path(("upstreams", up_name)),
                         f"shares {host.origin} with upstream {first.name!r} but sets "
-                        "different max_connections, idle_timeout or ca_file (one pool per origin)",
+                        "different max_connections, idle_timeout, ca_file or client certificate "
+                        "(one pool per origin)",
                     )
                 )
                 break
@@ -330,6 +347,7 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             admin_listener = parse_listener(config.server.admin_bind)
         except ValueError as exc:
             problems.append(ConfigProblem(file, "server.admin_bind", str(exc)))
+    problems += _server_tls_problems(config, file)
     if problems:
         raise ConfigError(problems)
     router = Router((e.route, e.method, e) for e in endpoints)
@@ -337,6 +355,25 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
         file, config, upstreams, tuple(endpoints), router, trusted, admin_allow, admin_listener
     )
     return replace(compiled, warnings=tuple(risky_settings(compiled)))
+
+
+def _server_tls_problems(config: GatewayConfig, file: str) -> list[ConfigProblem]:
+    tls = config.server.tls
+    if tls is None:
+        return []
+    where = ("server", "tls")
+    problems = cert_pair_problems(
+        file, tls.cert_file, tls.key_file, (*where, "cert_file"), (*where, "key_file")
+    )
+    if tls.client_ca_file is not None:
+        problems += ca_file_problems(file, tls.client_ca_file, (*where, "client_ca_file"))
+    elif tls.require_client_cert:
+        problems.append(
+            ConfigProblem(
+                file, format_path((*where, "client_ca_file")), "required with require_client_cert"
+            )
+        )
+    return problems
 
 
 RATE_LIMIT_KEYS = ("ip", "global")

@@ -29,6 +29,7 @@ from .model import (
     RateLimitConfig,
     RetryConfig,
     ServerConfig,
+    ServerTLSConfig,
     StateConfig,
     TracingConfig,
     UpstreamConfig,
@@ -38,6 +39,7 @@ from .units import format_duration
 SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("Top level", GatewayConfig),
     ("`server`", ServerConfig),
+    ("`server.tls`", ServerTLSConfig),
     ("`defaults`", DefaultsConfig),
     ("`upstreams.NAME`", UpstreamConfig),
     ("`upstreams.NAME.retries`", RetryConfig),

@@ -87,6 +87,29 @@ class _Model(BaseModel):
     )
 
 
+class ServerTLSConfig(_Model):
+    """TLS to clients, served by hypercorn: HTTP/2 and HTTP/1.1 offered through ALPN.
+    The files are read at startup and again on every reload (SIGHUP), so a renewed
+    certificate is served without a restart."""
+
+    cert_file: str
+    """PEM file of the server certificate, followed by its chain."""
+
+    key_file: str
+    """PEM file of the certificate's private key (unencrypted)."""
+
+    client_ca_file: str | None = None
+    """PEM file of the CAs whose client certificates are accepted. Without
+    `require_client_cert`, a client certificate is asked for but optional."""
+
+    require_client_cert: bool = False
+    """Refuse clients without a certificate signed by `client_ca_file` (mutual TLS)."""
+
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    """Oldest TLS version accepted. HTTP/2 requires TLS 1.2 or later (RFC 9113 section
+    9.2)."""
+
+
 class ServerConfig(_Model):
     """How the gateway listens. Used by `gateway serve`; plain hypercorn uses its own flags."""
 
@@ -121,6 +144,9 @@ class ServerConfig(_Model):
 
     max_header_size: Size = DEFAULT_MAX_HEADER_BYTES
     """Largest request head (request line and headers) accepted (431 beyond)."""
+
+    tls: ServerTLSConfig | None = None
+    """Serve https (HTTP/2 and HTTP/1.1) instead of plain http."""
 
     log_format: Literal["json", "text"] = "json"
     """Log lines as JSON objects, or as readable text. The CLI's `--log-format` overrides it."""
@@ -332,6 +358,14 @@ class UpstreamConfig(_Model):
     ca_file: str | None = None
     """For https: a PEM file of CA certificates to verify this upstream against, instead
     of the system's. Certificates are always verified."""
+
+    client_cert: str | None = None
+    """For https: a PEM file with the certificate (and chain) the gateway presents to this
+    upstream (mutual TLS). Set together with `client_key`. Part of the pool's identity:
+    upstreams sharing an origin must agree on it."""
+
+    client_key: str | None = None
+    """For https: the PEM file of `client_cert`'s private key (unencrypted)."""
 
     retries: RetryConfig | None = None
     """Retry failed calls to this upstream (idempotent methods only, unless `unsafe`)."""

@@ -43,6 +43,8 @@ class UpstreamPlan:
     max_response_bytes: int
     headers: tuple[tuple[str, str], ...]
     ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
     guard: GuardSettings = field(default_factory=GuardSettings)
     hosts: tuple[BaseUrl, ...] = ()  # every host (``base`` is the first); one for ``url:``
     balance: Balance = "round_robin"

@@ -99,6 +99,8 @@ class PoolLimits:
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     ca_file: str | None = None  # https: verify against these CAs instead of the system's
     server_name: str | None = None  # https: the TLS server name, if not the origin's host
+    client_cert: str | None = None  # https: certificate (PEM) presented to the upstream
+    client_key: str | None = None  # https: its private key (PEM)
 
 
 @dataclass(frozen=True)
@@ -698,8 +700,12 @@ class GatewayTransport(httpx.AsyncBaseTransport):
         if pool is None:
             limits = self._limits.get(origin, self._default_limits)
             ctx = self._ssl_context
-            if origin[0] == "https" and limits.ca_file is not None:
+            if origin[0] == "https" and (
+                limits.ca_file is not None or limits.client_cert is not None
+            ):
                 ctx = ssl.create_default_context(cafile=limits.ca_file)
+                if limits.client_cert is not None:
+                    ctx.load_cert_chain(limits.client_cert, limits.client_key)
             elif origin[0] == "https" and ctx is None:
                 ctx = self._ssl_context = ssl.create_default_context()
             pool = ConnectionPool(origin, limits, ctx, self._on_change)
