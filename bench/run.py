@@ -15,7 +15,9 @@ merging the JSON:
 - ``gateway``: this project, ``gateway serve`` with a generated config.
 
 Results are printed as one table of ratios (gateway / peer) plus the raw numbers, and the
-targets of the benchmark issue are checked.
+targets of the benchmark issue are checked. The gateway is also measured with one worker
+against two (``gateway serve --workers 2`` on both cores, which it then shares with nginx
+and wrk: reported, no target).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Results:
     latency: dict[str, tuple[int, Wrk, Wrk]] = field(default_factory=dict)
     hung: dict[str, Wrk] = field(default_factory=dict)
     memory_kib: dict[str, float] = field(default_factory=dict)
+    workers: dict[int, Wrk] = field(default_factory=dict)  # gateway --workers N, c=64
 
 
 def _ms(text: str) -> float:
@@ -99,9 +102,16 @@ def wait_port(port: int, timeout_s: float = 20) -> None:
 
 @contextmanager
 def sut(
-    peer: str, upstream: str, backends: int, path: str, *, hang: bool = False
+    peer: str,
+    upstream: str,
+    backends: int,
+    path: str,
+    *,
+    hang: bool = False,
+    workers: int = 1,
 ) -> Iterator[tuple[str, int]]:
-    """Start one system under test; yields (URL to load, pid)."""
+    """Start one system under test; yields (URL to load, pid). ``workers`` > 1 (the
+    gateway only) runs ``gateway serve --workers N`` on every core."""
     port = free_port()
     env = {
         **os.environ,
@@ -148,8 +158,11 @@ def sut(
             json.dump(config, fh)
         config_file = fh.name
         cmd = [str(GATEWAY_PY), "-m", "gateway", "serve", fh.name, "--bind", f"127.0.0.1:{port}"]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
+    cores = SUT_CORE if workers == 1 else f"{SUT_CORE},{LOAD_CORE}"
     proc = subprocess.Popen(
-        ["taskset", "-c", SUT_CORE, *cmd],
+        ["taskset", "-c", cores, *cmd],
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -241,7 +254,17 @@ def run(args: argparse.Namespace) -> Results:
                 print(f"hung       {peer:8} p50={w.p50_ms:.1f}ms p99={w.p99_ms:.1f}ms "
                       f"non2xx={w.non_2xx} errors={w.errors}", flush=True)  # fmt: skip
 
-        # 4. memory per 1000 in-flight requests, 3 backends answering after 1 s; hello
+        # 4. one worker against two (on 2 cores the workers share them with nginx and wrk:
+        # reported, no target)
+        for workers in (1, 2):
+            with sut("gateway", upstream, 3, "/json/", workers=workers) as (url, _):
+                wrk(url, 16, 1)
+                w = wrk(url, 64, d)
+                results.workers[workers] = w
+                print(f"workers    gateway  n=3  c=64  workers={workers} {w.rps:9.1f} req/s"
+                      f" errors={w.errors} non2xx={w.non_2xx}", flush=True)  # fmt: skip
+
+        # 5. memory per 1000 in-flight requests, 3 backends answering after 1 s; hello
         # sleeps 1 s instead: what hypercorn and trio alone hold per request in flight
         for peer in PEER_NAMES:
             with sut(peer, upstream, 3, "/delay1s/") as (url, pid):
@@ -306,6 +329,15 @@ def report(results: Results, args: argparse.Namespace) -> str:
             f"| {peer} | {w.p50_ms:.1f} ms | {w.p99_ms:.1f} ms | {w.non_2xx} | {w.errors} |"
         )
     lines.append("")
+    if results.workers:
+        lines.append("## Gateway workers (3 backends, c=64; the workers share the 2 cores with")
+        lines.append("nginx and wrk, so this shows the cost of sharing, not scaling)")
+        lines.append("")
+        lines.append("| workers | req/s | p50 | p99 |")
+        lines.append("| --- | --- | --- | --- |")
+        for n, w in results.workers.items():
+            lines.append(f"| {n} | {w.rps:.0f} | {w.p50_ms:.2f} ms | {w.p99_ms:.2f} ms |")
+        lines.append("")
     lines.append("## Memory per in-flight request (3 backends at 1 s, 1000 connections)")
     lines += ["", "| peer | KiB per request |", "| --- | --- |"]
     for peer, kib in results.memory_kib.items():
