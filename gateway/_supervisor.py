@@ -107,9 +107,11 @@ class Supervisor:
     async def _keep_slot(self, slot: int) -> None:
         """Run one worker after another in this slot until the gateway stops."""
         delay_s = RESTART_DELAY_MIN_S
+        replaces = False
         while not self.stopping:
             started = trio.current_time()
-            code = await self._run_worker(slot)
+            code = await self._run_worker(slot, replaces=replaces)
+            replaces = True
             if self.stopping:
                 return
             failure = self._take_report()
@@ -130,13 +132,19 @@ class Supervisor:
             await trio.sleep(delay_s)
             delay_s = min(delay_s * 2, RESTART_DELAY_MAX_S)
 
-    async def _run_worker(self, slot: int) -> int:
-        """Start a worker, note when it is ready, and return its exit code once it exits."""
+    async def _run_worker(self, slot: int, *, replaces: bool) -> int:
+        """Start a worker, note when it is ready, and return its exit code once it exits.
+        A worker that ``replaces`` one that died counts that death in its metrics."""
         ctx = get_context("spawn")
         reader, writer = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=worker_main,
-            kwargs={"config": self.config, "sockets": self.sockets, "ready": writer},
+            kwargs={
+                "config": self.config,
+                "sockets": self.sockets,
+                "ready": writer,
+                "replaces": replaces,
+            },
             name=f"gateway-worker-{slot}",
         )
         process.start()
@@ -308,10 +316,18 @@ def _mark_dead(pid: int) -> None:
 
 
 def worker_main(
-    config: hypercorn.config.Config, sockets: hypercorn.config.Sockets, ready: Connection
+    config: hypercorn.config.Config,
+    sockets: hypercorn.config.Sockets,
+    ready: Connection,
+    replaces: bool = False,
 ) -> None:
     """A worker: load the app (``gateway.asgi``, which reports a bad config and exits 2),
-    then serve the inherited sockets until SIGTERM, reloading on SIGHUP."""
+    then serve the inherited sockets until SIGTERM, reloading on SIGHUP.
+
+    The main process cannot count a worker's death in the metrics (it imported
+    prometheus-client before choosing the multiprocess directory), so the replacement
+    counts it: its counters live on in the shared directory after it exits too.
+    """
     # The main process forwards what it receives: a Ctrl-C reaching the whole process group
     # must not stop a worker by itself, and a SIGHUP before the reload handler is set must
     # not kill it.
@@ -319,6 +335,10 @@ def worker_main(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from .asgi import app
 
+    if replaces:
+        from ._observability.metrics import WORKER_DEATHS
+
+        WORKER_DEATHS.inc()
     trio.run(_serve_worker, app, config, sockets, ready.send_bytes)
     ready.close()
 

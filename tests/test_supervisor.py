@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import trio
 from conftest import backend_config, config_text, simple_config, start_upstream
+from test_operations import metric
 from upstream import RecordedRequest, Reply
 
 READY_LINE = re.compile(r"worker (\d+) ready")
@@ -154,6 +155,9 @@ async def test_a_killed_worker_is_replaced(nursery: trio.Nursery, tmp_path: Path
         assert replacement not in (first, second)
         for i in range(10):
             assert (await fresh_get(f"{gateway.url}/api/{i}")).json() == {"a": 1}
+        for _ in range(4):  # whichever worker answers, the death is counted once
+            text = (await fresh_get(gateway.url + "/__gateway/metrics")).text
+            assert metric(text, "gateway_worker_deaths_total") == 1
         gateway.proc.send_signal(signal.SIGTERM)
         assert await gateway.proc.wait() == 0
 
