@@ -25,6 +25,7 @@ Signals to the main process:
 - A worker that exits unexpectedly (a crash, ``kill -9``) is logged with its pid and exit
   status and replaced, after a delay that doubles (from ``RESTART_DELAY_MIN_S`` up to
   ``RESTART_DELAY_MAX_S``) while workers keep dying young.
+- A worker whose main process is gone (killed with SIGKILL) drains and exits by itself.
 - A worker that cannot start before any worker was ever ready (its config is bad) stops the
   gateway with its reason printed once and status 2.
 """
@@ -54,6 +55,8 @@ RESTART_DELAY_MAX_S = 10.0
 # a worker that lived at least this long before dying resets the restart delay
 HEALTHY_LIFETIME_S = 10.0
 WATCH_INTERVAL_S = 1.0
+# how often a worker checks that the main process is still there
+PARENT_CHECK_INTERVAL_S = 1.0
 READY = b"ready"
 
 
@@ -364,6 +367,15 @@ async def _serve_worker(
                 elif not stop.is_set():
                     app.reload()
 
+    async def drain_if_orphaned() -> None:
+        # a main process killed with SIGKILL cannot forward anything: the worker would
+        # hold the port forever, unsupervised
+        parent = os.getppid()
+        while os.getppid() == parent:  # noqa: ASYNC110 - no event for another process
+            await trio.sleep(PARENT_CHECK_INTERVAL_S)
+        log.warning("the main process %d is gone: draining", parent)
+        stop.set()
+
     async def trigger() -> None:
         await stop.wait()
         app.draining = True
@@ -381,6 +393,7 @@ async def _serve_worker(
             nursery.cancel_scope.cancel()
 
         await nursery.start(signals)
+        nursery.start_soon(drain_if_orphaned)
         await nursery.start(serve_then_stop)
         with contextlib.suppress(OSError):  # the main process is gone: serve on regardless
             say_ready(READY)

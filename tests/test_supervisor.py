@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -174,3 +175,57 @@ async def test_watch_reloads_both_workers(nursery: trio.Nursery, tmp_path: Path)
             assert (await fresh_get(gateway.url + "/later")).json() == {"b": 2}
         gateway.proc.send_signal(signal.SIGTERM)
         assert await gateway.proc.wait() == 0
+
+
+def is_gone(pid: int) -> bool:
+    """Exited (a zombie not reaped yet counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+async def test_a_second_sigterm_stops_the_workers_at_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        arrived = trio.Event()
+
+        async def slow(req: RecordedRequest) -> Reply:
+            arrived.set()
+            return Reply(json={"done": True}, delay_s=20)
+
+        up = await start_upstream(nursery, slow)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/slow")], deadline="30s")
+        config["server"] = {"drain_delay": "10s", "graceful_timeout": "20s"}
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(config))
+        gateway = await start_supervised(nursery, file)
+
+        async def slow_request() -> None:
+            with contextlib.suppress(httpx.TransportError):
+                await fresh_get(gateway.url + "/api/1")
+
+        nursery.start_soon(slow_request)
+        await arrived.wait()
+        gateway.proc.send_signal(signal.SIGTERM)
+        await gateway.logged(r"draining: readiness is 503", 2)
+        gateway.proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(5):  # not drain_delay + graceful_timeout
+            assert await gateway.proc.wait() == 1
+
+
+async def test_workers_drain_by_themselves_when_the_main_process_is_killed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        gateway = await start_supervised(nursery, file)
+        pids = await gateway.ready_pids(2)
+        gateway.proc.kill()
+        await gateway.proc.wait()
+        while not all(is_gone(pid) for pid in pids):  # noqa: ASYNC110 - other processes
+            await trio.sleep(0.1)
