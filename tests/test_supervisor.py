@@ -229,3 +229,72 @@ async def test_workers_drain_by_themselves_when_the_main_process_is_killed(
         await gateway.proc.wait()
         while not all(is_gone(pid) for pid in pids):  # noqa: ASYNC110 - other processes
             await trio.sleep(0.1)
+
+
+async def test_ten_reloads_under_steady_load_fail_no_request_with_two_workers(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        up = await start_upstream(
+            nursery, {"/x": Reply(json={"a": 1}, delay_s=0.02), "/y": Reply(json={"b": 2})}
+        )
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        file = tmp_path / "live.yaml"
+        file.write_text(config_text(config))
+        gateway = await start_supervised(nursery, file)
+        failures: list[str] = []
+        answered = 0
+        stop = trio.Event()
+        progress = trio.Event()
+
+        async def answers(count: int) -> None:
+            """Wait until the clients have had ``count`` more answers."""
+            nonlocal progress
+            until = answered + count
+            while answered < until:
+                await progress.wait()
+                progress = trio.Event()
+
+        async def load() -> None:
+            nonlocal answered
+            async with httpx.AsyncClient(trust_env=False) as client:
+                while not stop.is_set():
+                    try:
+                        r = await client.get(gateway.url + "/api/1")
+                    except httpx.TransportError as exc:
+                        failures.append(repr(exc))
+                        continue
+                    if r.status_code != 200 or r.json() != {"a": 1}:
+                        failures.append(f"{r.status_code} {r.text}")
+                    answered += 1
+                    progress.set()
+
+        async with trio.open_nursery() as n:
+            for _ in range(8):
+                n.start_soon(load)
+            for i in range(10):
+                await answers(15)  # the load runs across every reload
+                if i == 4:
+                    file.write_text("version: 1\nendpoints: [{path: /broken}]\n")
+                else:
+                    config["endpoints"] = [
+                        config["endpoints"][0],
+                        {"path": f"/v{i}", "backends": [backend_config("b", "u", "/y")]},
+                    ]
+                    file.write_text(config_text(config))
+                gateway.proc.send_signal(signal.SIGHUP)
+                # each reload is applied (twice: one per worker) or refused before the next
+                if i == 4:
+                    await gateway.logged(r"reload refused \(SIGHUP\)")
+                else:
+                    await gateway.logged(
+                        r"reloaded .*: 2 endpoint\(s\)", 2 * (i if i < 4 else i - 1) + 2
+                    )
+            await answers(15)
+            stop.set()
+        assert failures == []
+        assert answered >= 165
+        for _ in range(4):
+            assert (await fresh_get(gateway.url + "/v9")).json() == {"b": 2}
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert await gateway.proc.wait() == 0
