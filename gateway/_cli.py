@@ -127,7 +127,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # the workers are new processes: they read these back in gateway.asgi
         os.environ["GATEWAY_LOG_FORMAT"] = log_format
         os.environ["GATEWAY_LOG_LEVEL"] = log_level
-        return run_workers(args.file, config)
+        return run_workers(
+            args.file,
+            config,
+            watch=args.watch,
+            on_listening=lambda urls: print(
+                f"gateway: serving {len(plan.endpoints)} endpoint(s) from {plan.file} on "
+                + ", ".join(urls)
+                + f" with {config.workers} workers",
+                flush=True,
+            ),
+        )
 
     async def main() -> None:
         app = create_app(plan)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 
 import hypercorn.config
 import hypercorn.trio
 import trio
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from ._app import GatewayApp
 from ._config.plan import GatewayPlan
@@ -112,18 +113,28 @@ async def serve_app(
     app: GatewayApp,
     config: hypercorn.config.Config,
     *,
+    sockets: hypercorn.config.Sockets | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (or forever); reports the bound URLs.
 
-    Use as ``binds = await nursery.start(serve_app, app, config)``.
+    Use as ``binds = await nursery.start(serve_app, app, config)``. ``sockets`` are
+    listening sockets made by another process (a worker of ``gateway serve --workers N``);
+    without them hypercorn binds ``config.bind`` itself.
     """
-    await hypercorn.trio.serve(
-        app,
+    listening = _Listening(app, config.bind, task_status)
+    if sockets is None:
+        await hypercorn.trio.serve(
+            app, config, shutdown_trigger=shutdown_trigger, task_status=listening
+        )
+        return
+    await worker_serve(
+        wrap_app(app, config.wsgi_max_body_size, None),
         config,
+        sockets=sockets,
         shutdown_trigger=shutdown_trigger,
-        task_status=_Listening(app, config.bind, task_status),
+        task_status=listening,
     )
 
 
@@ -139,40 +150,48 @@ class _Listening:
         self._inner.started(value or [])
 
 
-def run_workers(config_path: str, config: hypercorn.config.Config) -> int:
-    """Several worker processes, each importing ``gateway.asgi:app`` (shares the socket).
+def run_workers(
+    config_path: str,
+    config: hypercorn.config.Config,
+    *,
+    watch: bool = False,
+    on_listening: Callable[[list[str]], None] | None = None,
+) -> int:
+    """``config.workers`` worker processes supervised by this process (see
+    :mod:`gateway._supervisor`), sharing the listening sockets bound here.
 
-    Returns 2 with the worker's reason printed once when a worker could not start: hypercorn's
-    runner would report 0 (pgjones/hypercorn#269) and every worker would print it.
+    Returns 0 after a drain on SIGTERM/SIGINT, 1 when a second signal forced the stop, and 2
+    with the worker's reason printed once when a worker could not start.
     """
-    with tempfile.TemporaryDirectory(prefix="gateway-startup-") as report_dir:
-        report = os.path.join(report_dir, "report")
-        os.environ[STARTUP_REPORT_ENV] = report
-        try:
-            code = _run_hypercorn_workers(config_path, config)
-        finally:
-            del os.environ[STARTUP_REPORT_ENV]
-        try:
-            with open(report, encoding="utf-8") as file:
-                reason = file.read()
-        except FileNotFoundError:
-            return code
-        sys.stderr.write(reason)
-        return 2
+    from ._supervisor import Supervisor, bound_urls, close_sockets, create_listening_sockets
+
+    sockets = create_listening_sockets(config)
+    try:
+        if on_listening is not None:
+            on_listening(bound_urls(sockets))
+        with tempfile.TemporaryDirectory(prefix="gateway-startup-") as report_dir:
+            report = os.path.join(report_dir, "report")
+            os.environ[CONFIG_ENV] = os.path.abspath(config_path)
+            os.environ[STARTUP_REPORT_ENV] = report
+            supervisor = Supervisor(
+                os.path.abspath(config_path), config, sockets, config.workers, report, watch
+            )
+            try:
+                return _with_multiproc_metrics(lambda: trio.run(supervisor.run))
+            finally:
+                del os.environ[STARTUP_REPORT_ENV]
+    finally:
+        close_sockets(sockets)
 
 
-def _run_hypercorn_workers(config_path: str, config: hypercorn.config.Config) -> int:
-    from hypercorn.run import run
-
-    os.environ[CONFIG_ENV] = os.path.abspath(config_path)
-    config.application_path = "gateway.asgi:app"
+def _with_multiproc_metrics(run: Callable[[], int]) -> int:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return int(run(config) or 0)
+        return run()
     # Workers add up their metrics through files in one directory (multiprocess mode);
     # the workers are spawned afresh, so they see the variable before importing the client.
     with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         try:
-            return int(run(config) or 0)
+            return run()
         finally:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]

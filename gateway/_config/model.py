@@ -129,7 +129,7 @@ class ServerConfig(_Model):
     drain_delay: Duration | None = None
     """On SIGTERM/SIGINT, `/__gateway/ready` answers 503 at once but the listener keeps
     accepting for this long (so load balancers notice), then closes; in-flight requests then
-    get `graceful_timeout`. None: close at once. Applies to `gateway serve` with one worker."""
+    get `graceful_timeout`. None: close at once. Applies to every worker of `gateway serve`."""
 
     max_request_body: Size = DEFAULT_MAX_REQUEST_BYTES
     """Largest client request body accepted (413 beyond). Passthrough bodies are streamed

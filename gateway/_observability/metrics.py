@@ -18,6 +18,8 @@ Metrics (all prefixed ``gateway_``):
   ``hit``, ``miss`` or ``coalesced`` (a backend call that shared another's upstream request);
 - ``state_errors_total{operation}``: failed store calls (``get``, ``set``, ``rate``): Redis
   down or slow.
+- ``worker_deaths_total``: workers of ``gateway serve --workers N`` that exited
+  unexpectedly (a crash, ``kill -9``); each replacement worker counts the one it replaces.
 
 ``endpoint`` is the config's route (``/api/users/{user_id}``), or ``none`` for requests no
 route matched, so label values stay bounded whatever clients send.
@@ -69,6 +71,9 @@ RATE_LIMITED = Counter(
 CACHE = Counter("gateway_cache", "Cache lookups by result", ["layer", "result"])
 STATE_ERRORS = Counter(
     "gateway_state_errors", "Failed state store calls (Redis down or slow)", ["operation"]
+)
+WORKER_DEATHS = Counter(
+    "gateway_worker_deaths", "Workers that exited unexpectedly and were replaced"
 )
 
 

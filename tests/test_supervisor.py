@@ -1,0 +1,300 @@
+"""``gateway serve --workers 2`` as a real process: the main process supervises its workers
+(drain on SIGTERM, reload on SIGHUP and ``--watch``, replacing a worker that dies)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from conftest import backend_config, config_text, simple_config, start_upstream
+from test_operations import metric
+from upstream import RecordedRequest, Reply
+
+READY_LINE = re.compile(r"worker (\d+) ready")
+
+
+class Supervised:
+    """A ``gateway serve --workers 2`` process, its URL and what it has logged so far."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self.url = ""
+        self.log = ""
+        self._changed = trio.Event()
+
+    async def read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while data := await self.proc.stderr.receive_some(65536):
+            self.log += data.decode(errors="replace")
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def logged(self, pattern: str, count: int = 1) -> list[str]:
+        """Wait until ``pattern`` has been logged ``count`` times; the matches' first groups
+        (or whole matches)."""
+        while len(found := re.findall(pattern, self.log)) < count:
+            await self._changed.wait()
+        return found
+
+    async def ready_pids(self, count: int) -> list[int]:
+        return [int(pid) for pid in await self.logged(READY_LINE.pattern, count)]
+
+
+async def start_supervised(nursery: trio.Nursery, file: Path, *extra: str) -> Supervised:
+    cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--workers", "2"]
+    cmd += ["--bind", "127.0.0.1:0", "--log-format", "text", "--log-level", "info", *extra]
+    proc: trio.Process = await nursery.start(
+        partial(trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    )
+    gateway = Supervised(proc)
+    nursery.start_soon(gateway.read_stderr)
+    assert proc.stdout is not None
+    seen = b""
+    while not (match := re.search(rb"serving .*?(http://127\.0\.0\.1:\d+)", seen)):
+        data = await proc.stdout.receive_some(4096)
+        assert data, f"gateway exited before serving: {seen!r}"
+        seen += data
+    gateway.url = match.group(1).decode()
+    await gateway.ready_pids(2)
+    return gateway
+
+
+async def fresh_get(url: str) -> httpx.Response:
+    """A GET on a new connection, so the kernel may hand it to either worker."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        return await client.get(url)
+
+
+def two_endpoints(up: Any) -> dict[str, Any]:
+    config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+    config["endpoints"].append({"path": "/later", "backends": [backend_config("b", "u", "/y")]})
+    return config
+
+
+async def test_sigterm_lets_a_slow_request_finish_and_exits_0(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        arrived = trio.Event()
+
+        async def slow(req: RecordedRequest) -> Reply:
+            arrived.set()
+            return Reply(json={"done": True}, delay_s=1.5)
+
+        up = await start_upstream(nursery, slow)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/slow")], deadline="5s")
+        config["server"] = {"drain_delay": "500ms", "graceful_timeout": "3s"}
+        file = tmp_path / "drain.yaml"
+        file.write_text(config_text(config))
+        gateway = await start_supervised(nursery, file)
+        slow_answers: list[httpx.Response] = []
+
+        async def slow_request() -> None:
+            slow_answers.append(await fresh_get(gateway.url + "/api/1"))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(slow_request)
+            await arrived.wait()  # the slow request is in flight in one of the workers
+            signalled_at = trio.current_time()
+            gateway.proc.send_signal(signal.SIGTERM)
+            await gateway.logged(r"draining: readiness is 503", 2)
+            # within drain_delay both workers still accept, but are not ready
+            assert (await fresh_get(gateway.url + "/__gateway/ready")).status_code == 503
+        assert slow_answers[0].status_code == 200
+        assert slow_answers[0].json() == {"done": True}
+        assert await gateway.proc.wait() == 0
+        # drain_delay + graceful_timeout, plus a margin for a loaded machine
+        assert trio.current_time() - signalled_at < 0.5 + 3 + 2
+
+
+async def test_a_bad_sighup_is_refused_then_a_good_one_applies(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(40):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1}), "/y": Reply(json={"b": 2})})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(config))
+        gateway = await start_supervised(nursery, file)
+
+        file.write_text(config_text({**config, "endpoints": [{"path": "/broken"}]}))
+        gateway.proc.send_signal(signal.SIGHUP)
+        await gateway.logged(r"reload refused \(SIGHUP\), still serving the previous config")
+        for i in range(6):
+            assert (await fresh_get(f"{gateway.url}/api/{i}")).json() == {"a": 1}
+        assert "reloaded" not in gateway.log  # no worker was asked to reload
+
+        file.write_text(config_text(two_endpoints(up)))
+        gateway.proc.send_signal(signal.SIGHUP)
+        await gateway.logged(r"reloaded .*: 2 endpoint\(s\)", 2)  # both workers
+        for _ in range(6):
+            assert (await fresh_get(gateway.url + "/later")).json() == {"b": 2}
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert await gateway.proc.wait() == 0
+
+
+async def test_a_killed_worker_is_replaced(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        gateway = await start_supervised(nursery, file)
+        first, second = await gateway.ready_pids(2)
+        os.kill(first, signal.SIGKILL)
+        await gateway.logged(rf"worker {first} exited unexpectedly \(killed by SIGKILL\)")
+        # the replacement is ready within the restart delay (0.5 s) plus its startup
+        replacement = (await gateway.ready_pids(3))[2]
+        assert replacement not in (first, second)
+        for i in range(10):
+            assert (await fresh_get(f"{gateway.url}/api/{i}")).json() == {"a": 1}
+        for _ in range(4):  # whichever worker answers, the death is counted once
+            text = (await fresh_get(gateway.url + "/__gateway/metrics")).text
+            assert metric(text, "gateway_worker_deaths_total") == 1
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert await gateway.proc.wait() == 0
+
+
+async def test_watch_reloads_both_workers(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1}), "/y": Reply(json={"b": 2})})
+        file = tmp_path / "watched.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        gateway = await start_supervised(nursery, file, "--watch")
+        file.write_text(config_text(two_endpoints(up)))
+        await gateway.logged(r"reloaded .*: 2 endpoint\(s\)", 2)
+        for _ in range(6):
+            assert (await fresh_get(gateway.url + "/later")).json() == {"b": 2}
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert await gateway.proc.wait() == 0
+
+
+def is_gone(pid: int) -> bool:
+    """Exited (a zombie not reaped yet counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+async def test_a_second_sigterm_stops_the_workers_at_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        arrived = trio.Event()
+
+        async def slow(req: RecordedRequest) -> Reply:
+            arrived.set()
+            return Reply(json={"done": True}, delay_s=20)
+
+        up = await start_upstream(nursery, slow)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/slow")], deadline="30s")
+        config["server"] = {"drain_delay": "10s", "graceful_timeout": "20s"}
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(config))
+        gateway = await start_supervised(nursery, file)
+
+        async def slow_request() -> None:
+            with contextlib.suppress(httpx.TransportError):
+                await fresh_get(gateway.url + "/api/1")
+
+        nursery.start_soon(slow_request)
+        await arrived.wait()
+        gateway.proc.send_signal(signal.SIGTERM)
+        await gateway.logged(r"draining: readiness is 503", 2)
+        gateway.proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(5):  # not drain_delay + graceful_timeout
+            assert await gateway.proc.wait() == 1
+
+
+async def test_workers_drain_by_themselves_when_the_main_process_is_killed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        gateway = await start_supervised(nursery, file)
+        pids = await gateway.ready_pids(2)
+        gateway.proc.kill()
+        await gateway.proc.wait()
+        while not all(is_gone(pid) for pid in pids):  # noqa: ASYNC110 - other processes
+            await trio.sleep(0.1)
+
+
+async def test_ten_reloads_under_steady_load_fail_no_request_with_two_workers(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        up = await start_upstream(
+            nursery, {"/x": Reply(json={"a": 1}, delay_s=0.02), "/y": Reply(json={"b": 2})}
+        )
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        file = tmp_path / "live.yaml"
+        file.write_text(config_text(config))
+        gateway = await start_supervised(nursery, file)
+        failures: list[str] = []
+        answered = 0
+        stop = trio.Event()
+        progress = trio.Event()
+
+        async def answers(count: int) -> None:
+            """Wait until the clients have had ``count`` more answers."""
+            nonlocal progress
+            until = answered + count
+            while answered < until:
+                await progress.wait()
+                progress = trio.Event()
+
+        async def load() -> None:
+            nonlocal answered
+            async with httpx.AsyncClient(trust_env=False) as client:
+                while not stop.is_set():
+                    try:
+                        r = await client.get(gateway.url + "/api/1")
+                    except httpx.TransportError as exc:
+                        failures.append(repr(exc))
+                        continue
+                    if r.status_code != 200 or r.json() != {"a": 1}:
+                        failures.append(f"{r.status_code} {r.text}")
+                    answered += 1
+                    progress.set()
+
+        async with trio.open_nursery() as n:
+            for _ in range(8):
+                n.start_soon(load)
+            for i in range(10):
+                await answers(15)  # the load runs across every reload
+                if i == 4:
+                    file.write_text("version: 1\nendpoints: [{path: /broken}]\n")
+                else:
+                    config["endpoints"] = [
+                        config["endpoints"][0],
+                        {"path": f"/v{i}", "backends": [backend_config("b", "u", "/y")]},
+                    ]
+                    file.write_text(config_text(config))
+                gateway.proc.send_signal(signal.SIGHUP)
+                # each reload is applied (twice: one per worker) or refused before the next
+                if i == 4:
+                    await gateway.logged(r"reload refused \(SIGHUP\)")
+                else:
+                    await gateway.logged(
+                        r"reloaded .*: 2 endpoint\(s\)", 2 * (i if i < 4 else i - 1) + 2
+                    )
+            await answers(15)
+            stop.set()
+        assert failures == []
+        assert answered >= 165
+        for _ in range(4):
+            assert (await fresh_get(gateway.url + "/v9")).json() == {"b": 2}
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert await gateway.proc.wait() == 0
