@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -93,6 +94,9 @@ def _load(path: str) -> GatewayPlan | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    # Until the reload handler (or the supervisor's) is set, a SIGHUP must not end the
+    # gateway: SIGHUP's default action is to terminate the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     plan = _load(args.file)
     if plan is None:
         return EXIT_CONFIG

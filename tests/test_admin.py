@@ -179,3 +179,31 @@ async def test_admin_allow_still_applies_on_the_admin_listener(nursery: trio.Nur
         response = await gw.client.get(admin_url + "/__gateway/config")
         assert response.status_code == 403
         assert response.json()["error"]["code"] == "admin_forbidden"
+
+
+@pytest.mark.parametrize(
+    ("bind", "admin_bind"),
+    [
+        ("127.0.0.1:18080", "127.0.0.1:18080"),
+        ("0.0.0.0:18080", "127.0.0.1:18080"),
+        ("127.0.0.1:18080", "0.0.0.0:18080"),
+        ("localhost:18080", "127.0.0.1:18080"),
+    ],
+)
+def test_an_admin_bind_that_overlaps_the_public_bind_is_a_config_problem(
+    bind: str, admin_bind: str
+) -> None:
+    """Else the public port would serve the private routes (with several workers both
+    listeners share it) or the gateway would refuse to start with a misleading message."""
+    text = json.dumps({"version": 1, "server": {"bind": bind, "admin_bind": admin_bind}})
+    with pytest.raises(ConfigError) as info:
+        load_config("a.yaml", {}, text=text)
+    assert [p.path for p in info.value.problems] == ["server.admin_bind"]
+    assert "overlaps server.bind" in str(info.value.problems[0])
+
+
+def test_an_admin_bind_on_another_port_is_accepted() -> None:
+    text = json.dumps(
+        {"version": 1, "server": {"bind": "0.0.0.0:18080", "admin_bind": "127.0.0.1:18081"}}
+    )
+    assert load_config("a.yaml", {}, text=text).admin_listener is not None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from conftest import backend_config, config_text, simple_config, start_upstream
 from test_operations import metric
@@ -298,3 +299,46 @@ async def test_ten_reloads_under_steady_load_fail_no_request_with_two_workers(
             assert (await fresh_get(gateway.url + "/v9")).json() == {"b": 2}
         gateway.proc.send_signal(signal.SIGTERM)
         assert await gateway.proc.wait() == 0
+
+
+def _ignores_sighup(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_sighup_before_the_gateway_serves_does_not_end_it(
+    nursery: trio.Nursery, tmp_path: Path, workers: str
+) -> None:
+    """SIGHUP's default action ends a process: from the moment `gateway serve` runs, the
+    signal is ignored until its reload handler takes over, so a reload sent right after a
+    restart reloads (or is ignored) instead of killing the gateway."""
+    with trio.fail_after(30):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--bind", "127.0.0.1:0"]
+        cmd += ["--workers", workers]
+        proc: trio.Process = await nursery.start(
+            partial(trio.run_process, cmd, stdout=subprocess.PIPE, check=False)
+        )
+        assert proc.stdout is not None
+        for _ in range(3000):  # no event tells another process's signal dispositions
+            if _ignores_sighup(proc.pid):
+                break
+            await trio.sleep(0.005)
+        else:
+            raise AssertionError("SIGHUP was never ignored while the gateway started")
+        proc.send_signal(signal.SIGHUP)  # before it serves
+        seen = b""
+        while (match := re.search(rb"serving .*?(http://127\.0\.0\.1:\d+)", seen)) is None:
+            data = await proc.stdout.receive_some(4096)
+            assert data, f"the gateway ended: {seen!r}"
+            seen += data
+        async with httpx.AsyncClient(trust_env=False) as client:
+            r = await client.get(match.group(1).decode() + "/api/1")
+        assert r.status_code == 200
+        proc.terminate()
+        assert await proc.wait() == 0

@@ -347,6 +347,17 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             admin_listener = parse_listener(config.server.admin_bind)
         except ValueError as exc:
             problems.append(ConfigProblem(file, "server.admin_bind", str(exc)))
+        else:
+            if _listeners_overlap(admin_listener, config.server.bind):
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        "server.admin_bind",
+                        f"{config.server.admin_bind!r} overlaps server.bind "
+                        f"{config.server.bind!r}: the admin routes need a listener of their own "
+                        "(another port)",
+                    )
+                )
     problems += _server_tls_problems(config, file)
     if problems:
         raise ConfigError(problems)
@@ -893,3 +904,15 @@ def load_config(
     if text is None:
         text = read_config_file(path)
     return compile_config(load_config_text(text, path, env), path)
+
+
+def _listeners_overlap(admin: Listener, bind: str) -> bool:
+    """Whether the admin listener would take the public one's port: the same port (a port
+    0 asks for a free one and never overlaps), on the same address or a wildcard of either."""
+    try:
+        public = parse_listener(bind)
+    except ValueError:
+        return False  # the public bind is checked where it is used
+    if admin.port == 0 or admin.port != public.port:
+        return False
+    return admin.host is None or public.host is None or admin.host == public.host
