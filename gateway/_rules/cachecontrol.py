@@ -130,12 +130,11 @@ def is_freshness_field(name: bytes) -> bool:
 _SHARING_FIELDS = frozenset({b"cache-control", b"set-cookie", b"vary"})
 
 
-def may_share(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+def may_share(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """Whether a response (of any status) may go to other clients than the one it was
     made for: :func:`shared_store_refusal` as for a 200, with a fast path for responses
     without Cache-Control, Set-Cookie or Vary. Names lower-case, as the transport gives
     them."""
-    headers = list(headers)
     if not any(name in _SHARING_FIELDS for name, _ in headers):
         return True
     return shared_store_refusal(200, headers) is None
