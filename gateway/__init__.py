@@ -19,6 +19,7 @@ from ._errors import ConfigProblem as ConfigProblem
 from ._errors import GatewayError as GatewayError
 from ._errors import InvalidPathParameter as InvalidPathParameter
 from ._errors import InvalidRequest as InvalidRequest
+from ._errors import ListenError as ListenError
 from ._errors import MethodNotAllowed as MethodNotAllowed
 from ._errors import NotFound as NotFound
 from ._errors import RequestBodyTooLarge as RequestBodyTooLarge
@@ -44,6 +45,7 @@ __all__ = [
     "GatewayTransport",
     "InvalidPathParameter",
     "InvalidRequest",
+    "ListenError",
     "MethodNotAllowed",
     "NotFound",
     "Outcome",

@@ -279,6 +279,12 @@ class GatewayApp(QuartTrio):
                     if name.lower() == b"x-gateway-backends":
                         record.backends_header = value.decode("latin-1")
                 headers.append((b"x-request-id", trace.request_id))
+                if self.draining and scope.get("http_version") in ("1.0", "1.1"):
+                    # The listener closes at the end of drain_delay and idle keep-alive
+                    # connections with it, racing the client's next request on them: a
+                    # client told to close reconnects instead (RFC 9112 section 9.6).
+                    # HTTP/2 forbids the field (RFC 9113 section 8.2.2); it has GOAWAY.
+                    headers.append((b"connection", b"close"))
                 record.status = message["status"]
                 message = {**message, "headers": headers}
             await send(message)

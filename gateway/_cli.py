@@ -23,8 +23,8 @@ from ._config.compile import load_config
 from ._config.model import json_schema
 from ._config.plan import GatewayPlan
 from ._config.units import format_duration
-from ._errors import ConfigError
-from ._listen import ListenError, check_binds, listen_error_in
+from ._errors import ConfigError, ListenError
+from ._listen import check_binds, listen_error_in
 from ._observability.logs import configure_logging
 
 EXIT_OK = 0

@@ -9,6 +9,8 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
 
     GatewayError
     ├── ConfigError                   startup only: a list of ConfigProblem (file, path, message)
+    ├── ListenError                   startup only: an address to listen on cannot be bound
+    │                                 (busy port, bad address); one line, exit status 2
     ├── StoreUnavailable              the shared state store (Redis) failed or did not answer in
     │                                 time; the caller fails open or closed, caches are skipped
     └── RequestError                  one client request; .status, .code, .message
@@ -53,6 +55,15 @@ class ConfigProblem:
     def __str__(self) -> str:
         where = f"{self.file}: {self.path}" if self.path else self.file
         return f"{where}: {self.message}"
+
+
+class ListenError(GatewayError):
+    """An address the gateway was told to listen on cannot be bound (startup only)."""
+
+    def __init__(self, bind: str, reason: str) -> None:
+        super().__init__(f"gateway: cannot listen on {bind}: {reason}")
+        self.bind = bind
+        self.reason = reason
 
 
 class ConfigError(GatewayError):

@@ -17,7 +17,7 @@ import errno
 import socket
 from collections.abc import Iterable
 
-from ._errors import GatewayError
+from ._errors import ListenError
 
 MAX_PORT = 65535
 _REASONS = {
@@ -25,15 +25,6 @@ _REASONS = {
     errno.EADDRNOTAVAIL: "address not available on this machine",
     errno.EACCES: "permission denied (ports below 1024 need privileges)",
 }
-
-
-class ListenError(GatewayError):
-    """An address the gateway was told to listen on cannot be bound (startup only)."""
-
-    def __init__(self, bind: str, reason: str) -> None:
-        super().__init__(f"gateway: cannot listen on {bind}: {reason}")
-        self.bind = bind
-        self.reason = reason
 
 
 def split_bind(bind: str) -> tuple[str, int]:

@@ -15,16 +15,22 @@ Signals to the main process:
 
 - SIGTERM or SIGINT: forwarded as SIGTERM to every worker, which turns readiness 503, keeps
   accepting for ``drain_delay``, closes its listener and gives in-flight requests
-  ``graceful_timeout`` (as one worker does in-process). The main process waits for every
-  worker and exits 0. A worker still starting has accepted nothing and is simply stopped.
-  A second signal kills the workers (exit 1).
+  ``graceful_timeout`` (as one worker does in-process). The main process closes its own copy
+  of the listening sockets at once (it starts no worker any more), so once the last worker
+  has closed its listener a new connection is refused, not queued in the kernel and reset
+  when the main process exits. It waits for every worker and exits 0. A worker still
+  starting has accepted nothing and is simply stopped. A second signal kills the workers
+  (exit 1).
 - SIGHUP, or a change of the file with ``--watch``: the main process loads the config first.
   A bad one is refused with its problems logged and the workers are left alone; a good one
   is applied by forwarding SIGHUP, and each worker reloads in place (no worker restarts, so
   no keep-alive connection is closed under a client).
 - A worker that exits unexpectedly (a crash, ``kill -9``) is logged with its pid and exit
   status and replaced, after a delay that doubles (from ``RESTART_DELAY_MIN_S`` up to
-  ``RESTART_DELAY_MAX_S``) while workers keep dying young.
+  ``RESTART_DELAY_MAX_S``) while workers keep dying young. Deaths are counted in
+  ``gateway_worker_deaths_total`` by the next worker of the slot that becomes ready (the main
+  process imports prometheus-client before the metrics directory is chosen), so a
+  replacement that dies while starting hands its own death on with the earlier ones.
 - A worker whose main process is gone (killed with SIGKILL) drains and exits by itself.
 - A worker that cannot start before any worker was ever ready (its config is bad) stops the
   gateway with its reason printed once and status 2.
@@ -46,7 +52,7 @@ from multiprocessing.process import BaseProcess
 import hypercorn.config
 import trio
 
-from ._listen import ListenError
+from ._errors import ListenError
 
 log = logging.getLogger("gateway")
 
@@ -63,6 +69,7 @@ READY = b"ready"
 @dataclass
 class _Worker:
     process: BaseProcess
+    slot: int
     ready: bool = False
 
 
@@ -91,6 +98,8 @@ class Supervisor:
     ever_ready: bool = False
     _running: dict[int, _Worker] = field(default_factory=dict)
     _last_pid: dict[int, int] = field(default_factory=dict)
+    # per slot: deaths no ready worker has counted in the metrics yet
+    _uncounted_deaths: dict[int, int] = field(default_factory=dict)
 
     async def run(self) -> int:
         """Supervise until every worker has finished; returns the exit status."""
@@ -110,13 +119,12 @@ class Supervisor:
     async def _keep_slot(self, slot: int) -> None:
         """Run one worker after another in this slot until the gateway stops."""
         delay_s = RESTART_DELAY_MIN_S
-        replaces = False
         while not self.stopping:
             started = trio.current_time()
-            code = await self._run_worker(slot, replaces=replaces)
-            replaces = True
+            code = await self._run_worker(slot)
             if self.stopping:
                 return
+            self._uncounted_deaths[slot] = self._uncounted_deaths.get(slot, 0) + 1
             failure = self._take_report()
             if failure is not None and not self.ever_ready:
                 self.startup_failure = failure
@@ -135,9 +143,9 @@ class Supervisor:
             await trio.sleep(delay_s)
             delay_s = min(delay_s * 2, RESTART_DELAY_MAX_S)
 
-    async def _run_worker(self, slot: int, *, replaces: bool) -> int:
+    async def _run_worker(self, slot: int) -> int:
         """Start a worker, note when it is ready, and return its exit code once it exits.
-        A worker that ``replaces`` one that died counts that death in its metrics."""
+        It counts the slot's uncounted deaths in its metrics as it becomes ready."""
         ctx = get_context("spawn")
         reader, writer = ctx.Pipe(duplex=False)
         process = ctx.Process(
@@ -146,14 +154,14 @@ class Supervisor:
                 "config": self.config,
                 "sockets": self.sockets,
                 "ready": writer,
-                "replaces": replaces,
+                "deaths": self._uncounted_deaths.get(slot, 0),
             },
             name=f"gateway-worker-{slot}",
         )
         process.start()
         writer.close()
         assert process.pid is not None
-        worker = _Worker(process)
+        worker = _Worker(process, slot)
         self._running[slot] = worker
         self._last_pid[slot] = process.pid
         log.info("worker %d started", process.pid)
@@ -178,6 +186,7 @@ class Supervisor:
             return
         worker.ready = True
         self.ever_ready = True
+        self._uncounted_deaths[worker.slot] = 0  # counted by the worker before it said so
         log.info("worker %d ready", worker.process.pid)
         if self.stopping:  # it became ready after the stop: it drains like the others
             _send(worker.process, signal.SIGTERM)
@@ -239,6 +248,9 @@ class Supervisor:
     def _stop(self, *, force: bool) -> None:
         self.stopping = True
         self.forced = self.forced or force
+        # No worker is started any more: only the workers' copies keep the port open, so
+        # it stops accepting when the last of them closes its listener.
+        close_sockets(self.sockets)
         for worker in list(self._running.values()):
             if force or not worker.ready:
                 # a worker still starting has accepted no connection: nothing to drain
@@ -322,14 +334,15 @@ def worker_main(
     config: hypercorn.config.Config,
     sockets: hypercorn.config.Sockets,
     ready: Connection,
-    replaces: bool = False,
+    deaths: int = 0,
 ) -> None:
     """A worker: load the app (``gateway.asgi``, which reports a bad config and exits 2),
     then serve the inherited sockets until SIGTERM, reloading on SIGHUP.
 
     The main process cannot count a worker's death in the metrics (it imported
-    prometheus-client before choosing the multiprocess directory), so the replacement
-    counts it: its counters live on in the shared directory after it exits too.
+    prometheus-client before choosing the multiprocess directory), so the worker counts
+    ``deaths`` (its slot's, not counted yet) just before it reports ready: its counters live
+    on in the shared directory after it exits too.
     """
     # The main process forwards what it receives: a Ctrl-C reaching the whole process group
     # must not stop a worker by itself, and a SIGHUP before the reload handler is set must
@@ -338,11 +351,14 @@ def worker_main(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from .asgi import app
 
-    if replaces:
-        from ._observability.metrics import WORKER_DEATHS
+    def say_ready() -> None:
+        if deaths:
+            from ._observability.metrics import WORKER_DEATHS
 
-        WORKER_DEATHS.inc()
-    trio.run(_serve_worker, app, config, sockets, ready.send_bytes)
+            WORKER_DEATHS.inc(deaths)
+        ready.send_bytes(READY)
+
+    trio.run(_serve_worker, app, config, sockets, say_ready)
     ready.close()
 
 
@@ -350,7 +366,7 @@ async def _serve_worker(
     app: object,
     config: hypercorn.config.Config,
     sockets: hypercorn.config.Sockets,
-    say_ready: Callable[[bytes], None],
+    say_ready: Callable[[], None],
 ) -> None:
     from ._app import GatewayApp
     from ._server import reload, serve_app
@@ -396,4 +412,4 @@ async def _serve_worker(
         nursery.start_soon(drain_if_orphaned)
         await nursery.start(serve_then_stop)
         with contextlib.suppress(OSError):  # the main process is gone: serve on regardless
-            say_ready(READY)
+            say_ready()

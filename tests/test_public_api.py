@@ -19,6 +19,7 @@ PUBLIC_NAMES = [
     "GatewayTransport",
     "InvalidPathParameter",
     "InvalidRequest",
+    "ListenError",
     "MethodNotAllowed",
     "NotFound",
     "Outcome",

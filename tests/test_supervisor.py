@@ -353,3 +353,135 @@ async def test_a_sighup_before_the_gateway_serves_does_not_end_it(
         assert r.status_code == 200
         proc.terminate()
         assert await proc.wait() == 0
+
+
+async def test_sigterm_under_steady_keep_alive_load_drains_without_losing_a_request(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Several keep-alive clients, a slow request in flight, SIGTERM: answers during
+    drain_delay carry ``Connection: close`` (clients reconnect instead of racing the
+    listener's close on an idle connection), none is lost, the slow request completes, and
+    once the workers have closed their listeners a new connection is refused at once
+    rather than queued on a socket only the main process still holds."""
+    with trio.fail_after(40):
+        arrived = trio.Event()
+
+        async def handler(req: RecordedRequest) -> Reply:
+            if req.path == "/slow":
+                arrived.set()
+                return Reply(json={"done": True}, delay_s=4)
+            return Reply(json={"a": 1})
+
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        slow_endpoint = {"path": "/slow", "deadline": "8s"}
+        config["endpoints"].append(
+            {**slow_endpoint, "backends": [backend_config("s", "u", "/slow", timeout="8s")]}
+        )
+        config["server"] = {"drain_delay": "1500ms", "graceful_timeout": "6s"}
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(config))
+        gateway = await start_supervised(nursery, file)
+
+        failures: list[str] = []
+        after_drain: list[httpx.Response] = []
+        draining = False
+        stop = trio.Event()
+        answered = 0
+        progress = trio.Event()
+
+        async def load() -> None:
+            nonlocal answered, progress
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+                while not stop.is_set():
+                    started_draining = draining
+                    try:
+                        r = await client.get(gateway.url + "/api/1")
+                    except httpx.TransportError as exc:
+                        failures.append(repr(exc))
+                        continue
+                    if r.status_code != 200 or r.json() != {"a": 1}:
+                        failures.append(f"{r.status_code} {r.text}")
+                    if started_draining:
+                        after_drain.append(r)
+                    answered += 1
+                    progress.set()
+                    progress = trio.Event()
+
+        async def answers(count: int) -> None:
+            until = answered + count
+            while answered < until:
+                await progress.wait()
+
+        slow: list[httpx.Response] = []
+        slow_done = trio.Event()
+
+        async def slow_request() -> None:
+            slow.append(await fresh_get(gateway.url + "/slow"))
+            slow_done.set()
+
+        nursery.start_soon(slow_request)
+        async with trio.open_nursery() as n:
+            for _ in range(6):
+                n.start_soon(load)
+            await arrived.wait()
+            await answers(30)
+            signalled_at = trio.current_time()
+            gateway.proc.send_signal(signal.SIGTERM)
+            await gateway.logged(r"draining: readiness is 503", 2)
+            draining = True
+            await answers(60)  # well within drain_delay
+            stop.set()
+        assert failures == []
+        assert len(after_drain) >= 6
+        assert all(r.headers["connection"] == "close" for r in after_drain)
+
+        # The listeners close at the end of drain_delay, while the slow request runs on.
+        while True:
+            try:
+                await fresh_get_within(gateway.url + "/__gateway/health", 1.0)
+            except httpx.ConnectError:
+                break  # refused: the port is closed
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                pass  # reset in the instant the last listener closed: a client may retry
+            await trio.sleep(0.05)
+        assert not slow  # still in flight: the main process did not keep the port open
+        assert await gateway.proc.wait() == 0
+        await slow_done.wait()
+        assert slow[0].status_code == 200
+        assert trio.current_time() - signalled_at < 1.5 + 6 + 2
+
+
+async def fresh_get_within(url: str, timeout_s: float) -> httpx.Response:
+    """A GET on a new connection that fails with ReadTimeout if not answered in time."""
+    async with httpx.AsyncClient(trust_env=False, timeout=timeout_s) as client:
+        return await client.get(url)
+
+
+async def test_a_worker_that_keeps_dying_is_restarted_with_backoff_and_every_death_counted(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Young deaths double the restart delay (0.5 s, 1 s, 2 s). A replacement killed while
+    it starts, before it could count anything, still has its death and the one before it
+    counted by the next worker of its slot."""
+    with trio.fail_after(60):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(simple_config({"u": up}, [backend_config("a", "u", "/x")])))
+        gateway = await start_supervised(nursery, file)
+        first = (await gateway.ready_pids(2))[0]
+        os.kill(first, signal.SIGKILL)
+        await gateway.logged(rf"worker {first} exited .*; starting a new one in 0.5s")
+        starting = int((await gateway.logged(r"worker (\d+) started", 3))[2])
+        os.kill(starting, signal.SIGKILL)  # while it imports the app, before it is ready
+        await gateway.logged(rf"worker {starting} exited .*; starting a new one in 1s")
+        third = (await gateway.ready_pids(3))[2]
+        assert third not in (first, starting)
+        os.kill(third, signal.SIGKILL)
+        await gateway.logged(rf"worker {third} exited .*; starting a new one in 2s")
+        await gateway.ready_pids(4)
+        for _ in range(4):  # whichever worker answers
+            text = (await fresh_get(gateway.url + "/__gateway/metrics")).text
+            assert metric(text, "gateway_worker_deaths_total") == 3
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert await gateway.proc.wait() == 0
