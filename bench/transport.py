@@ -76,11 +76,11 @@ async def main(args: argparse.Namespace) -> None:
             await r.aclose()
 
         parsed = httpx.URL(url)
-        origin = (parsed.scheme, parsed.host, parsed.port or 80)
+        key = (parsed.scheme, parsed.host, parsed.port or 80, None)  # no client certificate
         lines = [(b"Host", parsed.netloc)]
 
         async def call_direct() -> None:
-            r = await transport.send(origin, "GET", parsed.raw_path, lines, None)
+            r = await transport.send(key, "GET", parsed.raw_path, lines, None)
             assert r.status == 200
             if r.stream.complete_body() is None:
                 async for _ in r.stream:

@@ -46,8 +46,9 @@ from ._rules.admin import Listener, admin_refusal, off_admin_listener, parse_lis
 from ._rules.aggregate import error_body
 from ._rules.balance import HostSet
 from ._rules.resilience import GuardSettings, UpstreamGuard
+from ._rules.urls import BaseUrl
 from ._state.shared import SharedState, open_state
-from ._upstream.transport import GatewayTransport, PoolLimits
+from ._upstream.transport import GatewayTransport, PoolKey, PoolLimits
 
 JSON_TYPE = "application/json"
 log = logging.getLogger("gateway")
@@ -158,15 +159,14 @@ def masked_config(plan: GatewayPlan) -> dict[str, Any]:
     return data
 
 
-def pool_limits(plan: GatewayPlan) -> dict[tuple[str, str, int], PoolLimits]:
-    """Each upstream origin's pool settings."""
+def pool_limits(plan: GatewayPlan) -> dict[PoolKey, PoolLimits]:
+    """Each upstream pool's settings, by origin and client identity (the config check
+    makes upstreams sharing a pool agree on them)."""
     return {
-        (host.scheme, host.host, host.port): PoolLimits(
+        host.key: PoolLimits(
             max_connections=up.max_connections,
             idle_timeout_s=up.idle_timeout_s,
             ca_file=up.ca_file,
-            client_cert=up.client_cert,
-            client_key=up.client_key,
             server_name=host.server_name if host.virtual_host is not None else None,
         )
         for up in plan.upstreams.values()
@@ -454,16 +454,20 @@ class GatewayApp(QuartTrio):
         """Each upstream's circuit breaker, retry budget, bulkhead, hosts and connection
         pools, as JSON; backends with settings of their own are listed under it."""
         now = trio.current_time()
-        pools = {
-            s.origin: vars(s) for s in (self._transport.statistics() if self._transport else [])
-        }
+        transport = self._transport
+
+        def pool(host: BaseUrl) -> dict[str, Any] | None:
+            # by pool key: one origin may have several pools, one per client certificate
+            stats = transport.statistics_of(host.key) if transport is not None else None
+            return vars(stats) if stats is not None else None
+
         body: dict[str, Any] = {}
         for name, up in self.plan.upstreams.items():
             entry: dict[str, Any] = self.guards[name].statistics(now) if name in self.guards else {}
             if len(up.all_hosts) == 1:
-                entry["pool"] = pools.get(up.base.origin)
+                entry["pool"] = pool(up.base)
             else:
-                entry["pools"] = {h.origin: pools.get(h.origin) for h in up.all_hosts}
+                entry["pools"] = {h.origin: pool(h) for h in up.all_hosts}
             entry["backends"] = {
                 backend.guard_key.partition("@")[2]: self.guards[backend.guard_key].statistics(now)
                 for endpoint in self.plan.endpoints

@@ -27,6 +27,7 @@ from ._config.plan import EndpointPlan
 from ._errors import RequestBodyTooLarge
 from ._rules.aggregate import Outcome, http_outcome
 from ._rules.headers import GATEWAY_PREFIX, NOT_PASSED_BACK, RawHeaders, strip_hop_by_hop
+from ._upstream.transport import CLIENT_IDENTITY
 
 _GATEWAY_PREFIX_BYTES = GATEWAY_PREFIX.encode("ascii")
 
@@ -96,7 +97,14 @@ class Streaming:
     async def send(self, request: UpstreamRequest) -> Reply:
         headers = [(k, v) for k, v in request.headers if k.lower() != b"accept"]
         headers.extend(self.body_headers)
-        outgoing = httpx.Request(self.method, request.url, headers=headers, content=self.body)
+        outgoing = httpx.Request(
+            self.method,
+            request.url,
+            headers=headers,
+            content=self.body,
+            # the pool is chosen by origin and client certificate: the upstream's own
+            extensions={CLIENT_IDENTITY: request.base.client_identity},
+        )
         try:
             response = await self.client.send(outgoing, stream=True)
         except httpx.TransportError as exc:

@@ -990,9 +990,9 @@ def test_upstreams_sharing_an_origin_must_agree_on_pool_settings() -> None:
         """
     )
     assert problems_of(text) == [
-        "gw.yaml: upstreams.b: shares http://127.0.0.1:9001 with upstream 'a' but sets "
-        "different max_connections, idle_timeout, ca_file or client certificate "
-        "(one pool per origin)"
+        "gw.yaml: upstreams.b: shares its http://127.0.0.1:9001 pool (no client certificate) "
+        "with upstream 'a' but sets different max_connections, idle_timeout or ca_file "
+        "(one pool per origin and client certificate)"
     ]
 
 
@@ -1089,7 +1089,10 @@ def test_several_hosts_compile_in_order_and_pool_per_host() -> None:
     assert [h.origin for h in up.all_hosts] == ["http://127.0.0.1:9001", "http://127.0.0.2:9002"]
     assert up.base is up.all_hosts[0] and up.balance == "least_outstanding"
     assert (up.outlier.consecutive_failures, up.outlier.ejection_s) == (3, 5.0)
-    assert set(pool_limits(plan)) == {("http", "127.0.0.1", 9001), ("http", "127.0.0.2", 9002)}
+    assert set(pool_limits(plan)) == {
+        ("http", "127.0.0.1", 9001, None),
+        ("http", "127.0.0.2", 9002, None),
+    }
     p, q = plan.endpoints[0].backends
     assert p.guard is None and p.guard_name == "a"
     assert q.guard is not None and q.guard.retry is not None and q.guard.retry.attempts == 1

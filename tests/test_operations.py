@@ -185,7 +185,12 @@ async def test_metrics_count_requests_backends_and_connections(nursery: trio.Nur
             )
             == 5
         )
-        assert metric(after, "gateway_upstream_connections", origin=up.url, state="open") >= 1
+        assert (
+            metric(
+                after, "gateway_upstream_connections", origin=up.url, client_cert="", state="open"
+            )
+            >= 1
+        )
         assert metric(after, "gateway_requests_in_flight") >= 1  # the scrape itself
 
 

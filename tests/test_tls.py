@@ -21,8 +21,8 @@ import hypercorn.config
 import pytest
 import trio
 import trustme
-from conftest import backend_config, simple_config, start_gateway, start_upstream
-from upstream import Reply, serve_upstream
+from conftest import backend_config, recorder, simple_config, start_gateway, start_upstream
+from upstream import RecordedRequest, Reply, Upstream, serve_upstream
 
 from gateway import (
     ConfigError,
@@ -72,6 +72,195 @@ async def test_an_upstream_requiring_a_client_certificate_is_reached_with_client
         r = await gw.get("/api/1")
         assert r.headers["x-gateway-backends"] == "a=ok, b=unreachable"
         assert r.json() == {"mtls": True}
+
+
+@dataclass
+class MutualTLSUpstream:
+    """One TLS server requiring client certificates from ``client_ca``; every request it
+    answers is recorded, with the client certificate and connection it came on."""
+
+    up: Upstream
+    seen: list[RecordedRequest]
+    ca_file: str  # the CA of the server's certificate
+    client_ca: trustme.CA
+
+
+async def start_mutual_tls_upstream(nursery: trio.Nursery, tmp_path: Path) -> MutualTLSUpstream:
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    client_ca.configure_trust(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    server_ca.cert_pem.write_to_path(str(ca_file))
+    seen, handler = recorder(
+        lambda req: Reply(json={"cert": req.client_cert_name, "connection": req.connection_id})
+    )
+    up = await nursery.start(partial(serve_upstream, handler, ssl_context=server_ctx))
+    return MutualTLSUpstream(up, seen, str(ca_file), client_ca)
+
+
+def identity_config(server: MutualTLSUpstream, certs: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """An upstream per entry of ``certs`` (name: certificate and key files), all on the
+    server's one origin; ``/agg/NAME`` and ``/pass/NAME`` (passthrough) call each."""
+    return {
+        "version": 1,
+        "upstreams": {
+            name: {
+                "url": f"{server.up.url}/{name}",
+                "ca_file": server.ca_file,
+                "client_cert": cert_file,
+                "client_key": key_file,
+            }
+            for name, (cert_file, key_file) in certs.items()
+        },
+        "endpoints": [
+            endpoint
+            for name in certs
+            for endpoint in (
+                {"path": f"/agg/{name}", "backends": [backend_config("b", name, "/x")]},
+                {
+                    "path": f"/pass/{name}",
+                    "passthrough": True,
+                    "backends": [backend_config("b", name, "/x")],
+                },
+            )
+        ],
+    }
+
+
+async def test_upstreams_on_one_origin_with_different_client_certificates_never_share_a_connection(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(10):
+        server = await start_mutual_tls_upstream(nursery, tmp_path)
+        ca = server.client_ca
+        alice = write_pair(ca.issue_cert("alice.test", common_name="alice"), tmp_path, "alice")
+        bob = write_pair(ca.issue_cert("bob.test", common_name="bob"), tmp_path, "bob")
+        # alice_too presents alice's certificate: it shares alice's pool
+        certs = {"alice": alice, "bob": bob, "alice_too": alice}
+        gw = await start_gateway(nursery, identity_config(server, certs))
+        expected = {"alice": "alice", "bob": "bob", "alice_too": "alice"}
+        connections: dict[str, set[int]] = {"alice": set(), "bob": set()}
+        for _ in range(5):
+            for name in ("alice", "bob", "alice_too"):  # one after the other: keep-alive reuse
+                r = await gw.get(f"/agg/{name}")
+                assert r.headers["x-gateway-backends"] == "b=ok"
+                assert r.json()["cert"] == expected[name]
+                connections[expected[name]].add(r.json()["connection"])
+        # one kept-alive connection per certificate, and never the other's
+        assert len(connections["alice"]) == len(connections["bob"]) == 1
+        assert not connections["alice"] & connections["bob"]
+
+        # concurrent calls, aggregated and passthrough (httpx) interleaved
+        results: list[tuple[str, str, int]] = []
+
+        async def call(path: str, name: str) -> None:
+            r = await gw.get(f"/{path}/{name}")
+            assert r.status_code == 200
+            results.append((name, r.json()["cert"], r.json()["connection"]))
+
+        async with trio.open_nursery() as calls:
+            for _ in range(10):
+                for name in expected:
+                    calls.start_soon(call, "agg", name)
+                    calls.start_soon(call, "pass", name)
+        assert len(results) == 60
+        for name, cert, connection in results:
+            assert cert == expected[name]
+            connections[cert].add(connection)
+        assert not connections["alice"] & connections["bob"]
+        # what the upstream saw: every request came with its own upstream's certificate
+        assert len(server.seen) == 75
+        for req in server.seen:
+            assert req.client_cert_name == expected[req.path.split("/")[1]]
+
+        # two pools on the one origin, told apart by their certificate
+        shown = (await gw.get("/__gateway/upstreams")).json()
+        origin = server.up.url
+        assert shown["alice"]["pool"]["origin"] == shown["bob"]["pool"]["origin"] == origin
+        assert shown["alice"]["pool"]["client_cert"] == alice[0]
+        assert shown["bob"]["pool"]["client_cert"] == bob[0]
+        assert shown["alice_too"]["pool"] == shown["alice"]["pool"]
+
+
+async def test_a_reload_that_changes_one_client_certificate_keeps_the_other_pool(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(10):
+        server = await start_mutual_tls_upstream(nursery, tmp_path)
+        ca = server.client_ca
+        alice = write_pair(ca.issue_cert("alice.test", common_name="alice"), tmp_path, "alice")
+        bob = write_pair(ca.issue_cert("bob.test", common_name="bob"), tmp_path, "bob")
+        carol = write_pair(ca.issue_cert("carol.test", common_name="carol"), tmp_path, "carol")
+        config_file = tmp_path / "gw.yaml"
+        config_file.write_text(json.dumps(identity_config(server, {"alice": alice, "bob": bob})))
+        app = create_app(load_config(str(config_file)))
+        [url] = await nursery.start(
+            partial(serve_app, app, hypercorn_config(app.plan, bind="127.0.0.1:0"))
+        )
+        async with httpx.AsyncClient(trust_env=False) as client:
+
+            async def seen_by(name: str) -> tuple[str, int]:
+                answer = (await client.get(f"{url}/agg/{name}")).json()
+                return answer["cert"], answer["connection"]
+
+            alice_before = await seen_by("alice")
+            assert (await seen_by("bob"))[0] == "bob"
+            # bob now presents carol's certificate: his pool is replaced, alice's is kept
+            config_file.write_text(
+                json.dumps(identity_config(server, {"alice": alice, "bob": carol}))
+            )
+            assert app.reload()
+            assert await seen_by("bob") == ("carol", 3)
+            assert await seen_by("alice") == alice_before
+            assert server.up.connections_total == 3
+            # the pool of bob's old certificate is gone with its connection
+            assert sorted(s.client_cert or "" for s in app.transport.statistics()) == [
+                alice[0],
+                carol[0],
+            ]
+
+
+def test_upstreams_on_one_origin_may_present_different_client_certificates(
+    tmp_path: Path,
+) -> None:
+    ca = trustme.CA()
+    alice = write_pair(ca.issue_cert("alice.test"), tmp_path, "alice")
+    bob = write_pair(ca.issue_cert("bob.test"), tmp_path, "bob")
+    upstreams = {
+        name: {"url": f"https://a.test/{name}", "client_cert": cert, "client_key": key}
+        for name, (cert, key) in (("alice", alice), ("bob", bob))
+    }
+    plan = load_config("gw.yaml", {}, text=json.dumps({"version": 1, "upstreams": upstreams}))
+    keys = {name: up.base.key for name, up in plan.upstreams.items()}
+    assert keys == {
+        "alice": ("https", "a.test", 443, alice),
+        "bob": ("https", "a.test", 443, bob),
+    }
+
+
+def test_upstreams_sharing_a_pool_must_agree_on_its_settings(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    alice = write_pair(ca.issue_cert("alice.test"), tmp_path, "alice")
+    bob = write_pair(ca.issue_cert("bob.test"), tmp_path, "bob")
+
+    def upstream(cert: tuple[str, str], **settings: Any) -> dict[str, Any]:
+        return {"url": "https://a.test", "client_cert": cert[0], "client_key": cert[1], **settings}
+
+    config = {
+        "version": 1,
+        "upstreams": {
+            "a": upstream(alice, max_connections=10),
+            "b": upstream(bob, max_connections=20),  # another pool: may differ
+            "c": upstream(alice, max_connections=20),  # a's pool: may not
+        },
+    }
+    assert problems_of(config) == [
+        f"gw.yaml: upstreams.c: shares its https://a.test:443 pool (client certificate "
+        f"{alice[0]}) with upstream 'a' but sets different max_connections, idle_timeout or "
+        "ca_file (one pool per origin and client certificate)"
+    ]
 
 
 def problems_of(config: dict[str, Any]) -> list[str]:

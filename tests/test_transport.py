@@ -21,7 +21,7 @@ from gateway._upstream.transport import _Connection
 
 def client_for(url: str, **limits: float) -> tuple[httpx.AsyncClient, GatewayTransport]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    transport = GatewayTransport({("http", host, int(port)): PoolLimits(**limits)})  # type: ignore[arg-type]
+    transport = GatewayTransport({("http", host, int(port), None): PoolLimits(**limits)})  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=transport, trust_env=False), transport
 
 
@@ -122,7 +122,7 @@ async def test_a_stale_connection_is_retried_once_for_idempotent_requests(
         client, transport = client_for(url)
         async with client:
             await client.get(url + "/x")
-            pool = transport.pool(("http", "127.0.0.1", port))
+            pool = transport.pool(("http", "127.0.0.1", port, None))
             # Defeat the liveness check so the closed connection is handed out, as when
             # the upstream's close crosses our request on the wire.
             monkeypatch.setattr(_Connection, "looks_closed", lambda self: False)

@@ -54,6 +54,8 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-cased names; repeated names joined with ", "
     body: bytes
     connection_id: int  # increments per accepted TCP connection, starting at 1
+    # TLS: the common name of the client certificate the connection was made with, if any
+    client_cert_name: str | None = None
 
 
 @dataclass
@@ -141,6 +143,7 @@ class _Connection:
         self.stream = stream
         self.conn_id = conn_id
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_INCOMPLETE_EVENT_SIZE)
+        self.client_cert_name = _client_cert_name(stream)
 
     async def send(self, *events: h11.Event) -> None:
         data = b"".join(self.h11.send(e) or b"" for e in events)
@@ -205,6 +208,7 @@ class _Connection:
             headers=headers,
             body=bytes(body),
             connection_id=self.conn_id,
+            client_cert_name=self.client_cert_name,
         )
 
     async def respond(self, request: RecordedRequest) -> _Outcome:
@@ -296,6 +300,16 @@ class _Connection:
                 await self.send(h11.Data(data=b"x" * reply.chunk_size))
             await self.send(h11.EndOfMessage())
         return "keep"
+
+
+def _client_cert_name(stream: trio.abc.Stream) -> str | None:
+    """The common name of the verified client certificate of a TLS connection."""
+    if not isinstance(stream, trio.SSLStream):
+        return None
+    peer = stream.getpeercert()
+    if not peer:
+        return None
+    return dict(pair[0] for pair in peer["subject"]).get("commonName")
 
 
 async def _serve_connection(

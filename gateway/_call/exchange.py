@@ -25,17 +25,18 @@ from .._rules.aggregate import BackendResult, Outcome, http_outcome
 from .._rules.cachecontrol import may_share
 from .._rules.headers import HOP_BY_HOP, connection_named
 from .._rules.transform import SelectMissing
-from .._upstream.transport import Origin, UpstreamResponse
+from .._upstream.transport import PoolKey, UpstreamResponse
 from .request import UpstreamRequest, redirect_request
 
 log = logging.getLogger("gateway")
 
 Sender = Callable[
-    [Origin, str, bytes, Sequence[tuple[bytes, bytes]], bytes | None],
+    [PoolKey, str, bytes, Sequence[tuple[bytes, bytes]], bytes | None],
     Awaitable[UpstreamResponse],
 ]
-"""Sends one upstream request (origin, method, target, header lines, body) and returns
-the response with its body still to stream: the transport's ``send``."""
+"""Sends one upstream request (pool key: origin and client identity; method, target,
+header lines, body) and returns the response with its body still to stream: the
+transport's ``send``."""
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
@@ -147,7 +148,7 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 def _wire(
     request: UpstreamRequest,
-) -> tuple[Origin, str, bytes, list[tuple[bytes, bytes]], bytes | None]:
+) -> tuple[PoolKey, str, bytes, list[tuple[bytes, bytes]], bytes | None]:
     """The sender's arguments for ``request``."""
     return (
         request.base.key,

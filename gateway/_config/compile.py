@@ -166,22 +166,28 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                 (*where, "client_key"),
             )
 
-    # Connections are pooled per origin: upstreams sharing one must agree on its settings.
-    by_origin: dict[str, UpstreamPlan] = {}
-    pool_settings = ("max_connections", "idle_timeout_s", "ca_file", "client_cert", "client_key")
+    # Connections are pooled per origin and client certificate: upstreams sharing a pool
+    # must agree on its settings. Different certificates on one origin make separate pools.
+    by_pool: dict[tuple[str, str, int, tuple[str, str] | None], UpstreamPlan] = {}
+    pool_settings = ("max_connections", "idle_timeout_s", "ca_file")
     for up_name, up_plan in upstreams.items():
         for host in up_plan.all_hosts:
-            first = by_origin.setdefault(host.origin, up_plan)
+            first = by_pool.setdefault(host.key, up_plan)
             if first is not up_plan and any(
                 getattr(first, key) != getattr(up_plan, key) for key in pool_settings
             ):
+                identity = (
+                    f"client certificate {up_plan.client_cert}"
+                    if up_plan.client_cert is not None
+                    else "no client certificate"
+                )
                 problems.append(
                     ConfigProblem(
                         file,
                         format_path(("upstreams", up_name)),
-                        f"shares {host.origin} with upstream {first.name!r} but sets "
-                        "different max_connections, idle_timeout, ca_file or client certificate "
-                        "(one pool per origin)",
+                        f"shares its {host.origin} pool ({identity}) with upstream "
+                        f"{first.name!r} but sets different max_connections, idle_timeout or "
+                        "ca_file (one pool per origin and client certificate)",
                     )
                 )
                 break
@@ -539,6 +545,10 @@ def _upstream_hosts(
             problems.append(ConfigProblem(file, format_path((*where, "host_header")), str(exc)))
             return ()
         hosts = [replace(h, virtual_host=virtual) for h in hosts]
+    if up.client_cert is not None and up.client_key is not None:
+        # part of each host's pool key: connections presenting this certificate carry only
+        # the calls of upstreams that present the same one
+        hosts = [replace(h, client_identity=(up.client_cert, up.client_key)) for h in hosts]
     return tuple(hosts)
 
 

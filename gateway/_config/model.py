@@ -361,8 +361,9 @@ class UpstreamConfig(_Model):
 
     client_cert: str | None = None
     """For https: a PEM file with the certificate (and chain) the gateway presents to this
-    upstream (mutual TLS). Set together with `client_key`. Part of the pool's identity:
-    upstreams sharing an origin must agree on it."""
+    upstream (mutual TLS). Set together with `client_key`. Part of what picks the
+    connection pool: upstreams on one origin share connections only if they name the
+    same certificate and key files."""
 
     client_key: str | None = None
     """For https: the PEM file of `client_cert`'s private key (unencrypted)."""

@@ -11,8 +11,9 @@ Metrics (all prefixed ``gateway_``):
 - ``request_duration_seconds{endpoint}``: histogram of whole requests;
 - ``backend_duration_seconds{endpoint, backend, outcome}``: histogram per backend call;
 - ``requests_in_flight``: gauge;
-- ``upstream_connections{origin, state}``: gauge of open and idle upstream connections,
-  updated whenever a connection opens or closes;
+- ``upstream_connections{origin, client_cert, state}``: gauge of open and idle upstream
+  connections per pool (``client_cert``: the certificate file its connections present,
+  empty for none), updated whenever a connection opens or closes;
 - ``rate_limited_total{endpoint, policy}``: requests refused with 429;
 - ``cache_total{layer, result}``: ``layer`` is ``backend`` or ``endpoint``, ``result`` is
   ``hit``, ``miss`` or ``coalesced`` (a backend call that shared another's upstream request);
@@ -61,7 +62,7 @@ IN_FLIGHT = Gauge(
 UPSTREAM_CONNECTIONS = Gauge(
     "gateway_upstream_connections",
     "Upstream connections by state",
-    ["origin", "state"],
+    ["origin", "client_cert", "state"],
     multiprocess_mode="livesum",
 )
 
@@ -109,10 +110,10 @@ def _child(metric: Counter | Histogram, values: tuple[str, ...]) -> Any:
     return child
 
 
-def connections_changed(origin: str, open_count: int, idle_count: int) -> None:
+def connections_changed(origin: str, client_cert: str, open_count: int, idle_count: int) -> None:
     """The transport reports a pool's counts whenever they change."""
-    UPSTREAM_CONNECTIONS.labels(origin, "open").set(open_count)
-    UPSTREAM_CONNECTIONS.labels(origin, "idle").set(idle_count)
+    UPSTREAM_CONNECTIONS.labels(origin, client_cert, "open").set(open_count)
+    UPSTREAM_CONNECTIONS.labels(origin, client_cert, "idle").set(idle_count)
 
 
 def render() -> tuple[bytes, str]:

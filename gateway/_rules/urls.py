@@ -194,13 +194,16 @@ def is_url_literal(text: str) -> bool:
 
 @dataclass(frozen=True)
 class BaseUrl:
-    """An upstream's ``scheme://host:port[/base-path]``, split once."""
+    """An upstream's ``scheme://host:port[/base-path]``, split once, and how connections
+    to it are made."""
 
     scheme: str
     host: str
     port: int
     base_path: str
     virtual_host: str | None = None  # ``host_header``: the authority to name instead
+    # https: the upstream's (client_cert, client_key) files, presented in the TLS handshake
+    client_identity: tuple[str, str] | None = None
 
     @property
     def origin(self) -> str:
@@ -211,9 +214,10 @@ class BaseUrl:
         return self.origin + self.base_path + path_and_query
 
     @cached_property
-    def key(self) -> tuple[str, str, int]:
-        """(scheme, host, port): the transport's pool key."""
-        return (self.scheme, self.host, self.port)
+    def key(self) -> tuple[str, str, int, tuple[str, str] | None]:
+        """(scheme, host, port, client identity): the transport's pool key. Upstreams on one
+        origin share connections only if they present the same client certificate."""
+        return (self.scheme, self.host, self.port, self.client_identity)
 
     @cached_property
     def _httpx_url(self) -> httpx.URL:

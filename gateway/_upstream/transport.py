@@ -1,4 +1,5 @@
-"""The upstream transport: an HTTP/1.1 keep-alive pool per origin, on trio streams.
+"""The upstream transport: HTTP/1.1 keep-alive pools on trio streams, one per origin and
+TLS client identity.
 
 Responses are parsed with httptools (llhttp, in C); request heads are encoded here and
 validated as strictly as h11 would.
@@ -10,9 +11,14 @@ Why not httpcore's pool: under a burst it hands one idle connection to many queu
 requests, which then run one after another (encode/httpcore#822, #1035), and its per
 request cost grows with the number of connections.
 
+Pools are keyed by :data:`PoolKey`: the origin and the client certificate the connections
+present (none for most upstreams). Upstreams on one origin with different certificates
+get pools of their own, so a connection opened with one identity never carries a request
+meant to go out with another: the upstream may authorise by the certificate.
+
 Rules this pool keeps:
 
-- at most ``max_connections`` connections per origin are open, idle or busy; a call
+- at most ``max_connections`` connections per pool are open, idle or busy; a call
   beyond that waits (inside the caller's cancel scope, so under its deadline);
 - idle connections are reused last-in first-out and dropped after ``idle_timeout_s``;
 - an idle connection the upstream has closed is never handed out (checked with a
@@ -56,6 +62,18 @@ RECEIVE_BYTES = 64 * 1024
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 Origin = tuple[str, str, int]
+"""(scheme, host, port)."""
+
+ClientIdentity = tuple[str, str]
+"""(certificate file, key file): the PEM files of the TLS client certificate presented."""
+
+PoolKey = tuple[str, str, int, ClientIdentity | None]
+"""(scheme, host, port, client identity or None): what decides which requests share a pool
+and so its connections."""
+
+CLIENT_IDENTITY = "gateway.client_identity"
+"""The httpx request extension naming the request's :data:`ClientIdentity` (absent or
+None: no client certificate); it picks the pool along with the URL's origin."""
 
 # RFC 9110 section 5.6.2 (tokens); field values as h11 accepts them: no NUL, no CR or LF,
 # no leading or trailing whitespace.
@@ -93,21 +111,20 @@ _HTTP_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 @dataclass(frozen=True)
 class PoolLimits:
-    """One origin's pool settings."""
+    """One pool's settings (its client identity is part of its :data:`PoolKey`)."""
 
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     ca_file: str | None = None  # https: verify against these CAs instead of the system's
     server_name: str | None = None  # https: the TLS server name, if not the origin's host
-    client_cert: str | None = None  # https: certificate (PEM) presented to the upstream
-    client_key: str | None = None  # https: its private key (PEM)
 
 
 @dataclass(frozen=True)
 class PoolStatistics:
-    """A snapshot of one origin's pool."""
+    """A snapshot of one pool."""
 
     origin: str
+    client_cert: str | None  # the certificate file its connections present, if any
     open_connections: int
     idle_connections: int
     active_requests: int
@@ -343,20 +360,23 @@ class _StaleConnection(Exception):
 
 
 class ConnectionPool:
-    """Connections to one origin (scheme, host, port)."""
+    """Connections to one origin (scheme, host, port), all made with one client identity
+    (for https: the ``ssl_context`` holds its certificate)."""
 
     def __init__(
         self,
-        origin: Origin,
+        key: PoolKey,
         limits: PoolLimits,
         ssl_context: ssl.SSLContext | None = None,
-        on_change: Callable[[str, int, int], None] | None = None,
+        on_change: Callable[[str, str, int, int], None] | None = None,
     ) -> None:
-        self.origin = origin
+        self.key = key
+        self.origin: Origin = key[:3]
         self.limits = limits
         self._ssl_context = ssl_context
         self._on_change = on_change
-        self._origin_text = "{}://{}:{}".format(*origin)
+        self._origin_text = "{}://{}:{}".format(*self.origin)
+        self._client_cert = key[3][0] if key[3] is not None else None
         self._retired = False
         self._limiter = trio.CapacityLimiter(limits.max_connections)
         self._idle: list[_Connection] = []
@@ -365,10 +385,10 @@ class ConnectionPool:
         self._reused_total = 0
 
     def statistics(self) -> PoolStatistics:
-        scheme, host, port = self.origin
         limiter = self._limiter.statistics()
         return PoolStatistics(
-            origin=f"{scheme}://{host}:{port}",
+            origin=self._origin_text,
+            client_cert=self._client_cert,
             open_connections=self._open,
             idle_connections=len(self._idle),
             active_requests=limiter.borrowed_tokens,
@@ -383,7 +403,7 @@ class ConnectionPool:
         # called when connections open or close, not on every reuse: cheap enough for the
         # hot path; the idle count is as of the last such change
         if self._on_change is not None:
-            self._on_change(self._origin_text, self._open, len(self._idle))
+            self._on_change(self._origin_text, self._client_cert or "", self._open, len(self._idle))
 
     def _take_idle(self) -> _Connection | None:
         now = trio.current_time()
@@ -672,72 +692,83 @@ class _ResponseStream(httpx.AsyncByteStream):
 
 
 class GatewayTransport(httpx.AsyncBaseTransport):
-    """Routes each request to the pool of its origin; pools are created on first use.
+    """Routes each request to the pool of its :data:`PoolKey`; pools are created on first use.
 
     Args:
-        limits: per-origin limits, keyed by ``(scheme, host, port)``.
-        default_limits: for origins not listed.
-        ssl_context: for https origins without their own ``ca_file``; the default
-            verifies certificates against the system's CAs.
-        on_change: called with (origin, open, idle) whenever a pool's counts change.
+        limits: per-pool settings, keyed by ``(scheme, host, port, client identity)``.
+        default_limits: for pools not listed.
+        ssl_context: for https pools without their own ``ca_file`` or client identity; the
+            default verifies certificates against the system's CAs.
+        on_change: called with (origin, client certificate file or "", open, idle)
+            whenever a pool's counts change.
     """
 
     def __init__(
         self,
-        limits: Mapping[Origin, PoolLimits] | None = None,
+        limits: Mapping[PoolKey, PoolLimits] | None = None,
         default_limits: PoolLimits = PoolLimits(),
         ssl_context: ssl.SSLContext | None = None,
-        on_change: Callable[[str, int, int], None] | None = None,
+        on_change: Callable[[str, str, int, int], None] | None = None,
     ) -> None:
         self._on_change = on_change
         self._limits = dict(limits or {})
         self._default_limits = default_limits
         self._ssl_context = ssl_context
-        self._pools: dict[Origin, ConnectionPool] = {}
+        self._pools: dict[PoolKey, ConnectionPool] = {}
 
-    def pool(self, origin: Origin) -> ConnectionPool:
-        pool = self._pools.get(origin)
+    def pool(self, key: PoolKey) -> ConnectionPool:
+        pool = self._pools.get(key)
         if pool is None:
-            limits = self._limits.get(origin, self._default_limits)
+            limits = self._limits.get(key, self._default_limits)
+            identity = key[3]
             ctx = self._ssl_context
-            if origin[0] == "https" and (
-                limits.ca_file is not None or limits.client_cert is not None
-            ):
+            if key[0] == "https" and (limits.ca_file is not None or identity is not None):
+                # a context of the pool's own: the certificate loaded into it is presented
+                # in every handshake made with it
                 ctx = ssl.create_default_context(cafile=limits.ca_file)
-                if limits.client_cert is not None:
-                    ctx.load_cert_chain(limits.client_cert, limits.client_key)
-            elif origin[0] == "https" and ctx is None:
+                if identity is not None:
+                    ctx.load_cert_chain(*identity)
+            elif key[0] == "https" and ctx is None:
                 ctx = self._ssl_context = ssl.create_default_context()
-            pool = ConnectionPool(origin, limits, ctx, self._on_change)
-            self._pools[origin] = pool
+            pool = ConnectionPool(key, limits, ctx, self._on_change)
+            self._pools[key] = pool
         return pool
 
-    def reconfigure(self, limits: Mapping[Origin, PoolLimits]) -> None:
-        """New per-origin settings (a config reload). Pools whose settings are unchanged
+    def reconfigure(self, limits: Mapping[PoolKey, PoolLimits]) -> None:
+        """New per-pool settings (a config reload). Pools whose settings are unchanged
         are kept with their connections; changed ones are retired and rebuilt on next use."""
         self._limits = dict(limits)
-        for origin, pool in list(self._pools.items()):
-            if pool.limits != self._limits.get(origin, self._default_limits):
+        for key, pool in list(self._pools.items()):
+            # A client identity is only used where the config names it: once none does,
+            # no new request would take the pool's idle connections.
+            unused = key[3] is not None and key not in self._limits
+            if unused or pool.limits != self._limits.get(key, self._default_limits):
                 pool.retire()
-                del self._pools[origin]
+                del self._pools[key]
 
     def statistics(self) -> list[PoolStatistics]:
         return [pool.statistics() for pool in self._pools.values()]
 
+    def statistics_of(self, key: PoolKey) -> PoolStatistics | None:
+        """One pool's snapshot; None before its first request."""
+        pool = self._pools.get(key)
+        return pool.statistics() if pool is not None else None
+
     async def send(
         self,
-        origin: Origin,
+        key: PoolKey,
         method: str,
         target: bytes,
         headers: Sequence[tuple[bytes, bytes]],
         body: bytes | None,
     ) -> UpstreamResponse:
         """Send one request without building httpx objects (the aggregated hot path):
-        ``target`` is the request target (path and query, already encoded), ``headers``
-        the complete header lines (Host included), ``body`` the whole body or None."""
-        if origin[0] not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"unsupported scheme {origin[0]!r}")
-        return await self.pool(origin).handle(
+        ``key`` picks the pool (origin and client identity), ``target`` is the request
+        target (path and query, already encoded), ``headers`` the complete header lines
+        (Host included), ``body`` the whole body or None."""
+        if key[0] not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {key[0]!r}")
+        return await self.pool(key).handle(
             method, target, headers, body if body is not None else b""
         )
 
@@ -747,7 +778,8 @@ class GatewayTransport(httpx.AsyncBaseTransport):
         port = url.port or (443 if scheme == "https" else 80)
         if scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}")
-        pool = self.pool((scheme, url.host, port))
+        identity: ClientIdentity | None = request.extensions.get(CLIENT_IDENTITY)
+        pool = self.pool((scheme, url.host, port, identity))
         if isinstance(request.stream, httpx.ByteStream):
             response = await pool.handle(
                 request.method, url.raw_path, request.headers.raw, request.content
