@@ -991,8 +991,27 @@ def test_upstreams_sharing_an_origin_must_agree_on_pool_settings() -> None:
     )
     assert problems_of(text) == [
         "gw.yaml: upstreams.b: shares its http://127.0.0.1:9001 pool (no client certificate) "
-        "with upstream 'a' but sets different max_connections, idle_timeout or ca_file "
-        "(one pool per origin and client certificate)"
+        "with upstream 'a' but sets different max_connections, idle_timeout, ca_file or "
+        "host_header (one pool per origin and client certificate)"
+    ]
+
+
+def test_upstreams_sharing_an_https_pool_must_agree_on_the_tls_server_name() -> None:
+    """host_header sets the TLS server name of the pool's connections: two upstreams on
+    one pool cannot each have their own."""
+    text = textwrap.dedent(
+        """\
+        version: 1
+        upstreams:
+          a: {url: "https://127.0.0.1:9443/v1", host_header: a.internal}
+          b: {url: "https://127.0.0.1:9443/v2", host_header: b.internal}
+          c: {url: "https://127.0.0.1:9443/v3", host_header: a.internal}
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml: upstreams.b: shares its https://127.0.0.1:9443 pool (no client certificate) "
+        "with upstream 'a' but sets different max_connections, idle_timeout, ca_file or "
+        "host_header (one pool per origin and client certificate)"
     ]
 
 

@@ -258,8 +258,8 @@ def test_upstreams_sharing_a_pool_must_agree_on_its_settings(tmp_path: Path) -> 
     }
     assert problems_of(config) == [
         f"gw.yaml: upstreams.c: shares its https://a.test:443 pool (client certificate "
-        f"{alice[0]}) with upstream 'a' but sets different max_connections, idle_timeout or "
-        "ca_file (one pool per origin and client certificate)"
+        f"{alice[0]}) with upstream 'a' but sets different max_connections, idle_timeout, "
+        "ca_file or host_header (one pool per origin and client certificate)"
     ]
 
 

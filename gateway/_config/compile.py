@@ -168,13 +168,16 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
 
     # Connections are pooled per origin and client certificate: upstreams sharing a pool
     # must agree on its settings. Different certificates on one origin make separate pools.
-    by_pool: dict[tuple[str, str, int, tuple[str, str] | None], UpstreamPlan] = {}
+    by_pool: dict[tuple[str, str, int, tuple[str, str] | None], tuple[UpstreamPlan, object]] = {}
     pool_settings = ("max_connections", "idle_timeout_s", "ca_file")
     for up_name, up_plan in upstreams.items():
         for host in up_plan.all_hosts:
-            first = by_pool.setdefault(host.key, up_plan)
-            if first is not up_plan and any(
-                getattr(first, key) != getattr(up_plan, key) for key in pool_settings
+            # the TLS server name a host_header sets is a setting of the pool's connections
+            server_name = host.server_name if host.virtual_host is not None else None
+            first, first_server_name = by_pool.setdefault(host.key, (up_plan, server_name))
+            if first is not up_plan and (
+                first_server_name != server_name
+                or any(getattr(first, key) != getattr(up_plan, key) for key in pool_settings)
             ):
                 identity = (
                     f"client certificate {up_plan.client_cert}"
@@ -186,8 +189,8 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                         file,
                         format_path(("upstreams", up_name)),
                         f"shares its {host.origin} pool ({identity}) with upstream "
-                        f"{first.name!r} but sets different max_connections, idle_timeout or "
-                        "ca_file (one pool per origin and client certificate)",
+                        f"{first.name!r} but sets different max_connections, idle_timeout, "
+                        "ca_file or host_header (one pool per origin and client certificate)",
                     )
                 )
                 break

@@ -329,7 +329,8 @@ class UpstreamConfig(_Model):
     """The `Host` field (and, for https, the TLS server name the certificate must match)
     sent to every host of this upstream, for replicas behind one virtual name:
     `host` or `host:port`. Default: each host's own authority from its URL (RFC 9110
-    section 7.2), so calls balanced over `urls` name the host they go to."""
+    section 7.2), so calls balanced over `urls` name the host they go to. Upstreams sharing
+    an https pool (origin and client certificate) must agree on it."""
 
     balance: Literal["round_robin", "least_outstanding"] = "round_robin"
     """With `urls`: `round_robin`, or `least_outstanding` (the host with the fewest calls in
