@@ -364,6 +364,111 @@ def test_broken_yaml_tab_indentation_names_line_and_column() -> None:
     assert problem.startswith("gw.yaml: invalid YAML at line 3, column 1")
 
 
+def test_missing_colon_is_reported_at_the_line_of_the_key() -> None:
+    text = yaml_doc(
+        """
+        version: 1
+        upstreams:
+          users:
+            url: http://127.0.0.1:9001
+        endpoints:
+          - path: /api/{id}
+            backends:
+              - name: a
+                upstream users
+                path: /a
+        """
+    )
+    assert text.splitlines()[8].strip() == "upstream users"  # line 9
+    assert problems_of(text) == [
+        "gw.yaml: invalid YAML at line 9, column 9: could not find expected ':' after this key"
+    ]
+
+
+def test_unclosed_flow_sequence_names_where_it_was_opened() -> None:
+    text = "version: 1\nserver:\n  bind: [127.0.0.1\n  backlog: 5\n"
+    assert problems_of(text) == [
+        "gw.yaml: invalid YAML at line 4, column 10: did not find expected ',' or ']' "
+        "(while parsing a flow sequence started at line 3, column 9)"
+    ]
+
+
+def test_duplicate_keys_are_reported_with_both_lines() -> None:
+    text = yaml_doc(
+        """
+        version: 1
+        upstreams:
+          users:
+            url: http://127.0.0.1:9001
+            url: http://127.0.0.1:9002
+        endpoints:
+          - path: /api/{id}
+            backends:
+              - name: a
+                upstream: users
+                path: /a
+                path: /b
+              - {name: b, upstream: users, path: /c, path: /d}
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml: duplicate key 'url' at line 5 (first at line 4): "
+        "keys of a mapping must be unique",
+        "gw.yaml: duplicate key 'path' at line 12 (first at line 11): "
+        "keys of a mapping must be unique",
+        "gw.yaml: duplicate key 'path' at line 13, column 46 (first at line 13, column 36): "
+        "keys of a mapping must be unique",
+    ]
+
+
+def test_duplicate_key_is_refused_by_gateway_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "version: 1\nupstreams:\n  u:\n    url: http://127.0.0.1:1\n    url: http://127.0.0.1:2\n",
+        encoding="utf-8",
+    )
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"{path}: duplicate key 'url' at line 5 (first at line 4): "
+        "keys of a mapping must be unique\n"
+    )
+
+
+def test_keys_brought_in_by_a_merge_may_be_overridden() -> None:
+    text = yaml_doc(
+        """
+        version: 1
+        upstreams:
+          base: &base {url: "http://127.0.0.1:9001", timeout: 1s}
+          other:
+            <<: *base
+            timeout: 2s
+        """
+    )
+    plan = load_config("gw.yaml", {}, text=text)
+    assert plan.upstreams["other"].timeout_s == 2.0
+
+
+@pytest.mark.parametrize("word", ["yes", "on", "no", "off", "Yes", "ON", "y", "n"])
+def test_yaml_11_boolean_words_are_explained(word: str) -> None:
+    text = one_endpoint(f"- {{name: a, upstream: users, path: /a, required: {word}}}")
+    assert problems_of(text) == [
+        f"gw.yaml: endpoints[0].backends[0].required: {word!r} is not a boolean: "
+        "YAML 1.2 booleans are true and false"
+    ]
+
+
+def test_any_boolean_field_explains_yaml_12_booleans_without_echoing_other_values() -> None:
+    text = one_endpoint(
+        "- {name: a, upstream: users, path: /a}", endpoint_extra="debug: ${DEBUG}\n"
+    )
+    assert problems_of(text, {"DEBUG": "s3cret"}) == [
+        "gw.yaml: endpoints[0].debug: not a boolean: YAML 1.2 booleans are true and false"
+    ]
+
+
 # --- cross-references (compile_config) ---------------------------------------------------------
 
 
@@ -1026,6 +1131,62 @@ def test_tracing_without_the_otel_extra_is_a_clear_config_error(
         "gw.yaml: tracing: tracing needs the otel extra: "
         "pip install 'trio-aggregation-gateway[otel]'"
     ]
+
+
+def test_tracing_without_the_otel_packages_is_a_config_error_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # None in sys.modules makes every import of the package fail, as when it is not installed
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    text = "version: 1\ntracing: {otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}\n"
+    assert problems_of(text) == [
+        "gw.yaml: tracing: tracing needs the otel extra: "
+        "pip install 'trio-aggregation-gateway[otel]'"
+    ]
+
+
+def test_tracing_with_the_sdk_but_without_the_exporter_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http", None)
+    text = "version: 1\ntracing: {otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}\n"
+    assert problems_of(text) == [
+        "gw.yaml: tracing: tracing needs the otel extra: "
+        "pip install 'trio-aggregation-gateway[otel]'"
+    ]
+
+
+# the gateway's command line in a process where the otel packages cannot be imported
+_WITHOUT_OTEL = (
+    "import sys; sys.modules['opentelemetry'] = None; "
+    "from gateway._cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_tracing_without_the_otel_extra_exits_2_from_check_and_serve(
+    tmp_path: Path, command: str
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "version: 1\nserver: {bind: '127.0.0.1:0'}\n"
+        "tracing: {otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_OTEL, command, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        f"{path}: tracing: tracing needs the otel extra: "
+        "pip install 'trio-aggregation-gateway[otel]'\n"
+    )
 
 
 def test_yaml_reads_only_true_and_false_as_booleans() -> None:

@@ -23,9 +23,37 @@ from .model import GatewayConfig
 _Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 class _Loader(_Base):  # type: ignore[valid-type,misc]
     """YAML 1.2 booleans: only true/false. YAML 1.1 (PyYAML's default) also reads
-    yes/no/on/off as booleans, which would turn the `on:` key of `retries` into True."""
+    yes/no/on/off as booleans, which would turn the `on:` key of `retries` into True.
+
+    YAML 1.2 (section 3.2.1.1) also requires the keys of a mapping to be unique; PyYAML
+    keeps the last value silently. Every repeated key is recorded in ``duplicates`` as
+    ``(key, first, repeated)`` (``(line, column)`` marks, from 1) and loading goes on, so all
+    of them are reported at once. Only the constructor is ours: parsing stays in libyaml.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_at: dict[Any, tuple[int, int]] = {}
+        for key_node, _ in node.value:
+            # keys brought in by a merge (<<) may be overridden: that is what merging is for
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
+                continue
+            key = self.construct_object(key_node)
+            mark = key_node.start_mark
+            at = (mark.line + 1, mark.column + 1)
+            if key in first_at:
+                self.duplicates.append((str(key), first_at[key], at))
+            else:
+                first_at[key] = at
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -96,16 +124,61 @@ def interpolate(
 
 
 def parse_yaml(text: str, file: str) -> Any:
-    """Parse YAML text; a syntax error names the line and column."""
+    """Parse YAML text; a syntax error names the line and column where the problem is.
+
+    Raises:
+        ConfigError: a syntax error, or every key repeated within one mapping (naming the
+            lines of both).
+    """
+    loader = _Loader(text)
     try:
-        return yaml.load(text, Loader=_Loader)
+        data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError([ConfigProblem(file, "", f"invalid YAML at {where}: {what}")]) from None
+        raise ConfigError([ConfigProblem(file, "", _syntax_message(exc))]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigProblem(file, "", f"invalid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    file,
+                    "",
+                    f"duplicate key {key!r} at {_where(at, first)} (first at "
+                    f"{_where(first, at)}): keys of a mapping must be unique",
+                )
+                for key, first, at in loader.duplicates
+            ]
+        )
+    return data
+
+
+def _where(at: tuple[int, int], other: tuple[int, int]) -> str:
+    """``line N``, with the column when ``other`` is on the same line (a flow mapping)."""
+    return f"line {at[0]}" + (f", column {at[1]}" if at[0] == other[0] else "")
+
+
+def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
+    """Where the syntax error is, and what it is.
+
+    The scanner notices a missing ``:`` only on the next line (its problem mark); the line
+    at fault is where the key started (the context mark). Otherwise the problem mark is
+    where the error is, and a context on another line (an unclosed ``[``) is named too.
+    """
+
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    problem = exc.problem or "syntax error"
+    if exc.context == "while scanning a simple key" and exc.context_mark is not None:
+        return f"invalid YAML at {at(exc.context_mark)}: {problem} after this key"
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at {at(mark)}" if mark is not None else ""
+    context = exc.context or ""
+    if context and exc.context_mark is not None and at(exc.context_mark) != at(mark):
+        context += f" started at {at(exc.context_mark)}"
+    return f"invalid YAML{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
@@ -135,13 +208,30 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+# YAML 1.1 booleans (PyYAML's default), strings in YAML 1.2: never a secret, so echoed
+_YAML11_BOOLS = frozenset({"y", "n", "yes", "no", "on", "off"})
+
+
+def _bool_message(value: object) -> str:
+    """What to write instead of a value that is not a boolean. The value is named only
+    when it is a YAML 1.1 boolean word (any other value may be an interpolated secret)."""
+    what = f"{value!r} is not a boolean" if _is_yaml11_bool(value) else "not a boolean"
+    return f"{what}: YAML 1.2 booleans are true and false"
+
+
+def _is_yaml11_bool(value: object) -> bool:
+    return isinstance(value, str) and value.lower() in _YAML11_BOOLS
+
+
 def _problems_from_validation(exc: ValidationError, file: str) -> list[ConfigProblem]:
     problems = []
-    for error in exc.errors(include_url=False, include_input=False):
+    for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
         kind = error["type"]
         message = error["msg"]
-        if kind == "extra_forbidden":
+        if kind in ("bool_type", "bool_parsing"):
+            message = _bool_message(error.get("input"))
+        elif kind == "extra_forbidden":
             model = _model_at(loc)
             known = ", ".join(model.model_fields) if model else ""
             message = f"unknown key {loc[-1]!r}" + (f" (allowed: {known})" if known else "")

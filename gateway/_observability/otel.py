@@ -11,14 +11,30 @@ and shut down (flushing what is left) when the app stops.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from typing import Any
 
 OTEL_MISSING = "tracing needs the otel extra: pip install 'trio-aggregation-gateway[otel]'"
 
 
+# what SpanExporter imports: the SDK and the OTLP/HTTP exporter, both in the otel extra
+OTEL_MODULES = (
+    "opentelemetry.sdk.trace",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+)
+
+
 def otel_available() -> bool:
-    return importlib.util.find_spec("opentelemetry.sdk") is not None
+    """Whether the otel extra is installed. The modules are imported (only when a config
+    has ``tracing:``): ``find_spec`` of a submodule raises when its package is missing, and
+    a half-installed extra (the API without the SDK or the exporter) must count as missing.
+    """
+    for name in OTEL_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return False
+    return True
 
 
 class SpanExporter:
