@@ -756,8 +756,9 @@ def test_check_prints_a_summary_and_exits_0(
     out, err = capsys.readouterr()
     # the spec's example: orders has no timeout of its own, so 2s against an 800ms deadline
     assert err == (
-        f"{file}: endpoints[0].backends[1].timeout: warning: timeout 2s is longer than the "
-        "endpoint's deadline 800ms; the deadline always cuts it first\n"
+        f"{file}: endpoints[0].backends[1]: warning: timeout 2s (from defaults.timeout) is "
+        "longer than the endpoint's deadline 800ms (from endpoints[0].deadline); the deadline "
+        "always cuts it first\n"
     )
     lines = out.splitlines()
     assert lines[0] == f"{file}: OK: 1 endpoint(s), 2 upstream(s)"
@@ -981,7 +982,8 @@ def test_check_warns_about_risky_settings_and_still_exits_0(
         f"{file}: upstreams.far.url: warning: plain http to a host that is not loopback: "
         "traffic and credentials cross the network unencrypted",
         f"{file}: endpoints[0].backends[0].timeout: warning: timeout 2s is longer than the "
-        "endpoint's deadline 500ms; the deadline always cuts it first",
+        "endpoint's deadline 500ms (from endpoints[0].deadline); the deadline always cuts it "
+        "first",
         f"{file}: endpoints[0].backends[0].default: warning: a required backend's default is "
         "never used (its failure fails the request)",
     ]
@@ -1187,6 +1189,51 @@ def test_tracing_without_the_otel_extra_exits_2_from_check_and_serve(
         f"{path}: tracing: tracing needs the otel extra: "
         "pip install 'trio-aggregation-gateway[otel]'\n"
     )
+
+
+def _timeout_warnings(text: str) -> list[str]:
+    plan = load_config("gw.yaml", {}, text=yaml_doc(text))
+    return [str(w) for w in plan.warnings if "deadline always cuts" in w.message]
+
+
+def test_timeout_warning_names_the_built_in_default_it_comes_from() -> None:
+    warnings = _timeout_warnings(
+        """
+        version: 1
+        upstreams:
+          u: {url: "http://127.0.0.1:9"}
+        endpoints:
+          - path: /a
+            deadline: 1s
+            backends:
+              - {name: a, upstream: u, path: /a}
+        """
+    )
+    assert warnings == [
+        "gw.yaml: endpoints[0].backends[0]: warning: timeout 2s (from the built-in default) "
+        "is longer than the endpoint's deadline 1s (from endpoints[0].deadline); the deadline "
+        "always cuts it first"
+    ]
+
+
+def test_timeout_warning_names_the_upstream_timeout_and_defaults_deadline() -> None:
+    warnings = _timeout_warnings(
+        """
+        version: 1
+        defaults: {deadline: 1s}
+        upstreams:
+          u: {url: "http://127.0.0.1:9", timeout: 3s}
+        endpoints:
+          - path: /a
+            backends:
+              - {name: a, upstream: u, path: /a}
+        """
+    )
+    assert warnings == [
+        "gw.yaml: endpoints[0].backends[0]: warning: timeout 3s (from upstreams.u.timeout) "
+        "is longer than the endpoint's deadline 1s (from defaults.deadline); the deadline "
+        "always cuts it first"
+    ]
 
 
 def test_yaml_reads_only_true_and_false_as_booleans() -> None:

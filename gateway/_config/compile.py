@@ -633,13 +633,19 @@ def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
         for bi, be in enumerate(ep.backends):
             where = ("endpoints", ep.index, "backends", bi)
             if not ep.passthrough and be.timeout_s > ep.deadline_s:
+                timeout_from = _timeout_origin(plan.config, ep.index, bi, be.upstream.name)
+                own = timeout_from == format_path((*where, "timeout"))
                 warnings.append(
                     ConfigProblem(
                         file,
-                        format_path((*where, "timeout")),
-                        f"warning: timeout {format_duration(be.timeout_s)} is longer than the "
-                        f"endpoint's deadline {format_duration(ep.deadline_s)}; the deadline "
-                        "always cuts it first",
+                        # the key the user wrote, or the backend that inherits the value
+                        format_path((*where, "timeout") if own else where),
+                        f"warning: timeout {format_duration(be.timeout_s)}"
+                        + ("" if own else f" (from {timeout_from})")
+                        + " is longer than the endpoint's deadline "
+                        f"{format_duration(ep.deadline_s)} (from "
+                        f"{_deadline_origin(plan.config, ep.index)}); the deadline always "
+                        "cuts it first",
                     )
                 )
             if be.required and be.placement.has_default:
@@ -654,6 +660,26 @@ def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
         if ep.cache is not None:
             warnings.extend(_cache_warnings(file, ep, ep.cache))
     return warnings
+
+
+BUILT_IN = "the built-in default"
+
+
+def _timeout_origin(config: GatewayConfig, ei: int, bi: int, upstream: str) -> str:
+    """Where a backend's timeout comes from: the config key that sets it, or the built-in
+    default (the order of :func:`_compile_backend` and the upstream plan)."""
+    if config.endpoints[ei].backends[bi].timeout is not None:
+        return format_path(("endpoints", ei, "backends", bi, "timeout"))
+    if config.upstreams[upstream].timeout is not None:
+        return format_path(("upstreams", upstream, "timeout"))
+    return "defaults.timeout" if "timeout" in config.defaults.model_fields_set else BUILT_IN
+
+
+def _deadline_origin(config: GatewayConfig, ei: int) -> str:
+    """Where an endpoint's deadline comes from (see :func:`_timeout_origin`)."""
+    if config.endpoints[ei].deadline is not None:
+        return format_path(("endpoints", ei, "deadline"))
+    return "defaults.deadline" if "deadline" in config.defaults.model_fields_set else BUILT_IN
 
 
 def _cache_warnings(file: str, ep: EndpointPlan, cache: EndpointCachePlan) -> list[ConfigProblem]:
