@@ -472,6 +472,124 @@ def test_any_boolean_field_explains_yaml_12_booleans_without_echoing_other_value
 # --- cross-references (compile_config) ---------------------------------------------------------
 
 
+ROUNDS_CONFIG = """\
+version: 1
+defaults: {deadline: 5}
+upstreams:
+  users: {url: "http://127.0.0.1:9001", timeout: 1}
+  orders: {url: "http://127.0.0.1:9002"}
+endpoints:
+  - path: /bad/{id}
+    debug: yes
+    foo: 1
+    backends:
+      - {name: a, upstream: users, path: "/a/{id}", timeout: 1}
+      - {name: b, upstream: ordrs, path: "/b/{idd}"}
+      - {name: c, upstream: users, path: "/c/{a.x}"}
+  - path: /good/{id}
+    backends:
+      - {name: d, upstream: users, path: "/d/{nope}"}
+      - {name: e, upstream: orders, path: "/e/{d.items[*].id}"}
+      - {name: f, upstream: orders, path: "/f", for_each: true}
+"""
+
+
+def test_validation_and_cross_reference_problems_come_out_in_one_run() -> None:
+    assert problems_of(ROUNDS_CONFIG) == [
+        # validation: unknown keys, bare numbers, YAML 1.1 booleans
+        "gw.yaml: defaults.deadline: a duration must be a string with a unit, like 250ms or "
+        "2s (got int)",
+        "gw.yaml: upstreams.users.timeout: a duration must be a string with a unit, like "
+        "250ms or 2s (got int)",
+        "gw.yaml: endpoints[0].debug: 'yes' is not a boolean: YAML 1.2 booleans are true and false",
+        "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
+        "like 250ms or 2s (got int)",
+        "gw.yaml: endpoints[0].foo: unknown key 'foo' (allowed: path, method, deadline, "
+        "forward_headers, forward_query, debug, passthrough, rate_limit, cache, backends)",
+        # cross-references of every part that is valid, at its place in the file (the
+        # left-out backend a and upstream users are not reported as unknown)
+        "gw.yaml: endpoints[0].backends[1].upstream: unknown upstream 'ordrs' "
+        "(known: orders, users)",
+        "gw.yaml: endpoints[0].backends[1].path: unknown path parameter {idd} "
+        "(the endpoint path has: id)",
+        "gw.yaml: endpoints[1].backends[0].path: unknown path parameter {nope} "
+        "(the endpoint path has: id)",
+        "gw.yaml: endpoints[1].backends[1].path: {d.items[*].id} walks an array: "
+        "set for_each: true",
+        "gw.yaml: endpoints[1].backends[2].for_each: needs a reference with [*], like "
+        "{orders.items[*].id}",
+    ]
+
+
+def test_problems_of_parts_after_a_left_out_one_name_their_place_in_the_file() -> None:
+    text = yaml_doc(
+        """
+        version: 1
+        upstreams:
+          users: {url: "http://127.0.0.1:9001"}
+        endpoints:
+          - {path: /x, method: FETCH, backends: [{name: a, upstream: users, path: /a}]}
+          - path: /y
+            backends:
+              - {name: a, upstream: users, path: /a, timeout: 5}
+              - {name: b, upstream: nope, path: /b}
+          - {path: /y, backends: [{name: a, upstream: users, path: /a}]}
+        """
+    )
+    problems = problems_of(text)
+    assert problems[2:] == [
+        "gw.yaml: endpoints[1].backends[1].upstream: unknown upstream 'nope' (known: users)",
+        "gw.yaml: endpoints[2].path: GET /y is already defined by endpoints[1]",
+    ]
+    assert [p.split(": ")[1] for p in problems[:2]] == [
+        "endpoints[0].method",
+        "endpoints[1].backends[0].timeout",
+    ]
+
+
+def test_a_reference_to_a_backend_left_out_is_not_reported_as_unknown() -> None:
+    text = one_endpoint(
+        """
+        - {name: orders, upstream: orders, path: /o, timeout: 1}
+        - {name: items, upstream: users, path: "/i/{orders.items[*].id}", for_each: true}
+        - {name: more, upstream: users, path: "/m/{orders}"}
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
+        "like 250ms or 2s (got int)"
+    ]
+
+
+def test_a_backend_without_a_usable_name_hides_no_other_problem_but_its_references() -> None:
+    text = one_endpoint(
+        """
+        - {upstream: orders, path: /o}
+        - {name: items, upstream: nope, path: "/i/{orders.id}"}
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].name: required key is missing",
+        "gw.yaml: endpoints[0].backends[1].upstream: unknown upstream 'nope' "
+        "(known: orders, users)",
+    ]
+
+
+def test_unset_variables_validation_and_cross_references_come_out_in_one_run() -> None:
+    text = one_endpoint(
+        "- {name: a, upstream: nope, path: /a, timeout: 1}\n"
+        "- {name: b, upstream: users, path: /b, timeout: '${T}'}\n"
+        "- {name: c, upstream: nope, path: /c}\n"
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[1].timeout: environment variable T is not set",
+        "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
+        "like 250ms or 2s (got int)",
+        "gw.yaml: endpoints[0].backends[2].upstream: unknown upstream 'nope' "
+        "(known: orders, users)",
+    ]
+
+
 def test_unknown_upstream_names_the_known_ones() -> None:
     text = one_endpoint(
         """

@@ -51,8 +51,10 @@ def test_readme_config_examples_are_valid() -> None:
     blocks = _yaml_blocks()
     assert len(blocks) >= 2
     for block in blocks:
-        if not block.startswith("version: 1"):
-            # a fragment: give it the upstreams it names
+        if block.startswith("upstreams:"):
+            block = "version: 1\n" + block  # a fragment that defines its upstreams
+        elif not block.startswith("version: 1"):
+            # a fragment: give it the upstreams it names (keys are unique in YAML 1.2)
             upstreams = sorted(set(re.findall(r"upstream: (\w+)", block)))
             block = (
                 "version: 1\nupstreams:\n"

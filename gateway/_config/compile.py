@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from .._errors import ConfigError, ConfigProblem
@@ -39,7 +39,7 @@ from .._rules.urls import (
     parse_route,
 )
 from .._state.limiter import parse_limit
-from .load import format_path, load_config_text, read_config_file
+from .load import format_path, load_document, read_config_file
 from .model import (
     BackendConfig,
     BodySelectConfig,
@@ -68,6 +68,7 @@ from .plan import (
     UpstreamPlan,
     request_reads,
 )
+from .salvage import LeftOut
 from .tls import ca_file_problems, cert_pair_problems
 from .units import format_duration
 
@@ -105,6 +106,12 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
     Raises:
         ConfigError: with every problem found.
     """
+    return _compile(config, file, LeftOut())
+
+
+def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan:
+    """:func:`compile_config` of a document from which ``left_out`` was pruned (parts that
+    failed validation): references to them are not reported as unknown."""
     problems: list[ConfigProblem] = []
     defaults = config.defaults
 
@@ -252,7 +259,8 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
                     )
                 )
 
-        if ep.passthrough and len(ep.backends) != 1:
+        dropped = left_out.backends_left_out(ei)
+        if ep.passthrough and len(ep.backends) != 1 and dropped == frozenset():
             problems.append(
                 ConfigProblem(
                     file,
@@ -267,7 +275,16 @@ def compile_config(config: GatewayConfig, file: str = "<config>") -> GatewayPlan
             names.setdefault(be.name, bi)
         for bi, be in enumerate(ep.backends):
             plan = _compile_backend(
-                be, (*where, "backends", bi), route, names, upstreams, config, ep, file, problems
+                be,
+                (*where, "backends", bi),
+                route,
+                names,
+                upstreams,
+                config,
+                ep,
+                file,
+                problems,
+                left_out=_LeftOutNames(left_out, dropped),
             )
             if names[be.name] != bi:
                 problems.append(
@@ -727,6 +744,22 @@ def _cache_warnings(file: str, ep: EndpointPlan, cache: EndpointCachePlan) -> li
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+@dataclass(frozen=True)
+class _LeftOutNames:
+    """What was left out of the document, and the names of the backends left out of this
+    backend's endpoint (None: one had no usable name)."""
+
+    parts: LeftOut
+    backends: frozenset[str] | None
+
+    def may_name(self, name: str, names: Mapping[str, int], route: RoutePattern) -> bool:
+        """Whether a reference to ``name``, which is neither a path parameter nor a backend
+        of the pruned endpoint, may be to a backend that was left out."""
+        if name in names or name in route.param_names:
+            return False
+        return self.backends is None or name in self.backends
+
+
 def _compile_backend(
     be: BackendConfig,
     where: tuple[int | str, ...],
@@ -737,8 +770,11 @@ def _compile_backend(
     endpoint: EndpointConfig,
     file: str,
     problems: list[ConfigProblem],
+    *,
+    left_out: _LeftOutNames | None = None,
 ) -> BackendPlan | None:
     before = len(problems)
+    left_out = left_out or _LeftOutNames(LeftOut(), frozenset())
 
     def problem(key: str | tuple[int | str, ...], message: str) -> None:
         loc = (*where, *key) if isinstance(key, tuple) else (*where, key)
@@ -750,14 +786,23 @@ def _compile_backend(
         problem("name", f"{be.name!r} is also a path parameter: {{{be.name}}} would be ambiguous")
     upstream = upstreams.get(be.upstream)
     # an upstream that exists but failed to compile was reported already
-    if upstream is None and be.upstream not in config.upstreams:
-        known = ", ".join(sorted(config.upstreams)) or "none defined"
+    if (
+        upstream is None
+        and be.upstream not in config.upstreams
+        and not left_out.parts.upstream_left_out(be.upstream)
+    ):
+        known = ", ".join(sorted({*config.upstreams, *left_out.parts.upstreams})) or "none defined"
         problem("upstream", f"unknown upstream {be.upstream!r} (known: {known})")
 
     deps: list[int] = []
     wildcards: list[str] = []
 
     def link(ref: Ref, key: str | tuple[int | str, ...]) -> Ref:
+        if ref.kind in ("param", "backend") and left_out.may_name(ref.name, names, route):
+            # a backend left out for problems of its own: fine once they are fixed
+            if ref.has_wildcard:
+                wildcards.append(ref.text)
+            return ref
         if ref.kind == "param":
             if ref.name in route.param_names:
                 return ref
@@ -942,7 +987,17 @@ def load_config(
     """
     if text is None:
         text = read_config_file(path)
-    return compile_config(load_config_text(text, path, env), path)
+    document = load_document(text, path, env)
+    if document.config is not None:
+        return compile_config(document.config, path)
+    problems = list(document.problems)
+    if document.pruned is not None and document.salvage is not None:
+        # the valid parts' cross-references, in the same run
+        try:
+            _compile(document.pruned, path, document.salvage.left_out)
+        except ConfigError as exc:
+            problems += [document.salvage.place(p) for p in exc.problems]
+    raise ConfigError(problems)
 
 
 def _listeners_overlap(admin: Listener, bind: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._errors import ConfigError, ConfigProblem
 from .model import GatewayConfig
+from .salvage import Salvage, salvage
 
 # pure-Python PyYAML rejects valid flow mappings containing "?" (pyyaml#128); libyaml's
 # loader does not. The wheels ship libyaml; fall back only where it is missing.
@@ -87,9 +89,19 @@ def interpolate(
     ``${VAR:-default}`` takes the default when VAR is unset or empty, as the shell does.
 
     Interpolation runs on parsed values, never on the YAML text, so a variable's content
-    cannot change the document's structure. Keys are not interpolated.
+    cannot change the document's structure. Keys are not interpolated. An unset variable
+    becomes the empty string, and a problem.
     """
+    data, problems, _ = _interpolate(value, env, file, loc)
+    return data, problems
+
+
+def _interpolate(
+    value: Any, env: Mapping[str, str], file: str, loc: tuple[int | str, ...] = ()
+) -> tuple[Any, list[ConfigProblem], list[tuple[int | str, ...]]]:
+    """:func:`interpolate`, also giving the location of each value with an unset variable."""
     problems: list[ConfigProblem] = []
+    unset: list[tuple[int | str, ...]] = []
 
     def walk(node: Any, where: tuple[int | str, ...]) -> Any:
         if isinstance(node, str):
@@ -116,11 +128,12 @@ def interpolate(
             problems.append(
                 ConfigProblem(file, format_path(where), f"environment variable {name} is not set")
             )
+            unset.append(where)
             return ""
 
         return _VAR.sub(one, text)
 
-    return walk(value, loc), problems
+    return walk(value, loc), problems, unset
 
 
 def parse_yaml(text: str, file: str) -> Any:
@@ -223,6 +236,11 @@ def _is_yaml11_bool(value: object) -> bool:
     return isinstance(value, str) and value.lower() in _YAML11_BOOLS
 
 
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """pydantic appends "[function-before]" style tags to locs of validators: drop them."""
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
 def _problems_from_validation(exc: ValidationError, file: str) -> list[ConfigProblem]:
     problems = []
     for error in exc.errors(include_url=False):
@@ -241,8 +259,7 @@ def _problems_from_validation(exc: ValidationError, file: str) -> list[ConfigPro
             message = message.removeprefix("Value error, ")
         elif kind == "literal_error" and loc == ("version",):
             message = "unsupported config version (this gateway reads version: 1)"
-        # pydantic appends "[function-before]" style tags to locs of validators
-        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        loc = _clean_loc(loc)
         problems.append(ConfigProblem(file, format_path(loc), message))
     return problems
 
@@ -256,18 +273,61 @@ def load_config_text(
     Raises:
         ConfigError: with every problem found.
     """
+    document = load_document(text, file, env)
+    if document.config is None:
+        raise ConfigError(list(document.problems))
+    return document.config
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed and validated config document.
+
+    Attributes:
+        config: the document, when it is valid; else None.
+        problems: what is wrong with it (unset variables, validation), in that order.
+        pruned: when it is not valid, what of it can still be compiled (to report the
+            cross-reference problems of its valid parts in the same run); None when
+            nothing can.
+        salvage: how ``pruned`` was made from the document (see :mod:`.salvage`).
+    """
+
+    config: GatewayConfig | None
+    problems: tuple[ConfigProblem, ...] = ()
+    pruned: GatewayConfig | None = None
+    salvage: Salvage | None = None
+
+
+def load_document(text: str, file: str, env: Mapping[str, str] | None = None) -> Document:
+    """Parse, interpolate and validate a config document, collecting every problem.
+
+    Raises:
+        ConfigError: the YAML cannot be read (syntax, duplicate keys) or is not a mapping.
+    """
     raw = parse_yaml(text, file)
     if raw is None:
         raise ConfigError([ConfigProblem(file, "", "the file is empty")])
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem(file, "", "the top level must be a mapping")])
-    data, problems = interpolate(raw, os.environ if env is None else env, file)
-    if problems:
-        raise ConfigError(problems)
+    data, problems, unset = _interpolate(raw, os.environ if env is None else env, file)
+    error_locs: list[tuple[int | str, ...]] = list(unset)
     try:
-        return GatewayConfig.model_validate(data)
+        config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems_from_validation(exc, file)) from None
+        config = None
+        # a value with an unset variable is reported as such, not as what "" fails
+        reported = {p.path for p in problems}
+        problems += [p for p in _problems_from_validation(exc, file) if p.path not in reported]
+        error_locs += [_clean_loc(tuple(error["loc"])) for error in exc.errors()]
+    if not problems:
+        return Document(config)
+    pruned = salvage(data, error_locs)
+    if pruned is None:
+        return Document(None, tuple(problems))
+    try:
+        return Document(None, tuple(problems), GatewayConfig.model_validate(pruned.data), pruned)
+    except ValidationError:
+        return Document(None, tuple(problems))  # nothing left that validates alone
 
 
 def read_config_file(path: str) -> str:
