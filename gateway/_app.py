@@ -18,6 +18,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
+import hypercorn.config
 import orjson
 import trio
 from quart import Response, request
@@ -27,6 +28,7 @@ from werkzeug.exceptions import HTTPException
 from ._call.context import CallContext
 from ._config.compile import load_config
 from ._config.plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
+from ._config.reload import keep_restart_only
 from ._endpoint import (
     ambiguous_framing,
     build_context,
@@ -228,6 +230,8 @@ class GatewayApp(QuartTrio):
         self.state: SharedState | None = None  # open while serving (rate limits, caches)
         # read at startup only: the listening sockets outlive a reload
         self.admin_listener: Listener | None = plan.admin_listener
+        # the serving hypercorn settings, set by serve_app: a reload updates some in place
+        self.listener_config: hypercorn.config.Config | None = None
         self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/ready", "ready", self._ready, methods=["GET"])
         self.add_url_rule(f"{ADMIN_PREFIX}/metrics", "metrics", self._metrics, methods=["GET"])
@@ -432,17 +436,31 @@ class GatewayApp(QuartTrio):
         """Load the config file again. A config that fails validation is refused (the
         reason is logged) and the old one keeps serving. Requests already running finish
         on the plan they started with; pools of unchanged upstreams keep their connections.
+        Settings read only at start keep their value in effect, each logged as needing a
+        restart (see :mod:`gateway._config.reload`).
         """
         try:
             plan = load_config(self.plan.file)
         except ConfigError as exc:
             log.error("reload refused, still serving the previous config: %s", exc)
             return False
+        listener = self.listener_config
+        config, pending = keep_restart_only(
+            self.plan.config, plan.config, live_listener=listener is not None
+        )
+        for setting in pending:
+            # the plan keeps the value in effect, so /__gateway/config shows what runs
+            log.warning("%s: changes take effect on restart; the current value is kept", setting)
+        # the listening sockets outlive a reload: so does the admin listener's address
+        plan = dataclasses.replace(plan, config=config, admin_listener=self.plan.admin_listener)
+        if listener is not None:
+            # hypercorn reads these when a connection opens and when it shuts down
+            listener.graceful_timeout = config.server.graceful_timeout
+            listener.h11_max_incomplete_size = config.server.max_header_size
+        self.config["MAX_CONTENT_LENGTH"] = config.server.max_request_body
         if self._transport is not None:
             self._transport.reconfigure(pool_limits(plan))
         self.guards = build_guards(plan, self.guards)
-        if plan.config.state != self.plan.config.state:
-            log.warning("state: changes take effect on restart; the current store is kept")
         self.plan = plan
         self.loaded_at = time.time()
         for warning in plan.warnings:

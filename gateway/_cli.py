@@ -145,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         app = create_app(plan)
-        trigger = drain_on_signal(app, plan.config.server.drain_delay)
+        trigger = drain_on_signal(app)
         async with trio.open_nursery() as nursery:
 
             async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:

@@ -94,14 +94,16 @@ async def reload_on_change(
             reload(app, config)
 
 
-def drain_on_signal(app: GatewayApp, drain_delay_s: float | None) -> Callable[[], Awaitable[None]]:
+def drain_on_signal(app: GatewayApp) -> Callable[[], Awaitable[None]]:
     """A shutdown trigger: on SIGINT/SIGTERM readiness turns 503 at once; the listener keeps
-    accepting for ``drain_delay_s`` so load balancers notice, then hypercorn closes it and
-    gives in-flight requests its ``graceful_timeout``."""
+    accepting for ``server.drain_delay`` (of the config in effect then: a reload changes it)
+    so load balancers notice, then hypercorn closes it and gives in-flight requests its
+    ``graceful_timeout``."""
 
     async def trigger() -> None:
         await wait_for_signal()
         app.draining = True
+        drain_delay_s = app.plan.config.server.drain_delay
         log.warning("draining: readiness is 503; closing the listener in %gs", drain_delay_s or 0)
         if drain_delay_s:
             await trio.sleep(drain_delay_s)
@@ -123,6 +125,8 @@ async def serve_app(
     listening sockets made by another process (a worker of ``gateway serve --workers N``);
     without them hypercorn binds ``config.bind`` itself.
     """
+    if isinstance(app, GatewayApp):  # the demo serves its upstreams here too
+        app.listener_config = config  # a reload updates the settings hypercorn reads live
     listening = _Listening(app, config.bind, task_status)
     if sockets is None:
         await hypercorn.trio.serve(

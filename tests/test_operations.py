@@ -237,6 +237,101 @@ async def test_reload_swaps_the_config_keeps_unchanged_pools_and_refuses_a_bad_o
             assert shown["loaded_at"].endswith("+00:00")
 
 
+RESTART_ONLY_CHANGES = {
+    "bind": "127.0.0.1:1",
+    "workers": 4,
+    "backlog": 50,
+    "admin_bind": "127.0.0.1:0",
+    "log_format": "text",
+    "log_level": "debug",
+}
+
+
+async def test_reload_keeps_settings_that_need_a_restart_and_says_which(
+    nursery: trio.Nursery, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conftest import config_text
+
+    from gateway import create_app, hypercorn_config, load_config, serve_app
+
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={"v": 1})})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(config))
+        app = create_app(load_config(str(file)))
+        listener = hypercorn_config(app.plan, bind="127.0.0.1:0")
+        binds = await nursery.start(partial(serve_app, app, listener))
+        running = app.plan.config
+
+        config["server"] = {
+            **RESTART_ONLY_CHANGES,
+            # applied by the reload
+            "graceful_timeout": "7s",
+            "max_header_size": "32KiB",
+            "max_url_length": 4096,
+            "trusted_proxies": ["10.0.0.0/8"],
+            "drain_delay": "1s",
+        }
+        config["state"] = {"key_prefix": "elsewhere"}
+        config["tracing"] = {"otlp_endpoint": "http://127.0.0.1:9/v1/traces"}
+        file.write_text(config_text(config))
+        with caplog.at_level(logging.WARNING, logger="gateway"):
+            assert app.reload()
+        assert [r.getMessage() for r in caplog.records if "restart" in r.getMessage()] == [
+            f"server.{name}: changes take effect on restart; the current value is kept"
+            for name in RESTART_ONLY_CHANGES
+        ] + [
+            f"{name}: changes take effect on restart; the current value is kept"
+            for name in ("state", "tracing")
+        ]
+        assert app.exporter is None
+
+        async with httpx.AsyncClient(trust_env=False) as client:
+            shown = (await client.get(binds[0] + "/__gateway/config")).json()["config"]
+        for name in RESTART_ONLY_CHANGES:
+            assert shown["server"][name] == getattr(running.server, name), name
+        assert shown["state"] == running.state.model_dump(mode="json")
+        assert shown["tracing"] is None
+        assert shown["server"]["graceful_timeout"] == 7.0
+        assert shown["server"]["max_header_size"] == 32 * 1024
+        assert shown["server"]["max_url_length"] == 4096
+        assert shown["server"]["trusted_proxies"] == ["10.0.0.0/8"]
+        assert shown["server"]["drain_delay"] == 1.0
+        # the serving listener's settings that hypercorn reads live
+        assert listener.graceful_timeout == 7.0
+        assert listener.h11_max_incomplete_size == 32 * 1024
+        assert app.admin_listener is None
+
+
+def _server_config(**server: Any) -> Any:
+    from gateway import GatewayConfig
+
+    return GatewayConfig.model_validate({"version": 1, "server": server})
+
+
+def test_turning_tls_on_or_off_waits_for_a_restart_but_new_certificate_files_apply() -> None:
+    from gateway._config.reload import keep_restart_only
+
+    plain = _server_config()
+    tls = _server_config(tls={"cert_file": "a.pem", "key_file": "a.key"})
+    renewed = _server_config(tls={"cert_file": "b.pem", "key_file": "b.key"})
+    assert keep_restart_only(plain, tls, live_listener=True) == (plain, ("server.tls",))
+    assert keep_restart_only(tls, plain, live_listener=True) == (tls, ("server.tls",))
+    assert keep_restart_only(tls, renewed, live_listener=True) == (renewed, ())
+
+
+def test_listener_settings_wait_for_a_restart_when_the_listener_is_not_known() -> None:
+    from gateway._config.reload import keep_restart_only
+
+    running = _server_config()
+    loaded = _server_config(graceful_timeout="9s", max_header_size="64KiB", body_timeout="3s")
+    config, pending = keep_restart_only(running, loaded, live_listener=False)
+    assert pending == ("server.graceful_timeout", "server.max_header_size")
+    assert config.server == running.server.model_copy(update={"body_timeout": 3.0})
+    assert keep_restart_only(running, loaded, live_listener=True) == (loaded, ())
+
+
 async def test_spans_are_exported_and_match_what_upstreams_saw(nursery: trio.Nursery) -> None:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
