@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from conftest import backend_config, recorder, simple_config, start_gateway, start_upstream
 from upstream import RecordedRequest, Reply
 
@@ -302,6 +305,35 @@ async def test_reload_keeps_settings_that_need_a_restart_and_says_which(
         assert listener.graceful_timeout == 7.0
         assert listener.h11_max_incomplete_size == 32 * 1024
         assert app.admin_listener is None
+
+
+async def test_drain_delay_is_the_one_in_effect_when_the_signal_arrives(tmp_path: Any) -> None:
+    from conftest import config_text
+
+    from gateway import create_app, load_config
+    from gateway._server import drain_on_signal
+
+    with trio.fail_after(10):
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text({"version": 1}))
+        app = create_app(load_config(str(file)))
+        trigger = drain_on_signal(app)
+        file.write_text(config_text({"version": 1, "server": {"drain_delay": "300ms"}}))
+        assert app.reload()
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def run_trigger() -> None:
+                await trigger()
+                done.set()
+
+            nursery.start_soon(run_trigger)
+            await trio.testing.wait_all_tasks_blocked()  # the signal receiver is installed
+            signalled_at = trio.current_time()
+            os.kill(os.getpid(), signal.SIGTERM)
+            await done.wait()
+        assert app.draining
+        assert trio.current_time() - signalled_at >= 0.3
 
 
 def _server_config(**server: Any) -> Any:
