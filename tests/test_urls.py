@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import string
-from urllib.parse import quote, unquote
+from urllib.parse import quote, quote_from_bytes, unquote, unquote_to_bytes, urlsplit
 
 import httpx
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from gateway._call.request import upstream_request
 from gateway._errors import InvalidPathParameter, MethodNotAllowed, NotFound
 from gateway._rules.template import (
     Template,
@@ -26,6 +27,7 @@ from gateway._rules.urls import (
     encode_query,
     encode_value,
     parse_base_url,
+    parse_query,
     parse_route,
 )
 
@@ -498,3 +500,52 @@ def test_decode_param_only_raises_invalid_path_parameter_on_raw_text(raw: str) -
 def test_c1_control_characters_are_refused(raw: str) -> None:
     with pytest.raises(InvalidPathParameter, match="control"):
         decode_param(raw)
+
+
+# --- any octets, from the client request to the upstream URL ---------------------------
+
+_ROUTER = _router(("/api/users/{id}", "GET", "user"))
+_Q_TEMPLATE = parse_url_template("/users/{id}/photo?size=1&q={query.q}")
+# how a client may write octets: every one encoded, or sub-delimiters and ":@" left raw
+_SAFE_AS_WRITTEN = st.sampled_from(["", "!$&'()*+,;=:@"])
+
+
+def _unsafe(value: bytes) -> bool:
+    text = value.decode("utf-8", "surrogateescape")
+    return (
+        text in ("", ".", "..")
+        or "/" in text
+        or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=24), st.binary(max_size=24), _SAFE_AS_WRITTEN)
+def test_no_accepted_value_reaches_another_upstream_path_or_changes_the_query(
+    segment: bytes, q: bytes, safe: str
+) -> None:
+    raw_segment = quote_from_bytes(segment, safe=safe.replace("&", ""))
+    try:
+        match = _ROUTER.match("/api/users/" + raw_segment, "GET")
+    except InvalidPathParameter:
+        assert _unsafe(segment)  # refused only for what could change the URL's structure
+        return
+    assert not _unsafe(segment)
+    pairs = parse_query(b"q=" + quote_from_bytes(q, safe="").encode("ascii"))
+    query = {"q": pairs[0].value}
+    try:
+        path = render(_Q_TEMPLATE, lambda ref: {**match.params, **query}[ref.name], url_value)
+    except UnresolvedReference:
+        assert _unsafe(q)
+        return
+    assert not _unsafe(q)
+    target = upstream_request("GET", _BASE, _BASE.base_path + path, []).target
+    parts = urlsplit(target)
+    segments = parts.path.split("/")
+    # exactly the template's segments, the value in its own, octet for octet
+    assert segments[:3] == ["", "base", "users"] and segments[4:] == ["photo"]
+    assert unquote_to_bytes(segments[3]) == segment
+    assert not parts.fragment and "#" not in target
+    names = [pair.partition("=")[0] for pair in parts.query.split("&")]
+    assert names == ["size", "q"]  # no value adds a pair or ends the query
+    assert unquote_to_bytes(parts.query.partition("&q=")[2]) == q
