@@ -34,6 +34,7 @@ from ._endpoint import (
     build_context,
     check_limits,
     check_rate_limits,
+    request_error_body,
     send_error,
     send_framing_error,
     serve_aggregate,
@@ -43,7 +44,7 @@ from ._observability import metrics as metrics
 from ._observability.logs import AccessRecord, log_access
 from ._observability.otel import SpanExporter
 from ._observability.tracing import CURRENT, trace_context, with_request_id
-from ._passthrough import PassthroughAborted, open_passthrough
+from ._passthrough import PassthroughAborted, open_passthrough, request_body_headers
 from ._rules.admin import Listener, admin_refusal, off_admin_listener, parse_listener
 from ._rules.aggregate import error_body
 from ._rules.balance import HostSet
@@ -200,7 +201,7 @@ def json_response(
 
 def error_response(exc: RequestError) -> Response:
     headers = {"Allow": ", ".join(exc.allow)} if exc.allow else None
-    return json_response(error_body(exc.code, exc.message), exc.status, headers)
+    return json_response(request_error_body(exc), exc.status, headers)
 
 
 class GatewayApp(QuartTrio):
@@ -576,14 +577,7 @@ class GatewayApp(QuartTrio):
         scope: dict[str, Any],
         record: AccessRecord | None = None,
     ) -> Response:
-        # Content-Length is never copied: the upstream request is framed by the client
-        # library (chunked), counted against max_request_body as it streams.
-        body_headers = [
-            (name, value) for name, value in scope["headers"] if name == b"content-type"
-        ]
-        has_body = any(
-            name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"]
-        )
+        body_headers, has_body = request_body_headers(scope["headers"])
         body: AsyncIterator[bytes] | None = request.body.__aiter__() if has_body else None
         try:
             result = await open_passthrough(

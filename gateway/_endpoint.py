@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 import trio
 
 from ._call.context import CallContext
 from ._call.exchange import ByteBudget, Sender
+from ._call.request import check_client_values
 from ._config.plan import EndpointPlan, GatewayPlan
 from ._errors import (
     HeadersTooLarge,
+    InvalidQueryParameter,
     InvalidRequest,
     RequestBodyTooLarge,
     RequestError,
@@ -38,7 +39,7 @@ from ._rules.cachecontrol import shared_store_refusal
 from ._rules.forwarded import Network, client_info
 from ._rules.headers import select_headers
 from ._rules.resilience import UpstreamGuard
-from ._rules.urls import RouteMatch, encode_query
+from ._rules.urls import RouteMatch, parse_query
 from ._state.shared import SharedState, bypasses_cache, endpoint_cache_key, pack, unpack
 
 Scope = dict[str, Any]
@@ -61,10 +62,21 @@ def build_context(
     state: SharedState | None = None,
 ) -> CallContext:
     """Take from the client request only what this endpoint's config uses, plus the
-    forwarding headers the gateway sets (``X-Forwarded-*``, ``Via``).
+    forwarding headers the gateway sets (``X-Forwarded-*``, ``Via``), and check every
+    client value a backend will read (:func:`check_client_values`), so that a request the
+    backends cannot be called with is refused before any upstream is called.
+
+    Query values and header fields keep the octets the client sent (RFC 3986 section
+    2.1): decoded as UTF-8 with ``surrogateescape``, so that encoding them again gives the
+    same octets; ``forward_query`` pairs are passed on as the client wrote them.
 
     Raises:
         InvalidRequest: the endpoint reads a JSON body and this one is not JSON.
+        InvalidQueryParameter: a ``forward_query`` value is malformed, or a query value
+            a template reads is missing, malformed or unsafe.
+        InvalidHeader: a header field a template reads is missing or unsafe.
+        InvalidRequestBody: a backend sends the body and the request has none (or lacks
+            the part it sends).
     """
     client = scope.get("client")
     info = client_info(
@@ -78,19 +90,31 @@ def build_context(
         *info.headers,
     ]
     query_string: bytes = scope.get("query_string") or b""
-    pairs = (
-        parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if query_string else []
-    )
+    pairs = parse_query(query_string) if query_string else []
     extra_query = ""
     if endpoint.forward_query and pairs:
-        extra_query = encode_query([(k, v) for k, v in pairs if k in endpoint.forward_query])
+        forwarded: list[bytes] = []
+        for pair in pairs:
+            if pair.name in endpoint.forward_query:
+                if pair.malformed:
+                    raise InvalidQueryParameter(
+                        f"query parameter {pair.name!r}: malformed percent-encoding",
+                        fields={"parameter": pair.name, "in": "query"},
+                    )
+                forwarded.append(pair.raw)
+        extra_query = b"&".join(forwarded).decode("ascii")
     query: dict[str, list[str]] = {}
+    malformed: set[str] = set()
     headers: dict[str, str] = {}
     if endpoint.reads_request_values:
-        for key, value in pairs:
-            query.setdefault(key, []).append(value)
+        for pair in pairs:
+            values = query.setdefault(pair.name, [])
+            if pair.malformed and not values:
+                malformed.add(pair.name)  # a template reads the first value
+            values.append(pair.value)
         for raw_name, raw_value in scope["headers"]:
-            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("utf-8", "surrogateescape")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
     json_body: Any = None
     if body:
@@ -98,7 +122,7 @@ def build_context(
             json_body = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise InvalidRequest("the request body is not valid JSON") from None
-    return CallContext(
+    ctx = CallContext(
         params,
         forward,
         extra_query,
@@ -111,6 +135,9 @@ def build_context(
         guards or {},
         state,
     )
+    if endpoint.reads_request_values or endpoint.reads_body:
+        check_client_values(endpoint, ctx, malformed)
+    return ctx
 
 
 def request_query(scope: Scope) -> dict[str, list[str]]:
@@ -118,8 +145,8 @@ def request_query(scope: Scope) -> dict[str, list[str]]:
     query: dict[str, list[str]] = {}
     query_string: bytes = scope.get("query_string") or b""
     if query_string:
-        for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-            query.setdefault(key, []).append(value)
+        for pair in parse_query(query_string):
+            query.setdefault(pair.name, []).append(pair.value)
     return query
 
 
@@ -195,7 +222,15 @@ async def send_error(
 ) -> None:
     fields = [(b"allow", ", ".join(exc.allow).encode())] if exc.allow else []
     fields.extend(headers)
-    await send_json(send, exc.status, error_body(exc.code, exc.message), fields, head=head)
+    await send_json(send, exc.status, request_error_body(exc), fields, head=head)
+
+
+def request_error_body(exc: RequestError) -> dict[str, Any]:
+    """The JSON body of a refused request: ``{"error": {"code", "message", ...}}`` with
+    the error's ``fields`` (such as the parameter at fault) in the ``error`` object."""
+    body = error_body(exc.code, exc.message)
+    body["error"].update(exc.fields)
+    return body
 
 
 async def send_body(

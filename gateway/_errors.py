@@ -13,10 +13,17 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
     │                                 (busy port, bad address); one line, exit status 2
     ├── StoreUnavailable              the shared state store (Redis) failed or did not answer in
     │                                 time; the caller fails open or closed, caches are skipped
-    └── RequestError                  one client request; .status, .code, .message
+    └── RequestError                  one client request; .status, .code, .message, .fields
         ├── NotFound                  404 not_found: no endpoint has this path
         ├── MethodNotAllowed          405 method_not_allowed: the path exists, the method does not
         ├── InvalidPathParameter      400 invalid_path_parameter: unsafe or malformed {param} value
+        ├── InvalidQueryParameter     400 invalid_query_parameter: a query parameter the config
+        │                             reads ({query.NAME}, forward_query) is missing, unsafe or
+        │                             malformed
+        ├── InvalidHeader             400 invalid_header: a header field a {header.NAME}
+        │                             template reads is missing or unsafe
+        ├── InvalidRequestBody        400 invalid_request_body: a backend sends the client's
+        │                             body (``body:``) and the request has none, or lacks the part
         ├── InvalidRequest            400 invalid_request: another malformed part of the request
         ├── AdminForbidden            403 admin_forbidden: a private admin route, peer outside
         │                             server.admin_allow
@@ -30,6 +37,7 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -82,14 +90,29 @@ class StoreUnavailable(GatewayError):
 
 
 class RequestError(GatewayError):
-    """A client request the gateway refuses; the response is ``status`` with a JSON body."""
+    """A client request the gateway refuses; the response is ``status`` with a JSON body.
+
+    Args:
+        message: what is wrong, in words the client can act on (never echoing raw bytes).
+        allow: for 405, the methods the path has (the ``Allow`` field).
+        fields: more members of the JSON ``error`` object, such as ``{"parameter": "q",
+            "in": "query"}`` naming the part of the request at fault (RFC 9110
+            section 15.5.1: the client can correct it and repeat).
+    """
 
     status: int = 400
     code: str = "bad_request"
 
-    def __init__(self, message: str, *, allow: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        allow: tuple[str, ...] = (),
+        fields: Mapping[str, str] | None = None,
+    ) -> None:
         self.message = message
         self.allow = allow
+        self.fields: Mapping[str, str] = fields or {}
         super().__init__(message)
 
 
@@ -106,6 +129,31 @@ class MethodNotAllowed(RequestError):
 class InvalidPathParameter(RequestError):
     status = 400
     code = "invalid_path_parameter"
+
+
+class InvalidQueryParameter(RequestError):
+    """A query parameter a ``{query.NAME}`` template or ``forward_query`` reads is missing
+    (templates only), unsafe in a URL (empty, ``.``, ``..``, a ``/`` or a control character)
+    or malformed (a ``%`` not followed by two hex digits). ``fields`` name it."""
+
+    status = 400
+    code = "invalid_query_parameter"
+
+
+class InvalidHeader(RequestError):
+    """A header field a ``{header.NAME}`` template reads is missing or unsafe where it is
+    used. ``fields`` name it."""
+
+    status = 400
+    code = "invalid_header"
+
+
+class InvalidRequestBody(RequestError):
+    """A backend sends the client's JSON body, or a part of it (``body:``), and the request
+    has no body or lacks that part."""
+
+    status = 400
+    code = "invalid_request_body"
 
 
 class InvalidRequest(RequestError):

@@ -114,6 +114,24 @@ class Streaming:
         return Reply(outcome, status, response.headers.raw, stream=OpenBody(response))
 
 
+def request_body_headers(headers: RawHeaders) -> tuple[RawHeaders, bool]:
+    """The client's fields that describe its body, to send with it upstream, and whether
+    it has a body (RFC 9112 section 6.3: a request has one only if Content-Length or
+    Transfer-Encoding says so).
+
+    ``Content-Length`` is kept, so the upstream gets the body framed as the client framed
+    it while it streams: many servers (Python's ``http.server``, embedded ones) read no
+    body from a chunked request. The transport sends exactly that many octets, or fails
+    the call and closes the connection, so a short body never looks complete upstream.
+    Without one (the client sent chunked) the body goes chunked.
+    """
+    body_headers = [
+        (name, value) for name, value in headers if name in (b"content-type", b"content-length")
+    ]
+    has_body = any(name in (b"content-length", b"transfer-encoding") for name, _ in headers)
+    return body_headers, has_body
+
+
 async def open_passthrough(
     client: httpx.AsyncClient,
     endpoint: EndpointPlan,

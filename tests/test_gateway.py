@@ -277,10 +277,12 @@ async def test_unsafe_path_parameters_are_refused_before_any_upstream_call(
         gw = await start_gateway(
             nursery, simple_config({"u": up}, [backend_config("a", "u", "/users/{id}")])
         )
-        for raw in ["..", ".", "%2E%2E", "a%2Fb", "a%3Fb", "a%23b", "a%00b", "a%0Ab", "%zz", "%FF"]:
+        for raw in ["..", ".", "%2E%2E", "a%2Fb", "%2F", "a%00b", "a%0Ab", "%C2%85", "%zz"]:
             r = await raw_request(gw.url, "/api/" + raw)
             assert r.status == 400, raw
             assert r.json()["error"]["code"] == "invalid_path_parameter"
+            assert r.json()["error"]["parameter"] == "id"
+            assert r.json()["error"]["in"] == "path"
         assert up.requests == []
 
 

@@ -109,7 +109,7 @@ async def test_limits_answer_414_431_and_408(nursery: trio.Nursery) -> None:
         assert up.requests == []
 
 
-async def test_passthrough_frames_the_upload_itself_and_hides_upstream_gateway_headers(
+async def test_passthrough_keeps_the_clients_framing_and_hides_upstream_gateway_headers(
     nursery: trio.Nursery,
 ) -> None:
     with trio.fail_after(10):
@@ -138,6 +138,12 @@ async def test_passthrough_frames_the_upload_itself_and_hides_upstream_gateway_h
         }
         gw = await start_gateway(nursery, config)
         r = await gw.request("POST", "/f", content=b"x" * 1000)
+        assert r.json() == {"cl": "1000", "te": None}  # the transport sends exactly 1000
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            yield b"x" * 10
+
+        r = await gw.request("POST", "/f", content=chunks())  # the client sent it chunked
         assert r.json() == {"cl": None, "te": "chunked"}
         assert "x-gateway-complete" not in r.headers
         assert r.headers["x-gateway-backends"] == "f=ok"

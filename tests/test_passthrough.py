@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import resource
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -197,3 +199,109 @@ async def test_an_upstream_failing_mid_body_aborts_the_client_response(
             await gw.get("/files/cut")
         r = await gw.get("/__gateway/health")  # the worker carries on
         assert r.status_code == 200
+
+
+# --- the client's Content-Length is kept --------------------------------------------
+
+
+@dataclass
+class RawSeen:
+    """What a strict upstream received: each request's raw head and body, and whether its
+    body was complete (Content-Length octets) before the connection closed."""
+
+    heads: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    complete: list[bool] = field(default_factory=list)
+    head_seen: trio.Event = field(default_factory=trio.Event)
+    closed: trio.Event = field(default_factory=trio.Event)
+
+
+async def serve_strict_upstream(
+    seen: RawSeen, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """An HTTP/1.1 server like Python's http.server: it reads a body only by Content-Length
+    and answers 411 to a chunked request (RFC 9112 section 6.3)."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            seen.heads.append(head)
+            seen.head_seen.set()
+            fields = dict(
+                (n.strip().lower(), v.strip())
+                for n, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+            )
+            if b"transfer-encoding" in fields:
+                await stream.send_all(b"HTTP/1.1 411 Length Required\r\ncontent-length: 0\r\n\r\n")
+                return
+            length = int(fields.get(b"content-length", b"0"))
+            while len(body) < length:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                body += chunk
+            seen.bodies.append(body)
+            seen.complete.append(len(body) == length)
+            if len(body) == length:
+                reply = b'{"got": %d}' % len(body)
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(reply), reply)
+                )
+        finally:
+            seen.closed.set()
+            await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        task_status.started(f"http://127.0.0.1:{port}")
+        await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
+
+
+async def test_a_body_with_content_length_reaches_an_upstream_that_refuses_chunked(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        seen = RawSeen()
+        url = await nursery.start(serve_strict_upstream, seen)
+        gw = await start_gateway(nursery, passthrough_config(url))
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            for _ in range(4):
+                yield b"z" * 50_000
+
+        # streamed by the client, framed by its Content-Length: streamed upstream the same way
+        r = await gw.request(
+            "POST", "/files/a", content=chunks(), headers={"Content-Length": "200000"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json() == {"got": 200_000}
+        assert b"content-length: 200000" in seen.heads[0].lower()
+        assert b"transfer-encoding" not in seen.heads[0].lower()
+        assert seen.bodies == [b"z" * 200_000]
+
+
+async def test_a_client_body_shorter_than_its_content_length_never_looks_complete_upstream(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        seen = RawSeen()
+        url = await nursery.start(serve_strict_upstream, seen)
+        gw = await start_gateway(nursery, passthrough_config(url))
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(
+            b"POST /files/a HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
+        )
+        await seen.head_seen.wait()  # the upstream call has started ...
+        await stream.aclose()  # ... and the client leaves with 90 octets unsent
+        await seen.closed.wait()
+        assert seen.complete == [False]  # the upstream saw the connection end mid-body
+        assert seen.bodies == [b"x" * 10]

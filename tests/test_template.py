@@ -453,10 +453,30 @@ def test_url_value_rejects_empty_and_dot_segments(value: str) -> None:
         url_value(value)
 
 
-@pytest.mark.parametrize("value", ["a/b", "/", "a?b", "?", "a#b", "#"])
-def test_url_value_rejects_slash_question_mark_and_hash(value: str) -> None:
+@pytest.mark.parametrize("value", ["a/b", "/", "a%2Fb/"])
+def test_url_value_rejects_slash(value: str) -> None:
     with pytest.raises(UnresolvedReference):
         url_value(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        ("a?b", "a%3Fb"),
+        ("?", "%3F"),
+        ("a#b", "a%23b"),
+        ("#", "%23"),
+        ("x#EXT#@c", "x%23EXT%23%40c"),
+    ],
+)
+def test_url_value_accepts_question_mark_and_hash_encoded(value: str, encoded: str) -> None:
+    # encoded whole, they stay data: no query or fragment can start inside a value
+    assert url_value(value) == encoded
+
+
+def test_url_value_gives_back_client_octets_that_are_not_utf8() -> None:
+    # a client's %FF is decoded with surrogateescape; it goes back as %FF, never U+FFFD
+    assert url_value("a\udcffb") == "a%FFb"
 
 
 @pytest.mark.parametrize("value", ["a\x00", "\t", "a\nb", "\r", "\x1f", "\x7f", "\x85", "\x9f"])

@@ -10,18 +10,21 @@ the transport sends them as they are.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
 import orjson
 
-from .._config.plan import BackendPlan
+from .._config.plan import BackendPlan, EndpointPlan
+from .._errors import InvalidHeader, InvalidQueryParameter, InvalidRequestBody
 from .._observability.tracing import CURRENT
 from .._rules.aggregate import BackendResult, Outcome
+from .._rules.graph import all_hold, skipped_by_condition
 from .._rules.template import (
     Ref,
+    Template,
     UnresolvedReference,
     expand,
     header_value,
@@ -140,6 +143,93 @@ def _resolver(
     return resolve
 
 
+def check_client_values(
+    endpoint: EndpointPlan, ctx: CallContext, malformed_query: Collection[str] = ()
+) -> None:
+    """Check, when the request arrives, every value from the client request that a backend
+    to be called will read: ``{query.NAME}`` and ``{header.NAME}`` references (present, and
+    safe where they go, as :func:`build_request` will encode them) and the JSON body a
+    ``body:`` sends. Backends a ``when:`` skips are not checked. Path parameters were
+    checked by the router, and values from upstream responses can only be checked when
+    they arrive (``invalid_reference``).
+
+    A missing or unsafe client value is the client's mistake (RFC 9110 section 15.5.1:
+    400, so it can correct the request), never an upstream failure; checking it here
+    means no upstream is called for a request that cannot be completed.
+
+    Args:
+        malformed_query: names whose first value has malformed percent-encoding.
+
+    Raises:
+        InvalidQueryParameter: a referenced query parameter is missing, malformed or unsafe.
+        InvalidHeader: a referenced header field is missing or unsafe.
+        InvalidRequestBody: a backend sends the body (or a part of it) and there is none.
+    """
+    backends = endpoint.backends
+    skipped = (
+        skipped_by_condition(
+            [b.deps for b in backends],
+            [all_hold(b.conditions, ctx.query, ctx.headers) for b in backends],
+        )
+        if endpoint.has_conditions
+        else None
+    )
+    for i, backend in enumerate(backends):
+        if skipped is not None and skipped[i]:
+            continue
+        _check_template(backend.url, url_value, ctx, malformed_query)
+        for _, template in backend.header_templates:
+            _check_template(template, header_value, ctx, malformed_query)
+        if backend.body is None:
+            continue
+        if ctx.body is None:
+            raise InvalidRequestBody(
+                f"backend {backend.name!r} sends the request's JSON body, and the request has none",
+                fields={"in": "body"},
+            )
+        if backend.body:
+            try:
+                walk(ctx.json_body, backend.body)
+            except UnresolvedReference as exc:
+                pointer = ".".join(str(s) for s in backend.body)
+                raise InvalidRequestBody(
+                    f"backend {backend.name!r} sends {pointer!r} of the request body: {exc}",
+                    fields={"parameter": pointer, "in": "body"},
+                ) from None
+
+
+def _check_template(
+    template: Template,
+    encode: Callable[[JSON], str],
+    ctx: CallContext,
+    malformed_query: Collection[str],
+) -> None:
+    for ref in template.refs:
+        if ref.kind == "query":
+            fields = {"parameter": ref.name, "in": "query"}
+            what = f"query parameter {ref.name!r}"
+            if ref.name in malformed_query:
+                raise InvalidQueryParameter(f"{what}: malformed percent-encoding", fields=fields)
+            values = ctx.query.get(ref.name)
+            if not values:
+                raise InvalidQueryParameter(f"{what} is required", fields=fields)
+            value: str = values[0]
+            error: type[InvalidQueryParameter | InvalidHeader] = InvalidQueryParameter
+        elif ref.kind == "header":
+            fields = {"parameter": ref.name, "in": "header"}
+            what = f"header field {ref.name!r}"
+            header = ctx.headers.get(ref.name)
+            if header is None:
+                raise InvalidHeader(f"{what} is required", fields=fields)
+            value, error = header, InvalidHeader
+        else:
+            continue
+        try:
+            encode(value)
+        except UnresolvedReference as exc:
+            raise error(f"{what}: {exc}", fields=fields) from None
+
+
 def build_request(
     backend: BackendPlan,
     ctx: CallContext,
@@ -160,7 +250,8 @@ def build_request(
     headers = list(backend.static_headers)
     for name, template in backend.header_templates:
         value = render(template, resolve, header_value)
-        headers.append((name.encode("latin-1"), value.encode("utf-8")))
+        # octets a client sent (kept as surrogates) go back exactly; config text as UTF-8
+        headers.append((name.encode("latin-1"), value.encode("utf-8", "surrogateescape")))
     headers.extend(ctx.forward_headers)
     trace = CURRENT.get()
     if trace is not None:

@@ -11,9 +11,14 @@ A template is literal text with references in braces:
 
 ``{{`` and ``}}`` are literal braces. A value must be a string or a number; in a path or
 query it must pass the same rules as a path parameter (not empty, ``.`` or ``..``; no
-``/``, ``?``, ``#`` or control character) and is percent-encoded whole, so it can never
-add a segment or change the host (RFC 3986 section 2.1). In a header it must not contain
-a control character (RFC 9110 section 5.5).
+``/`` or control character) and is percent-encoded whole, so it can never add a segment,
+a query or a fragment or change the host (RFC 3986 section 2.1); the octets a client
+sent are given back exactly (:func:`~gateway._rules.urls.encode_value`). In a header it
+must not contain a control character (RFC 9110 section 5.5).
+
+Values from the client request (path parameters, query, headers, body) are checked when
+the request arrives (:func:`gateway._call.request.check_client_values`), so a client's
+mistake is a 400; ``invalid_reference`` is left for values from upstream responses.
 """
 
 from __future__ import annotations
@@ -22,10 +27,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote
 
 from .._errors import InvalidPathParameter
-from .urls import TemplateError, check_param_value, is_url_literal
+from .urls import TemplateError, check_param_value, encode_value, is_url_literal
 
 WILDCARD = "*"
 """A ``[*]`` segment in a backend reference's path."""
@@ -237,7 +241,7 @@ def url_value(value: Any) -> str:
         check_param_value(text)
     except InvalidPathParameter as exc:
         raise UnresolvedReference(exc.message) from None
-    return quote(text, safe="")
+    return encode_value(text)
 
 
 def header_value(value: Any) -> str:

@@ -5,6 +5,15 @@ stays inside its segment and is then refused as a parameter value (400), never r
 A parameter value fills exactly one segment of an upstream path: it is percent-encoded
 with nothing left safe (RFC 3986 section 2.1), so no value can add a segment, a query, a
 fragment, or change the scheme, host or port, which come only from config.
+
+Bytes are kept exactly, in the path and in the query alike. Percent-encoding stands for
+octets (RFC 3986 section 2.1), not for UTF-8 text: a value is decoded to ``str`` as UTF-8
+with ``surrogateescape`` (an octet that is not part of valid UTF-8 becomes a lone
+surrogate, U+DC80 to U+DCFF) and encoded back the same way (:func:`encode_value`), so
+``%FF`` reaches the upstream as ``%FF``, never as U+FFFD. What is refused is the same for
+both: malformed percent-encoding (a ``%`` without two hex digits) and, where a value
+fills a template, a value that could change the URL's structure (see
+:func:`check_param_value`).
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WHOLE_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 controls
-_FORBIDDEN_IN_VALUE = ("/", "?", "#")
+# "?" and "#" are not here: a value is encoded whole, so they cannot start a query or a
+# fragment, and real identifiers hold them (guest-user ids such as "jane#EXT#@corp.example").
+_FORBIDDEN_IN_VALUE = ("/",)
 # characters a config author may write literally in a path template (RFC 3986 pchar,
 # "/" and "?", plus "%" for pre-encoded octets); anything else is a config error.
 _TEMPLATE_LITERAL = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*$")
@@ -87,29 +98,54 @@ def parse_route(text: str) -> RoutePattern:
 
 
 def decode_param(raw: str) -> str:
-    """Percent-decode one raw path segment and check it is a safe parameter value.
+    """Percent-decode one raw path segment (its octets as latin-1 text, as the router gets
+    the request target) and check it is a safe parameter value.
+
+    Octets that are not valid UTF-8 are kept as lone surrogates (``surrogateescape``), so
+    :func:`encode_value` gives them back exactly.
 
     Raises:
-        InvalidPathParameter: malformed encoding, not UTF-8, empty, ``.``/``..``, or
-            containing ``/``, ``?``, ``#`` or a control character once decoded.
+        InvalidPathParameter: malformed encoding, or unsafe once decoded (empty,
+            ``.``/``..``, a ``/`` or a control character: :func:`check_param_value`).
     """
-    raw_bytes = raw.encode("latin-1", "replace")
-    if _BAD_PERCENT.search(raw_bytes):
-        raise InvalidPathParameter("malformed percent-encoding")
     try:
-        value = unquote_to_bytes(raw_bytes).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidPathParameter("not valid UTF-8 once decoded") from None
+        raw_bytes = raw.encode("latin-1")
+    except UnicodeEncodeError:  # not from a request target (those are octets); as UTF-8
+        raw_bytes = raw.encode("utf-8", "surrogatepass")
+    value = decode_octets(raw_bytes)
     check_param_value(value)
     return value
+
+
+def decode_octets(raw: bytes, *, plus_is_space: bool = False) -> str:
+    """Percent-decode raw URL octets to the octets they stand for, as ``str`` (UTF-8 with
+    ``surrogateescape``). ``plus_is_space``: ``+`` is a space, as in a query's
+    ``application/x-www-form-urlencoded`` pairs.
+
+    Raises:
+        InvalidPathParameter: a ``%`` not followed by two hex digits.
+    """
+    if b"%" in raw and _BAD_PERCENT.search(raw):
+        raise InvalidPathParameter("malformed percent-encoding")
+    if plus_is_space:
+        raw = raw.replace(b"+", b" ")
+    return unquote_to_bytes(raw).decode("utf-8", "surrogateescape")
+
+
+def encode_value(value: str) -> str:
+    """Percent-encode a decoded value whole (nothing left safe), giving back the octets it
+    was decoded from (RFC 3986 section 2.1)."""
+    return quote(value, safe="", errors="surrogateescape")
 
 
 def check_param_value(value: str) -> None:
     """Refuse a decoded value that could change an upstream path's structure.
 
+    ``?`` and ``#`` are allowed: the value is encoded whole, so they stay data.
+
     Raises:
-        InvalidPathParameter: empty, ``.``/``..``, or containing ``/``, ``?``, ``#`` or a
-            control character.
+        InvalidPathParameter: empty, ``.``/``..``, or containing ``/`` or a control
+            character (C0, DEL, C1).
     """
     if value in ("", ".", ".."):
         raise InvalidPathParameter("empty, '.' and '..' are not allowed")
@@ -180,7 +216,10 @@ def _params(pattern: RoutePattern, segments: list[str]) -> dict[str, str]:
             try:
                 params[name] = decode_param(seg)
             except InvalidPathParameter as exc:
-                raise InvalidPathParameter(f"path parameter {name!r}: {exc.message}") from None
+                raise InvalidPathParameter(
+                    f"path parameter {name!r}: {exc.message}",
+                    fields={"parameter": name, "in": "path"},
+                ) from None
     return params
 
 
@@ -295,3 +334,49 @@ def parse_base_url(text: str) -> BaseUrl:
 def encode_query(pairs: Sequence[tuple[str, str]]) -> str:
     """Encode query pairs with every reserved character percent-encoded."""
     return urlencode(pairs, quote_via=quote, safe="")
+
+
+# --- client queries -------------------------------------------------------------------
+
+# octets a query may carry as they are (RFC 3986 section 3.4, without "&" and "#")
+_QUERY_UNSAFE = re.compile(rb"[^A-Za-z0-9\-._~!$'()*+,;=:@/?%]")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPair:
+    """One ``name=value`` pair of a client's query string (split on ``&``).
+
+    ``name`` and ``value`` are decoded (``+`` is a space; octets kept exactly, with
+    ``surrogateescape``). ``malformed``: the value has a ``%`` without two hex digits (it
+    is then decoded leniently, the ``%`` kept). ``raw`` is the pair as the client sent it,
+    with only octets that a request target cannot carry (spaces, quotes, non-ASCII)
+    percent-encoded, for forwarding as it is.
+    """
+
+    name: str
+    value: str
+    raw: bytes
+    malformed: bool = False
+
+
+def _lenient(raw: bytes) -> str:
+    return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8", "surrogateescape")
+
+
+def parse_query(query_string: bytes) -> list[QueryPair]:
+    """Split a raw query string into pairs, in order; empty pieces (``a=1&&b=2``) are
+    dropped and a piece without ``=`` has the value ``""``, as HTML forms do."""
+    pairs: list[QueryPair] = []
+    for piece in query_string.split(b"&"):
+        if not piece:
+            continue
+        raw_name, _, raw_value = piece.partition(b"=")
+        raw = _QUERY_UNSAFE.sub(lambda m: b"%%%02X" % m.group()[0], piece)
+        try:
+            value = decode_octets(raw_value, plus_is_space=True)
+        except InvalidPathParameter:
+            pairs.append(QueryPair(_lenient(raw_name), _lenient(raw_value), raw, True))
+            continue
+        # a name only has to match config names: a stray "%" in it stays a "%"
+        pairs.append(QueryPair(_lenient(raw_name), value, raw))
+    return pairs
