@@ -142,6 +142,29 @@ def _with_headers(send: Any, fields: list[tuple[bytes, bytes]]) -> Any:
     return sending
 
 
+def _finishing_shielded(send: Any) -> Any:
+    """``send`` whose last message (the body without ``more_body``) cannot be cancelled.
+
+    Sending it is where the server starts the connection's keep-alive idle timer: hypercorn
+    recycles the HTTP/1.1 connection inside that call, first telling the app
+    ``http.disconnect`` (which ends Quart-Trio's reader task, which cancels the request's
+    nursery), then restarting its idle task behind a lock, a checkpoint. Unshielded, that
+    checkpoint raises Cancelled and the idle timer is never started: the kept-alive
+    connection is then never idle, so neither the keep-alive timeout nor a shutdown closes
+    it (a shutdown waits the whole ``graceful_timeout``). Nothing in the call blocks
+    unshielded: the socket write is shielded by the server already, the rest are a memory
+    channel and locks held for an instant."""
+
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            with trio.CancelScope(shield=True):
+                await send(message)
+        else:
+            await send(message)
+
+    return sending
+
+
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
     """The config as JSON with every header value masked: that is where secrets live."""
     data: dict[str, Any] = plan.config.model_dump(mode="json", by_alias=True)
@@ -350,6 +373,8 @@ class GatewayApp(QuartTrio):
                 # passthrough is served through Quart (request body streaming); it reuses
                 # this match instead of routing again
                 scope[ROUTED] = (match, plan, record)
+            # Quart-Trio cancels the request's nursery as the last body is sent
+            send = _finishing_shielded(send)
         try:
             await super().asgi_app(scope, receive, send)
         except* PassthroughAborted as group:
