@@ -63,6 +63,7 @@ from ._rules.admin import (
 )
 from ._rules.aggregate import Outcome, error_body
 from ._rules.balance import HostSet
+from ._rules.forwarded import believed_client
 from ._rules.resilience import GuardSettings, UpstreamGuard
 from ._rules.urls import BaseUrl
 from ._state.shared import SharedState, open_state
@@ -346,7 +347,11 @@ class GatewayApp(QuartTrio):
         client = scope.get("client")
         record = AccessRecord(
             trace.request_id.decode(),
-            client[0] if client else "unknown",
+            # one believed address on every line, whatever the outcome (even a request
+            # refused before routing)
+            believed_client(
+                client[0] if client else None, scope["headers"], self.plan.trusted_proxies
+            ),
             scope["method"],
             (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
         )
