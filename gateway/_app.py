@@ -21,6 +21,7 @@ import httpx
 import hypercorn.config
 import orjson
 import trio
+import werkzeug.exceptions
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -39,15 +40,33 @@ from ._endpoint import (
     send_framing_error,
     serve_aggregate,
 )
-from ._errors import ConfigError, NotFound, RequestBodyTooLarge, RequestError
+from ._errors import (
+    ConfigError,
+    HeadersTooLarge,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RequestBodyTooLarge,
+    RequestError,
+    RequestTimeout,
+    UrlTooLong,
+)
 from ._observability import metrics as metrics
 from ._observability.logs import AccessRecord, log_access
 from ._observability.otel import SpanExporter
 from ._observability.tracing import CURRENT, trace_context, with_request_id
 from ._passthrough import PassthroughAborted, open_passthrough, request_body_headers
-from ._rules.admin import Listener, admin_refusal, off_admin_listener, parse_listener
-from ._rules.aggregate import error_body
+from ._rules.admin import (
+    ADMIN_ROUTES,
+    Listener,
+    admin_refusal,
+    admin_route_error,
+    off_admin_listener,
+    parse_listener,
+)
+from ._rules.aggregate import Outcome, error_body
 from ._rules.balance import HostSet
+from ._rules.forwarded import believed_client
 from ._rules.resilience import GuardSettings, UpstreamGuard
 from ._rules.urls import BaseUrl
 from ._state.shared import SharedState, open_state
@@ -145,6 +164,66 @@ def _with_headers(send: Any, fields: list[tuple[bytes, bytes]]) -> Any:
     return sending
 
 
+def _finishing_shielded(send: Any) -> Any:
+    """``send`` whose last message (the body without ``more_body``) cannot be cancelled.
+
+    Sending it is where the server starts the connection's keep-alive idle timer: hypercorn
+    recycles the HTTP/1.1 connection inside that call, first telling the app
+    ``http.disconnect`` (which ends Quart-Trio's reader task, which cancels the request's
+    nursery), then restarting its idle task behind a lock, a checkpoint. Unshielded, that
+    checkpoint raises Cancelled and the idle timer is never started: the kept-alive
+    connection is then never idle, so neither the keep-alive timeout nor a shutdown closes
+    it (a shutdown waits the whole ``graceful_timeout``). Nothing in the call blocks
+    unshielded: the socket write is shielded by the server already, the rest are a memory
+    channel and locks held for an instant."""
+
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            with trio.CancelScope(shield=True):
+                await send(message)
+        else:
+            await send(message)
+
+    return sending
+
+
+# what Quart and werkzeug raise, as the gateway's own errors (stable codes)
+_REFUSALS: dict[int, type[RequestError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    408: RequestTimeout,
+    413: RequestBodyTooLarge,
+    414: UrlTooLong,
+    431: HeadersTooLarge,
+}
+
+_MESSAGES: dict[type[RequestError], str] = {
+    NotFound: "no endpoint at this path",
+    RequestBodyTooLarge: "request body too large",
+}
+
+
+def refusal_of(exc: HTTPException) -> RequestError | None:
+    """The gateway's error for an exception of Quart's or werkzeug's; None for a 5xx (a
+    failure of the gateway, not a refusal of the request). A 405 lists the route's
+    methods in ``allow``, HEAD wherever GET is (RFC 9110 sections 9.3.2, 15.5.6)."""
+    status = exc.code or 500
+    if isinstance(exc, werkzeug.exceptions.MethodNotAllowed):
+        allow = set(exc.valid_methods or ()) - {"OPTIONS"}
+        if "GET" in allow:
+            allow.add("HEAD")
+        return MethodNotAllowed("method not allowed here", allow=tuple(sorted(allow)))
+    if status >= 500:
+        return None
+    kind = _REFUSALS.get(status)
+    if kind is None:
+        refusal = InvalidRequest(exc.description or "invalid request")
+        refusal.status = status  # keeps werkzeug's 4xx, with the gateway's code
+        return refusal
+    message = _MESSAGES.get(kind) or exc.description or kind.code.replace("_", " ")
+    return kind(message)
+
+
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
     """The config as JSON with every header value masked: that is where secrets live."""
     data: dict[str, Any] = plan.config.model_dump(mode="json", by_alias=True)
@@ -233,14 +312,15 @@ class GatewayApp(QuartTrio):
         self.admin_listener: Listener | None = plan.admin_listener
         # the serving hypercorn settings, set by serve_app: a reload updates some in place
         self.listener_config: hypercorn.config.Config | None = None
-        self.add_url_rule(f"{ADMIN_PREFIX}/health", "health", self._health, methods=["GET"])
-        self.add_url_rule(f"{ADMIN_PREFIX}/ready", "ready", self._ready, methods=["GET"])
-        self.add_url_rule(f"{ADMIN_PREFIX}/metrics", "metrics", self._metrics, methods=["GET"])
-        self.add_url_rule(f"{ADMIN_PREFIX}/config", "config", self._config, methods=["GET"])
-        self.add_url_rule(f"{ADMIN_PREFIX}/state", "state", self._state, methods=["GET"])
-        self.add_url_rule(
-            f"{ADMIN_PREFIX}/upstreams", "upstreams", self._upstreams, methods=["GET"]
-        )
+        for name in ADMIN_ROUTES:
+            # no automatic OPTIONS (an HTML-less 200): the gateway answers 405 for it
+            self.add_url_rule(
+                f"{ADMIN_PREFIX}/{name}",
+                name,
+                getattr(self, f"_{name}"),
+                methods=["GET"],
+                provide_automatic_options=False,
+            )
         # Endpoint routing is ours, on the raw path, before Quart's router (which decodes
         # the path first and would turn an encoded slash into a routing 404).
         self.before_request(self._dispatch)
@@ -272,7 +352,11 @@ class GatewayApp(QuartTrio):
         client = scope.get("client")
         record = AccessRecord(
             trace.request_id.decode(),
-            client[0] if client else "unknown",
+            # one believed address on every line, whatever the outcome (even a request
+            # refused before routing)
+            believed_client(
+                client[0] if client else None, scope["headers"], self.plan.trusted_proxies
+            ),
             scope["method"],
             (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
         )
@@ -317,11 +401,15 @@ class GatewayApp(QuartTrio):
                 await send_framing_error(send, head=scope["method"] == "HEAD")
                 return
             raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-            refusal = self._admin_refusal(scope, raw_path.startswith(ADMIN_PREFIX + "/"), plan)
+            admin_path = raw_path.startswith(ADMIN_PREFIX + "/")
+            refusal = self._admin_refusal(scope, admin_path, plan)
+            if refusal is None and admin_path:
+                # answered here, as JSON with Allow, rather than by Quart's router
+                refusal = admin_route_error(scope["path"], scope["method"])
             if refusal is not None:
                 await send_error(send, refusal, head=scope["method"] == "HEAD")
                 return
-            if not raw_path.startswith(ADMIN_PREFIX + "/"):
+            if not admin_path:
                 try:
                     server = plan.config.server
                     check_limits(scope, server.max_url_length, server.max_header_size)
@@ -355,6 +443,8 @@ class GatewayApp(QuartTrio):
                 # passthrough is served through Quart (request body streaming); it reuses
                 # this match instead of routing again
                 scope[ROUTED] = (match, plan, record)
+            # Quart-Trio cancels the request's nursery as the last body is sent
+            send = _finishing_shielded(send)
         try:
             await super().asgi_app(scope, receive, send)
         except* PassthroughAborted as group:
@@ -548,11 +638,15 @@ class GatewayApp(QuartTrio):
         return json_response({"status": "ready"})
 
     async def _http_error(self, exc: HTTPException) -> Response:
-        status = exc.code or 500
-        if status == 413:
-            return error_response(RequestBodyTooLarge("request body too large"))
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return json_response(error_body(code, exc.description or exc.name or "error"), status)
+        """Whatever Quart or werkzeug would answer with a page of their own (a routing
+        miss, a body too large, a view that failed), as the gateway's JSON error body.
+        Admin routing is checked before Quart routes (``admin_route_error``): this is the
+        fallback."""
+        refusal = refusal_of(exc)
+        if refusal is not None:
+            return error_response(refusal)
+        # a failure of the gateway itself (an admin view that raised), logged by Quart
+        return json_response(error_body(Outcome.INTERNAL_ERROR, "internal error"), exc.code or 500)
 
     async def _dispatch(self) -> Response | None:
         scope = cast(dict[str, Any], request.scope)

@@ -13,12 +13,24 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import werkzeug.exceptions
 from conftest import Gateway, simple_config, start_gateway, start_upstream
+from hypothesis import given
+from hypothesis import strategies as st
 from upstream import Reply
 
+from gateway import _errors
+from gateway._app import refusal_of
 from gateway._config.compile import load_config
-from gateway._errors import AdminForbidden, ConfigError, NotFound
-from gateway._rules.admin import Listener, admin_refusal, parse_listener, peer_allowed
+from gateway._errors import AdminForbidden, ConfigError, MethodNotAllowed, NotFound
+from gateway._rules.admin import (
+    ADMIN_ROUTES,
+    Listener,
+    admin_refusal,
+    admin_route_error,
+    parse_listener,
+    peer_allowed,
+)
 from gateway._rules.forwarded import parse_networks
 
 PRIVATE = ("/__gateway/config", "/__gateway/upstreams", "/__gateway/state", "/__gateway/metrics")
@@ -107,6 +119,59 @@ def test_the_default_allows_loopback_only() -> None:
     assert plan.admin_listener is None
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PURGE")
+ROUTE_PATHS = tuple(f"/__gateway/{name}" for name in ADMIN_ROUTES)
+UNKNOWN_ADMIN_PATHS = (
+    "/__gateway/",
+    "/__gateway/nope",
+    "/__gateway/health/x",
+    "/__gateway//health",
+    "/__gateway/health//",
+    "/__gateway/HEALTH",
+)
+REQUEST_ERROR_CODES = {
+    kind.code
+    for kind in vars(_errors).values()
+    if isinstance(kind, type) and issubclass(kind, _errors.RequestError)
+}
+
+
+@given(
+    name=st.one_of(st.sampled_from(ADMIN_ROUTES), st.text(max_size=20)),
+    slash=st.booleans(),
+    method=st.one_of(st.sampled_from(METHODS), st.text(min_size=1, max_size=10)),
+)
+def test_admin_routing_serves_get_and_head_of_known_routes_only(
+    name: str, slash: bool, method: str
+) -> None:
+    error = admin_route_error(f"/__gateway/{name}" + "/" * slash, method)
+    if name not in ADMIN_ROUTES:
+        assert isinstance(error, NotFound)
+    elif method in ("GET", "HEAD"):
+        assert error is None
+    else:
+        assert isinstance(error, MethodNotAllowed)
+        assert error.allow == ("GET", "HEAD")  # RFC 9110 section 15.5.6
+
+
+@pytest.mark.parametrize("status", sorted(werkzeug.exceptions.default_exceptions))
+def test_every_quart_error_becomes_a_gateway_error_with_a_stable_code(status: int) -> None:
+    exc = werkzeug.exceptions.default_exceptions[status]()
+    refusal = refusal_of(exc)
+    if status >= 500:
+        assert refusal is None  # answered 500-like as internal_error: the gateway's fault
+        return
+    assert refusal is not None
+    assert refusal.status == status
+    assert refusal.code in REQUEST_ERROR_CODES
+
+
+def test_a_quart_405_allows_head_where_get_is_allowed() -> None:
+    exc = werkzeug.exceptions.MethodNotAllowed(valid_methods=["GET", "OPTIONS"])
+    refusal = refusal_of(exc)
+    assert refusal is not None and refusal.allow == ("GET", "HEAD")
+
+
 # --- over real sockets ---------------------------------------------------------------------
 
 
@@ -115,6 +180,34 @@ async def test_loopback_reads_the_admin_routes_by_default(nursery: trio.Nursery)
         gw = await admin_gateway(nursery)
         for path in PRIVATE + PUBLIC:
             assert (await gw.get(path)).status_code == 200, path
+
+
+async def test_every_admin_answer_is_json_with_a_code_and_405_has_allow(
+    nursery: trio.Nursery,
+) -> None:
+    """Every method on every admin route and on unknown admin paths: the gateway's JSON
+    error body, never a page of the web framework's; 405 lists GET and HEAD."""
+    with trio.fail_after(30):
+        gw = await admin_gateway(nursery)
+        for path in ROUTE_PATHS + UNKNOWN_ADMIN_PATHS:
+            for method in METHODS:
+                response = await gw.request(method, path)
+                where = (method, path, response.status_code, response.text)
+                if path in ROUTE_PATHS and method in ("GET", "HEAD"):
+                    assert response.status_code in (200, 503), where
+                    continue
+                assert response.headers["content-type"] == "application/json", where
+                if path not in ROUTE_PATHS:
+                    assert response.status_code == 404, where
+                    code = "not_found"
+                else:
+                    assert response.status_code == 405, where
+                    assert response.headers["allow"] == "GET, HEAD", where
+                    code = "method_not_allowed"
+                if method == "HEAD":
+                    assert response.content == b"", where
+                else:
+                    assert response.json()["error"]["code"] == code, where
 
 
 async def test_a_peer_outside_admin_allow_gets_403_but_health_answers(

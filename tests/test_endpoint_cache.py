@@ -570,4 +570,116 @@ async def test_a_service_token_set_in_config_does_not_keep_the_backend_cache_emp
         assert second.headers["x-gateway-backends"] == "a=ok;cache=hit"
         assert seen[0].headers["authorization"] == "Bearer service-token"
         mine = [await gw.get("/mine", headers={"x-user": "Bearer alice"}) for _ in range(2)]
-        assert [r.headers["x-gateway-backends"] for r in mine] == ["a=ok", "a=ok"]
+        assert [r.headers["x-gateway-backends"] for r in mine] == [
+            "a=ok;cache=not-stored-authorization"
+        ] * 2
+
+
+async def test_a_reply_to_a_clients_authorization_is_not_stored_and_says_so(
+    nursery: trio.Nursery,
+) -> None:
+    """Without s-maxage, public or must-revalidate, a reply to a request carrying the
+    client's Authorization is not stored (RFC 9111 section 3.5): every call reaches the
+    upstream, and X-Gateway-Backends and the debug block tell why."""
+    with trio.fail_after(10):
+        seen, handler = recorder(
+            lambda req: Reply(json={"n": 1}, headers=[("Cache-Control", "max-age=60")])
+        )
+        up = await start_upstream(nursery, handler)
+        config = simple_config(
+            {"u": up},
+            [backend_config("a", "u", "/a", cache={"ttl": "30s"})],
+            forward_headers=["Authorization"],
+            debug=True,
+        )
+        gw = await start_gateway(nursery, config)
+        answers = [
+            await gw.get("/api/1", headers={"authorization": "Bearer alice"}) for _ in range(2)
+        ]
+        assert len(seen) == 2
+        for answer in answers:
+            assert answer.headers["x-gateway-backends"] == "a=ok;cache=not-stored-authorization"
+            assert answer.json()["_gateway"]["backends"]["a"]["cache"] == (
+                "not-stored-authorization"
+            )
+        # without the client's Authorization the same reply is stored
+        plain = [await gw.get("/api/1") for _ in range(2)]
+        assert [r.headers["x-gateway-backends"] for r in plain] == ["a=ok", "a=ok;cache=hit"]
+
+
+@pytest.mark.parametrize(
+    "cache_control", ["s-maxage=60", "public, max-age=60", "must-revalidate, max-age=60"]
+)
+async def test_a_reply_to_a_clients_authorization_that_allows_sharing_is_stored(
+    nursery: trio.Nursery, cache_control: str
+) -> None:
+    """RFC 9111 section 3.5's exceptions: s-maxage, public and must-revalidate let a
+    shared cache store it (under a key holding that Authorization)."""
+    with trio.fail_after(10):
+        seen, handler = recorder(
+            lambda req: Reply(json={"n": 1}, headers=[("Cache-Control", cache_control)])
+        )
+        up = await start_upstream(nursery, handler)
+        config = simple_config(
+            {"u": up},
+            [backend_config("a", "u", "/a", cache={"ttl": "30s"})],
+            forward_headers=["Authorization"],
+        )
+        gw = await start_gateway(nursery, config)
+        alice = [
+            await gw.get("/api/1", headers={"authorization": "Bearer alice"}) for _ in range(2)
+        ]
+        assert [r.headers["x-gateway-backends"] for r in alice] == ["a=ok", "a=ok;cache=hit"]
+        bob = await gw.get("/api/1", headers={"authorization": "Bearer bob"})
+        assert bob.headers["x-gateway-backends"] == "a=ok"  # his own entry
+        assert len(seen) == 2
+
+
+def backend_cache_warnings(endpoint: dict[str, Any]) -> list[str]:
+    config = {"version": 1, "upstreams": {"u": {"url": "http://127.0.0.1:9"}}}
+    config["upstreams"]["u"].update(endpoint.pop("upstream", {}))
+    plan = load_config("c.yaml", {}, text=json.dumps({**config, "endpoints": [endpoint]}))
+    return [str(w) for w in plan.warnings if ".cache: " in str(w)]
+
+
+AUTHORIZATION_WARNING = (
+    "c.yaml: endpoints[0].backends[0].cache: warning: its calls carry the client's "
+    "Authorization (forward_headers or a header template), so a reply is stored only when "
+    "the upstream allows it with s-maxage, public or must-revalidate (RFC 9111 section "
+    "3.5); X-Gateway-Backends says cache=not-stored-authorization when it does not"
+)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        {"forward_headers": ["Authorization"]},
+        {"backend": {"headers": {"Authorization": "{header.Authorization}"}}},
+        {"backend": {"headers": {"Authorization": "Bearer {header.X-Token}"}}},
+    ],
+)
+def test_check_warns_about_a_backend_cache_behind_the_clients_authorization(
+    endpoint: dict[str, Any],
+) -> None:
+    backend = backend_config("a", "u", "/a", cache={"ttl": "5s"}, **endpoint.pop("backend", {}))
+    warnings = backend_cache_warnings({"path": "/a", "backends": [backend], **endpoint})
+    assert warnings == [AUTHORIZATION_WARNING]
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        {},  # no Authorization at all
+        {"upstream": {"headers": {"Authorization": "Bearer service-token"}}},
+        {"backend": {"headers": {"Authorization": "Bearer service-token"}}},
+        {"forward_headers": ["Authorization"], "backend": {"cache": None}},  # nothing cached
+    ],
+)
+def test_no_warning_for_a_backend_cache_without_the_clients_authorization(
+    endpoint: dict[str, Any],
+) -> None:
+    extra = endpoint.pop("backend", {})
+    backend = backend_config("a", "u", "/a", **{"cache": {"ttl": "5s"}, **extra})
+    if backend["cache"] is None:
+        del backend["cache"]
+    assert backend_cache_warnings({"path": "/a", "backends": [backend], **endpoint}) == []

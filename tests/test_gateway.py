@@ -299,7 +299,7 @@ async def test_unknown_path_is_404_and_wrong_method_is_405_as_json(nursery: trio
         assert r.status_code == 404
         r = await gw.request("DELETE", "/api/1")
         assert r.status_code == 405
-        assert r.headers["allow"] == "GET"
+        assert r.headers["allow"] == "GET, HEAD"
         assert r.json()["error"]["code"] == "method_not_allowed"
 
 

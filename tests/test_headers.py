@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from gateway._observability.tracing import trace_context
 from gateway._rules import headers
-from gateway._rules.forwarded import client_info, parse_networks
+from gateway._rules.forwarded import believed_client, client_info, parse_networks
 from gateway._rules.headers import HOP_BY_HOP, connection_named, select_headers, strip_hop_by_hop
 
 
@@ -176,3 +176,26 @@ def test_gateway_set_names_every_field_the_gateway_adds_to_an_upstream_call() ->
     added = {name for name, _ in info.headers} | {name for name, _ in trace.child_headers()}
     assert b"tracestate" in added
     assert added <= headers.GATEWAY_SET
+
+
+_ADDRESSES = st.sampled_from(
+    ["10.0.0.1", "10.0.0.2", "10.9.9.9", "203.0.113.7", "198.51.100.1", "::1", "garbage", ""]
+)
+
+
+@given(
+    peer=st.one_of(st.none(), _ADDRESSES),
+    fields=st.lists(st.lists(_ADDRESSES, max_size=4).map(", ".join), max_size=3),
+    trusted=st.lists(st.sampled_from(["10.0.0.0/8", "::1", "198.51.100.0/24"]), max_size=2),
+)
+def test_the_believed_client_is_the_one_client_info_forwards(
+    peer: str | None, fields: list[str], trusted: list[str]
+) -> None:
+    """The access log's client (every request) and the forwarded one (backend calls)
+    are one decision."""
+    request_headers = [(b"x-forwarded-for", f.encode()) for f in fields]
+    networks = parse_networks(trusted)
+    assert (
+        believed_client(peer, request_headers, networks)
+        == client_info(peer, "http", request_headers, networks).address
+    )

@@ -139,6 +139,72 @@ async def test_one_access_line_per_request_with_backends_and_no_secret(
     assert "very-secret" not in text and "client-secret" not in text
 
 
+async def test_every_access_line_names_the_believed_client_behind_a_trusted_proxy(
+    nursery: trio.Nursery, json_logs: Any
+) -> None:
+    """Whatever the outcome (framing and limit refusals, admin routes, 403, 404, 405,
+    429, passthrough, aggregated), the line's client is the one the trusted proxy
+    forwarded, never the proxy."""
+    client = "203.0.113.7"
+    with trio.fail_after(20):
+        up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["server"] = {
+            "trusted_proxies": ["127.0.0.1"],
+            "admin_allow": ["10.0.0.0/8"],  # the private routes refuse the test client
+            "max_url_length": 256,
+        }
+        config["endpoints"] += [
+            {
+                "path": "/limited/{id}",
+                "rate_limit": {"rate": "1/h", "key": "ip"},
+                "backends": [backend_config("a", "u", "/x")],
+            },
+            {
+                "path": "/files/{n}",
+                "passthrough": True,
+                "backends": [backend_config("f", "u", "/x")],
+            },
+        ]
+        gw = await start_gateway(nursery, config)
+        requests = {
+            "aggregated": ("GET", "/api/1", 200),
+            "not-found": ("GET", "/nope", 404),
+            "wrong-method": ("DELETE", "/api/1", 405),
+            "limited": ("GET", "/limited/1", 200),
+            "rate-limited": ("GET", "/limited/1", 429),
+            "health": ("GET", "/__gateway/health", 200),
+            "admin-forbidden": ("GET", "/__gateway/config", 403),
+            "admin-unknown": ("POST", "/__gateway/health", 405),
+            "passthrough": ("GET", "/files/a", 200),
+            "url-too-long": ("GET", "/api/" + "x" * 300, 414),
+        }
+        for request_id, (method, path, status) in requests.items():
+            headers = {"X-Forwarded-For": client, "X-Request-Id": request_id}
+            response = await gw.request(method, path, headers=headers)
+            assert response.status_code == status, request_id
+        # refused before routing: Content-Length together with Transfer-Encoding
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(
+                b"POST /api/1 HTTP/1.1\r\nHost: x\r\n"
+                + f"X-Forwarded-For: {client}\r\nX-Request-Id: framing\r\n".encode()
+                + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            )
+            answer = b""
+            while data := await stream.receive_some(65536):
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        logs: list[Any] = []
+        while len([line for line in logs if line["logger"] == "gateway.access"]) < 11:
+            await trio.sleep(0.01)
+            logs += json_logs()
+    clients = {
+        line["request_id"]: line["client"] for line in logs if line["logger"] == "gateway.access"
+    }
+    assert clients == dict.fromkeys([*requests, "framing"], client)
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus exposition text (0 when absent)."""
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))

@@ -221,7 +221,17 @@ def test_router_raises_method_not_allowed_with_allow_list() -> None:
         router.match("/users/1", "DELETE")
     assert info.value.status == 405
     assert info.value.code == "method_not_allowed"
-    assert info.value.allow == ("GET", "PUT")
+    assert info.value.allow == ("GET", "HEAD", "PUT")  # a GET route serves HEAD
+
+
+def test_router_allow_list_has_head_only_where_get_or_head_is_routed() -> None:
+    router = _router(("/a", "POST", "post"), ("/b", "HEAD", "head"))
+    with pytest.raises(MethodNotAllowed) as info:
+        router.match("/a", "PUT")
+    assert info.value.allow == ("POST",)
+    with pytest.raises(MethodNotAllowed) as info:
+        router.match("/b", "GET")
+    assert info.value.allow == ("HEAD",)
 
 
 def test_router_dispatches_by_method_on_the_same_path() -> None:

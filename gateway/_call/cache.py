@@ -6,7 +6,10 @@ gateway sends but its own per-request ones (:data:`~gateway._rules.headers.NOT_C
 for as long as RFC 9111 lets a shared cache (:func:`~gateway._rules.cachecontrol.shared_freshness`:
 never with ``Set-Cookie``, ``private``, ``no-store`` or ``no-cache``; a request with
 ``Authorization`` only when the response allows it, section 3.5), else ``cache.ttl`` when
-the upstream gave no freshness at all. A hit answers here: nothing below runs.
+the upstream gave no freshness at all. A hit answers here: nothing below runs. A reply not
+stored because of the client's ``Authorization`` is tagged
+:data:`NOT_STORED_AUTHORIZATION`, which ``X-Gateway-Backends`` shows: nothing else would
+tell why such a backend never hits.
 
 **Coalescing.** With ``coalesce``, concurrent identical misses share one upstream request
 (:class:`~gateway._state.coalesce.Coalescer`). A follower takes the leader's reply only if
@@ -60,19 +63,28 @@ def shareable(reply: Reply) -> bool:
     return not reply.status or may_share(reply.headers)
 
 
+# Reply.cache of a reply not stored because the request carried Authorization and the
+# response did not allow a shared cache to reuse it (RFC 9111 section 3.5): shown in
+# X-Gateway-Backends and the debug block, since nothing else tells why nothing is cached
+NOT_STORED_AUTHORIZATION = "not-stored-authorization"
+
+
 def _ttl_s(
     plan: BackendCachePlan,
     request: UpstreamRequest,
     reply: Reply,
     static: frozenset[tuple[bytes, bytes]],
-) -> float:
-    """How long a reply may be stored: as its Cache-Control allows, else the backend's
-    ``cache.ttl`` when the upstream gave no freshness at all; 0: not stored.
+) -> tuple[float, str]:
+    """How long a reply may be stored, and why not when it may not: as its Cache-Control
+    allows, else the backend's ``cache.ttl`` when the upstream gave no freshness at all;
+    (0, reason): not stored (the reasons of
+    :class:`~gateway._rules.cachecontrol.Freshness`).
 
     RFC 9111 section 3.5 (an authorized request's response is stored only if it allows
-    it) applies to an ``Authorization`` of the client's; one the config sets itself
-    (``static``: a service token, the same for every client, and part of the key) does
-    not make a response private."""
+    it with ``s-maxage``, ``public`` or ``must-revalidate``) applies to an
+    ``Authorization`` of the client's; one the config sets itself (``static``: a service
+    token, the same for every client, and part of the key) does not make a response
+    private."""
     fields = key_fields(request)
     authorized = any(
         name.lower() == b"authorization" and (name.lower(), value) not in static
@@ -86,10 +98,10 @@ def _ttl_s(
         request_authorized=authorized,
     )
     if freshness.storable:
-        return freshness.ttl_s
+        return freshness.ttl_s, ""
     if freshness.reason == "no-freshness" and plan.ttl_s is not None:
-        return plan.ttl_s
-    return 0.0
+        return plan.ttl_s, ""
+    return 0.0, freshness.reason
 
 
 class Cache:
@@ -125,7 +137,7 @@ class Cache:
         if reply.cache != "coalesced":
             metrics.CACHE.labels("backend", "miss").inc()
             if reply.outcome == Outcome.OK and reply.body is not None:
-                ttl_s = _ttl_s(self.plan, request, reply, self.static)
+                ttl_s, reason = _ttl_s(self.plan, request, reply, self.static)
                 if ttl_s > 0:
                     stored = [
                         [n.decode("latin-1"), v.decode("latin-1")]
@@ -133,6 +145,8 @@ class Cache:
                     ]
                     meta = {"status": reply.status, "headers": stored}
                     await state.set(key, pack(meta, reply.body), ttl_s)
+                elif reason == "authorization":
+                    return reply.tagged(cache=NOT_STORED_AUTHORIZATION)
         return reply
 
 

@@ -73,7 +73,8 @@ class Reply(NamedTuple):
     2xx answer has its whole ``body`` (None for 204 and HEAD). A failure without an answer
     has ``status`` 0 and an ``outcome`` saying why, with ``detail`` for logs (never a
     header or body value). ``cache`` is ``hit`` or ``coalesced`` when the reply did not
-    come from this call's own exchange; ``host`` is the origin that answered, for an
+    come from this call's own exchange, ``not-stored-authorization`` when the backend cache
+    could not keep it (RFC 9111 section 3.5); ``host`` is the origin that answered, for an
     upstream with several hosts. A passthrough reply keeps its body open in ``stream``.
 
     A named tuple: immutable (a coalesced reply is shared) and cheap to build on the hot

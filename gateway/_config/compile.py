@@ -632,6 +632,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _sends_clients_authorization(ep: EndpointPlan, be: BackendPlan) -> bool:
+    """Whether a backend's calls may carry an ``Authorization`` of the client's, which keeps
+    its cache from storing most replies (RFC 9111 section 3.5); one the config sets itself
+    (a service token) does not."""
+    return "authorization" in ep.forward_headers or any(
+        name.lower() == "authorization" and template.refs for name, template in be.header_templates
+    )
+
+
 def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
     """Settings that load but are probably mistakes; ``gateway check`` prints them."""
     file = plan.file
@@ -663,6 +672,18 @@ def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
                         f"{format_duration(ep.deadline_s)} (from "
                         f"{_deadline_origin(plan.config, ep.index)}); the deadline always "
                         "cuts it first",
+                    )
+                )
+            if be.cache is not None and _sends_clients_authorization(ep, be):
+                warnings.append(
+                    ConfigProblem(
+                        file,
+                        format_path((*where, "cache")),
+                        "warning: its calls carry the client's Authorization "
+                        "(forward_headers or a header template), so a reply is stored only "
+                        "when the upstream allows it with s-maxage, public or must-revalidate "
+                        "(RFC 9111 section 3.5); X-Gateway-Backends says "
+                        "cache=not-stored-authorization when it does not",
                     )
                 )
             if be.required and be.placement.has_default:

@@ -410,7 +410,11 @@ class BackendCacheConfig(_Model):
     ttl: Duration | None = None
     """How long a response is fresh when the upstream's `Cache-Control` gives no
     `s-maxage`/`max-age`. Without it, only what `Cache-Control` allows is cached.
-    `no-store`, `no-cache`, `private` and `Set-Cookie` always prevent storing."""
+    `no-store`, `no-cache`, `private` and `Set-Cookie` always prevent storing. A call
+    carrying the client's `Authorization` (forwarded or templated; not a token set in the
+    config) is stored only when the upstream allows it with `s-maxage`, `public` or
+    `must-revalidate` (RFC 9111 section 3.5); otherwise `X-Gateway-Backends` says
+    `cache=not-stored-authorization`, and `gateway check` warns about such a backend."""
 
     coalesce: bool = True
     """Let concurrent identical calls share one upstream request. A reply that may not be

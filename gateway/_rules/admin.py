@@ -9,6 +9,10 @@ written by the client, and a trusted proxy forwards everyone's requests.
 With ``server.admin_bind`` the private routes move to a listener of their own, found by
 the connection's local address (the scope's ``server``): the public listener answers 404
 for them, and the admin listener serves nothing but ``/__gateway/``.
+
+Every admin route is read-only: GET, and HEAD wherever GET is allowed (RFC 9110 section
+9.3.2). Another method is 405 with ``Allow`` (RFC 9110 section 15.5.6), another path under
+``/__gateway/`` 404, both as the gateway's JSON error body like every other refusal.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .._errors import AdminForbidden, NotFound, RequestError
+from .._errors import AdminForbidden, MethodNotAllowed, NotFound, RequestError
 from .forwarded import Network
 
 ADMIN_PREFIX = "/__gateway"
+# the admin routes, by name: each is served at ADMIN_PREFIX/NAME (a trailing slash allowed)
+ADMIN_ROUTES = ("health", "ready", "metrics", "config", "state", "upstreams")
+ADMIN_METHODS = ("GET", "HEAD")
 PUBLIC_ADMIN_PATHS = frozenset({f"{ADMIN_PREFIX}/health", f"{ADMIN_PREFIX}/ready"})
 DEFAULT_ADMIN_ALLOW = ("127.0.0.0/8", "::1")
 _ANY_HOST = frozenset({"", "0.0.0.0", "::", "*"})
@@ -116,3 +123,21 @@ def admin_refusal(
 def off_admin_listener(local: Sequence[object] | None, listener: Listener | None) -> bool:
     """Whether a non-admin request came in on the admin listener (it serves only admin)."""
     return listener is not None and listener.matches(local)
+
+
+def admin_route_error(path: str, method: str) -> RequestError | None:
+    """Why no admin route serves ``method`` on ``path`` (decoded, under ``/__gateway/``),
+    or None when one does.
+
+    Returns:
+        NotFound: no admin route has this path.
+        MethodNotAllowed: the route exists; ``allow`` is GET and HEAD.
+    """
+    name = path[len(ADMIN_PREFIX) + 1 :] if path.startswith(ADMIN_PREFIX + "/") else None
+    if name is not None and name.endswith("/"):
+        name = name[:-1]
+    if name not in ADMIN_ROUTES:
+        return NotFound("no admin route at this path")
+    if method not in ADMIN_METHODS:
+        return MethodNotAllowed(f"method {method} is not allowed here", allow=ADMIN_METHODS)
+    return None

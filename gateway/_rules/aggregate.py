@@ -67,7 +67,9 @@ class BackendResult:
     started_s: float = 0.0  # since the request started
     retries: int = 0  # retry attempts made (after the first)
     hedges: int = 0  # hedged calls sent
-    cache: str = ""  # "hit" (from the cache) or "coalesced" (shared another call's answer)
+    # "hit" (from the cache), "coalesced" (shared another call's answer) or
+    # "not-stored-authorization" (the client's Authorization kept it out of the cache)
+    cache: str = ""
     host: str = ""  # with several hosts: the origin of the last attempt
     # whether its reply may be given to other clients: an answer made of one that may not
     # is kept by no cache, whether or not its headers are returned

@@ -45,6 +45,41 @@ class ClientInfo:
     headers: tuple[tuple[bytes, bytes], ...]
 
 
+def _believed(peer: str, xff: list[str], trusted: Sequence[Network]) -> tuple[str, list[str]]:
+    """The client address and the believed ``X-Forwarded-For`` hops, behind the trusted
+    proxy ``peer``: walk from the right while the hops are trusted proxies; the first
+    untrusted one is the client, and everything left of it is the client's own say-so."""
+    kept: list[str] = []
+    address = peer
+    for hop in reversed(xff):
+        kept.append(hop)
+        if not _trusted(hop, trusted):
+            address = hop
+            break
+    if not kept or _trusted(kept[-1], trusted):
+        address = kept[-1] if kept else peer
+    return address, list(reversed(kept))
+
+
+def believed_client(
+    peer: str | None, request_headers: Sequence[tuple[bytes, bytes]], trusted: Sequence[Network]
+) -> str:
+    """The client address as :func:`client_info` believes it (its ``address``), without
+    building the forwarding headers: for the access log of every request, whatever its
+    outcome."""
+    peer = peer or "unknown"
+    if not _trusted(peer, trusted):
+        return peer
+    xff = [
+        p.strip()
+        for name, value in request_headers
+        if name == b"x-forwarded-for"
+        for p in value.decode("latin-1").split(",")
+        if p.strip()
+    ]
+    return _believed(peer, xff, trusted)[0]
+
+
 def client_info(
     peer: str | None,
     scheme: str,
@@ -74,21 +109,10 @@ def client_info(
             host = value
         elif name == b"via":
             via.append(value)
-    chain: list[str] = []
-    address = peer
     if _trusted(peer, trusted):
-        # walk from the right while the hops are trusted proxies; the first untrusted
-        # one is the client, and everything left of it is the client's own say-so
-        kept: list[str] = []
-        for hop in reversed(xff):
-            kept.append(hop)
-            if not _trusted(hop, trusted):
-                address = hop
-                break
-        chain = list(reversed(kept))
-        if not kept or _trusted(kept[-1], trusted):
-            address = kept[-1] if kept else peer
+        address, chain = _believed(peer, xff, trusted)
     else:
+        address, chain = peer, []
         via = []  # an untrusted peer's Via is its own claim
     chain.append(peer)
     headers = [

@@ -203,6 +203,8 @@ class Router(Generic[T]):
         if fallback is not None:
             return RouteMatch(fallback[1], _params(fallback[0], segments))
         if allowed:
+            if "GET" in allowed:
+                allowed.add("HEAD")  # a GET route serves HEAD (RFC 9110 section 9.3.2)
             raise MethodNotAllowed(
                 f"method {method} is not allowed here", allow=tuple(sorted(allowed))
             )
