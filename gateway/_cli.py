@@ -195,7 +195,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
     configure_logging(args.log_format or "text", args.log_level or "info")
-    _run_trio(partial(run_demo, args.bind), args.bind or "the demo's address")
+    try:
+        _run_trio(
+            partial(run_demo, args.bind, config_path=args.config),
+            args.bind or "the demo's address",
+        )
+    except BaseExceptionGroup as group:
+        # the config is loaded once the demo services are listening (its ${DEMO_*_URL}
+        # name their ports), inside the nursery that runs them
+        config_error, _ = group.split(ConfigError)
+        if config_error is None:
+            raise
+        leaf: BaseException = config_error
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        assert isinstance(leaf, ConfigError)
+        for problem in leaf.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 
@@ -242,6 +259,12 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run bundled demo upstreams and the gateway")
     demo.add_argument(
         "--bind", metavar="HOST:PORT", help="gateway address (default 127.0.0.1:8000)"
+    )
+    demo.add_argument(
+        "--config",
+        metavar="FILE",
+        help="serve this config instead of the bundled one; the demo services' addresses "
+        "are in ${DEMO_USERS_URL}, ${DEMO_ORDERS_URL} and ${DEMO_RECOMMENDATIONS_URL}",
     )
     _log_options(demo)
     demo.set_defaults(func=cmd_demo)

@@ -1,14 +1,21 @@
 """``gateway demo``: three small upstream services and the gateway on the demo config.
 
 The services are plain ASGI apps on hypercorn's trio worker, on free loopback ports:
-``users`` (fast), ``orders`` (answers 503 about one call in four) and
+``users`` (fast; greets in the language the request asks for, so forwarding
+``Accept-Language`` shows), ``orders`` (answers 503 about one call in four) and
 ``recommendations`` (takes 50-320 ms, so its 250 ms timeout cuts it now and then).
+
+The config is the packaged ``gateway/demo.yaml`` (``config/demo.yaml`` in a checkout is a
+link to it), or the user's own file (``gateway demo --config FILE``); either way the
+services' addresses are in ``DEMO_USERS_URL``, ``DEMO_ORDERS_URL`` and
+``DEMO_RECOMMENDATIONS_URL`` for ``${...}`` in the config.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib import resources
@@ -36,7 +43,6 @@ USERS = {
         "email": f"{name.split()[0].lower()}@example.com",
         "tier": tier,
         "address": {"city": city, "zip": f"{10000 + i * 137}"},
-        "password_hash": "never-leaves-the-gateway",
     }
     for i, (name, tier, city) in enumerate(
         [
@@ -49,11 +55,38 @@ USERS = {
         start=1,
     )
 }
+GREETINGS = {"en": "Hello", "de": "Guten Tag", "fr": "Bonjour"}
+"""The users service's languages; any other request gets English."""
+
 PRODUCTS = ["trio mug", "nursery poster", "cancel-scope socks", "deadline clock", "h11 t-shirt"]
 
 
 def demo_config_path() -> str:
+    """The packaged demo config (inside the package, so that it ships with a pip install)."""
     return str(resources.files("gateway").joinpath("demo.yaml"))
+
+
+def preferred_language(query: dict[str, list[str]], accept_language: str) -> str:
+    """The language of :data:`GREETINGS` a request asks for: ``?lang=`` first, else the
+    ``Accept-Language`` range with the highest weight (RFC 9110 section 12.5.4; a range
+    matches by its primary tag, ``de-CH`` is ``de``), else ``en``."""
+    lang = query.get("lang", [""])[0].lower()
+    if lang in GREETINGS:
+        return lang
+    best, best_q = "en", 0.0
+    for item in accept_language.split(","):
+        tag, _, params = item.strip().partition(";")
+        q = 1.0
+        name, _, value = params.strip().partition("=")
+        if name.strip() == "q":
+            try:
+                q = float(value)
+            except ValueError:
+                continue
+        primary = tag.strip().lower().split("-")[0]
+        if primary in GREETINGS and q > best_q:
+            best, best_q = primary, q
+    return best
 
 
 async def _send_json(send: Send, status: int, body: object) -> None:
@@ -91,10 +124,15 @@ class DemoService:
             return
         path: str = scope["path"]
         query = parse_qs(scope["query_string"].decode())
-        status, body = await getattr(self, f"_{self.name}")(path, query)
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        status, body = await getattr(self, f"_{self.name}")(path, query, headers)
         await _send_json(send, status, body)
 
-    async def _users(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+    async def _users(
+        self, path: str, query: dict[str, list[str]], headers: dict[str, str]
+    ) -> tuple[int, object]:
         if path.endswith("/loyalty"):
             user_id = path.removeprefix("/users/").removesuffix("/loyalty")
             if user_id not in USERS:
@@ -103,9 +141,13 @@ class DemoService:
         user = USERS.get(path.removeprefix("/users/"))
         if user is None:
             return 404, {"error": "no such user"}
-        return 200, {"data": user}
+        greeting = GREETINGS[preferred_language(query, headers.get("accept-language", ""))]
+        first_name = str(user["name"]).split()[0]
+        return 200, {"data": {**user, "greeting": f"{greeting}, {first_name}!"}}
 
-    async def _orders(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+    async def _orders(
+        self, path: str, query: dict[str, list[str]], headers: dict[str, str]
+    ) -> tuple[int, object]:
         if path.startswith("/tracking/"):
             await trio.sleep(self.rng.uniform(0.005, 0.03))
             order = path.removeprefix("/tracking/")
@@ -126,7 +168,9 @@ class DemoService:
         ][:limit]
         return 200, {"items": items, "count": len(items)}
 
-    async def _recommendations(self, path: str, query: dict[str, list[str]]) -> tuple[int, object]:
+    async def _recommendations(
+        self, path: str, query: dict[str, list[str]], headers: dict[str, str]
+    ) -> tuple[int, object]:
         await trio.sleep(self.rng.uniform(0.05, 0.32))
         user = path.removeprefix("/recommendations/")
         start = (sum(map(ord, user)) + len(query.get("tier", [""])[0])) % len(PRODUCTS)
@@ -169,6 +213,8 @@ async def run_demo(
             )
             env[f"DEMO_{name.upper()}_URL"] = binds[0]
         plan: GatewayPlan = load_config(config_path or demo_config_path(), env)
+        for warning in plan.warnings:
+            print(warning, file=sys.stderr)
         config = hypercorn_config(plan, bind=bind)
         check_binds(config.bind)  # one line, not hypercorn's traceback, for a busy port
         binds = await nursery.start(
@@ -176,7 +222,7 @@ async def run_demo(
         )
         url = binds[0]
         task_status.started(url)
-        print(demo_banner(url), flush=True)
+        print(demo_banner(url) if config_path is None else config_banner(url, plan), flush=True)
         await shutdown_trigger()
         stop.set()
 
@@ -189,11 +235,24 @@ def demo_banner(url: str) -> str:
             "Try:",
             f"  curl -i {url}/api/users/1/dashboard",
             f"  curl -i '{url}/api/users/1/dashboard?include=loyalty'   # a conditional backend",
-            f"  curl -i '{url}/api/users/2/dashboard?lang=de' -H 'Accept-Language: de'",
-            f"  curl -i {url}/api/users/1            # passthrough",
+            f"  curl -i {url}/api/users/1/dashboard -H 'Accept-Language: de'"
+            "   # forwarded: the greeting in German",
+            f"  curl -i {url}/api/users/1            # passthrough: the upstream's body, unfiltered",
             f"  curl -i {url}/api/users/1/orders     # for_each + debug timings; 502 now and then",
             f"  curl -i {url}/api/users/42/dashboard # required backend 404: 502",
             f"  curl -i {url}/api/users/..%2Fadmin/dashboard  # refused: 400",
             f"  curl -i {url}/__gateway/health",
+        ]
+    )
+
+
+def config_banner(url: str, plan: GatewayPlan) -> str:
+    """``gateway demo --config FILE``: the user's endpoints, on the demo's services."""
+    services = ", ".join(f"DEMO_{name.upper()}_URL" for name in SERVICES)
+    return "\n".join(
+        [
+            f"gateway demo: serving {url} from {plan.file}  (Ctrl+C to stop)",
+            f"  the demo services are at ${{{services.replace(', ', '}, ${')}}}",
+            *(f"  {ep.method} {url}{ep.path}" for ep in plan.endpoints),
         ]
     )

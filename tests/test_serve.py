@@ -89,6 +89,7 @@ async def test_demo_answers_real_aggregated_requests(nursery: trio.Nursery) -> N
                 "name": "Ada Lovelace",
                 "email": "ada@example.com",
                 "level": "gold",
+                "greeting": "Hello, Ada!",
                 "address": {"city": "London"},
             }
             assert r.headers["x-gateway-backends"].startswith("profile=ok, orders=")

@@ -590,7 +590,9 @@ class EndpointConfig(_Model):
 
     debug: bool = False
     """Add `"_gateway": {"backends": {NAME: {outcome, started_ms, duration_ms,
-    depends_on}}}` to the response body, to see the critical path."""
+    depends_on, retries, hedges}}}` to the response body, to see the critical path; also
+    `reason` for a backend that failed, `host` (the origin that answered) for upstreams
+    with several `urls`, and `cache` for a call the cache answered."""
 
     passthrough: bool = False
     """Stream one backend's response (status, headers, body) to the client unchanged,
