@@ -94,9 +94,6 @@ def _load(path: str) -> GatewayPlan | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    # Until the reload handler (or the supervisor's) is set, a SIGHUP must not end the
-    # gateway: SIGHUP's default action is to terminate the process.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     plan = _load(args.file)
     if plan is None:
         return EXIT_CONFIG
@@ -107,14 +104,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Until the reload handler (or the supervisor's) is set, a SIGHUP must not end the
+    # gateway: SIGHUP's default action is to terminate the process. (The `gateway` command
+    # ignores it before its imports already, see gateway._entry; this is for callers of
+    # main().)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from ._app import create_app
     from ._server import (
-        drain_on_signal,
+        drain_on_stop,
         hypercorn_config,
         reload_on_change,
         reload_on_sighup,
         run_workers,
         serve_app,
+        watch_stop_signals,
     )
 
     plan = _load(args.file)
@@ -143,10 +146,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ),
         )
 
+    forced = False
+
     async def main() -> None:
         app = create_app(plan)
-        trigger = drain_on_signal(app)
+        stop = trio.Event()
+        trigger = drain_on_stop(app, stop)
         async with trio.open_nursery() as nursery:
+
+            def force() -> None:
+                nonlocal forced
+                forced = True
+                nursery.cancel_scope.cancel()  # in-flight requests are cancelled
+
+            await nursery.start(watch_stop_signals, stop, force)
 
             async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
                 await serve_app(app, config, shutdown_trigger=trigger, task_status=task_status)
@@ -164,7 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
 
     _run_trio(main, ", ".join(config.bind))
-    return EXIT_OK
+    return EXIT_FAILURE if forced else EXIT_OK
 
 
 def _run_trio(main: Callable[[], Awaitable[None]], binds: str) -> None:

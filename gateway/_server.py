@@ -44,6 +44,54 @@ def hypercorn_config(
     return config
 
 
+# A second SIGINT/SIGTERM forces a stop only this long after the first: one signal is often
+# delivered twice in the same instant (`timeout`, or a supervisor signalling the process and
+# then its group), which must not turn a drain into dropped requests.
+FORCE_AFTER_S = 1.0
+
+
+class StopSignals:
+    """What SIGINT and SIGTERM mean to a serving process: the first starts a drain; another
+    one at least :data:`FORCE_AFTER_S` later forces the stop; one in between is the same
+    stop delivered twice and changes nothing.
+
+    Pure: :meth:`received` is told each signal with the time (seconds, any clock) and
+    answers ``"drain"``, ``"force"`` or ``"repeat"``.
+    """
+
+    def __init__(self) -> None:
+        self.first_at: float | None = None
+
+    def received(self, now_s: float) -> str:
+        if self.first_at is None:
+            self.first_at = now_s
+            return "drain"
+        return "force" if now_s - self.first_at >= FORCE_AFTER_S else "repeat"
+
+
+async def watch_stop_signals(
+    stop: trio.Event,
+    force: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Until cancelled: set ``stop`` on the first SIGINT/SIGTERM, call ``force`` on a second
+    one (see :class:`StopSignals`)."""
+    rule = StopSignals()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            verdict = rule.received(trio.current_time())
+            if verdict == "drain":
+                stop.set()
+            elif verdict == "force":
+                log.warning("second %s: stopping now", name)
+                force()
+            else:
+                log.info("%s again within %gs of the first: the same stop", name, FORCE_AFTER_S)
+
+
 async def wait_for_signal() -> None:
     """Return on SIGINT or SIGTERM: hypercorn's trigger for a graceful shutdown."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -94,14 +142,15 @@ async def reload_on_change(
             reload(app, config)
 
 
-def drain_on_signal(app: GatewayApp) -> Callable[[], Awaitable[None]]:
-    """A shutdown trigger: on SIGINT/SIGTERM readiness turns 503 at once; the listener keeps
-    accepting for ``server.drain_delay`` (of the config in effect then: a reload changes it)
-    so load balancers notice, then hypercorn closes it and gives in-flight requests its
+def drain_on_stop(app: GatewayApp, stop: trio.Event) -> Callable[[], Awaitable[None]]:
+    """A shutdown trigger: once ``stop`` is set (the first SIGINT/SIGTERM, see
+    :func:`watch_stop_signals`) readiness turns 503 at once; the listener keeps accepting
+    for ``server.drain_delay`` (of the config in effect then: a reload changes it) so load
+    balancers notice, then hypercorn closes it and gives in-flight requests its
     ``graceful_timeout``."""
 
     async def trigger() -> None:
-        await wait_for_signal()
+        await stop.wait()
         app.draining = True
         drain_delay_s = app.plan.config.server.drain_delay
         log.warning("draining: readiness is 503; closing the listener in %gs", drain_delay_s or 0)

@@ -19,8 +19,9 @@ Signals to the main process:
   of the listening sockets at once (it starts no worker any more), so once the last worker
   has closed its listener a new connection is refused, not queued in the kernel and reset
   when the main process exits. It waits for every worker and exits 0. A worker still
-  starting has accepted nothing and is simply stopped. A second signal kills the workers
-  (exit 1).
+  starting has accepted nothing and is simply stopped. A second signal at least
+  ``FORCE_AFTER_S`` after the first kills the workers (exit 1); one sooner is the same
+  signal delivered twice (to the process, then to its group) and changes nothing.
 - SIGHUP, or a change of the file with ``--watch``: the main process loads the config first.
   A bad one is refused with its problems logged and the workers are left alone; a good one
   is applied by forwarding SIGHUP, and each worker reloads in place (no worker restarts, so
@@ -192,23 +193,27 @@ class Supervisor:
             _send(worker.process, signal.SIGTERM)
 
     async def _handle_signals(self, task_status: trio.TaskStatus[None]) -> None:
+        from ._server import FORCE_AFTER_S, StopSignals
+
+        stops = StopSignals()
         wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         with trio.open_signal_receiver(*wanted) as signals:
             task_status.started()
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
                     if not self.stopping:
                         self.reload("SIGHUP")
-                elif self.stopping:
-                    log.warning("second %s: stopping the workers now", signal.Signals(signum).name)
+                    continue
+                verdict = stops.received(trio.current_time())
+                if verdict == "drain":
+                    log.warning("%s: draining %d worker(s)", name, len(self._running))
+                    self._stop(force=False)
+                elif verdict == "force":
+                    log.warning("second %s: stopping the workers now", name)
                     self._stop(force=True)
                 else:
-                    log.warning(
-                        "%s: draining %d worker(s)",
-                        signal.Signals(signum).name,
-                        len(self._running),
-                    )
-                    self._stop(force=False)
+                    log.info("%s again within %gs of the first: the same stop", name, FORCE_AFTER_S)
 
     def reload(self, why: str) -> bool:
         """Validate the config file, then have every ready worker reload it in place."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -377,13 +375,14 @@ async def test_drain_delay_is_the_one_in_effect_when_the_signal_arrives(tmp_path
     from conftest import config_text
 
     from gateway import create_app, load_config
-    from gateway._server import drain_on_signal
+    from gateway._server import drain_on_stop
 
     with trio.fail_after(10):
         file = tmp_path / "g.yaml"
         file.write_text(config_text({"version": 1}))
         app = create_app(load_config(str(file)))
-        trigger = drain_on_signal(app)
+        stop = trio.Event()
+        trigger = drain_on_stop(app, stop)
         file.write_text(config_text({"version": 1, "server": {"drain_delay": "300ms"}}))
         assert app.reload()
         done = trio.Event()
@@ -394,9 +393,8 @@ async def test_drain_delay_is_the_one_in_effect_when_the_signal_arrives(tmp_path
                 done.set()
 
             nursery.start_soon(run_trigger)
-            await trio.testing.wait_all_tasks_blocked()  # the signal receiver is installed
             signalled_at = trio.current_time()
-            os.kill(os.getpid(), signal.SIGTERM)
+            stop.set()  # the first SIGTERM
             await done.wait()
         assert app.draining
         assert trio.current_time() - signalled_at >= 0.3

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 
 import gateway
@@ -17,8 +19,11 @@ PUBLIC_NAMES = [
     "GatewayError",
     "GatewayPlan",
     "GatewayTransport",
+    "InvalidHeader",
     "InvalidPathParameter",
+    "InvalidQueryParameter",
     "InvalidRequest",
+    "InvalidRequestBody",
     "ListenError",
     "MethodNotAllowed",
     "NotFound",
@@ -49,6 +54,8 @@ def test_every_name_in_all_is_importable_from_gateway() -> None:
 
 
 def test_no_public_attribute_is_missing_from_all() -> None:
+    for name in gateway.__all__:  # the names are imported on first use
+        getattr(gateway, name)
     public = {
         name
         for name, value in vars(gateway).items()
@@ -57,3 +64,14 @@ def test_no_public_attribute_is_missing_from_all() -> None:
         and name != "annotations"
     }
     assert public == set(gateway.__all__)
+
+
+def test_the_gateway_command_starts_without_the_heavy_imports() -> None:
+    """``gateway serve`` ignores SIGHUP before it imports quart, hypercorn or pydantic (a
+    second on a loaded machine), so the package itself imports them only on first use."""
+    code = (
+        "import sys, gateway, gateway._entry; "
+        "print(sorted(m for m in ('quart', 'hypercorn', 'pydantic', 'httpx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -413,3 +413,30 @@ async def test_the_default_aggregate_key_covers_query_and_forwarded_headers(
         caches = [(await gw.get(path, headers=h)).headers["x-cache"] for path, h in asks]
         assert caches == ["miss", "hit", "miss", "miss", "miss", "hit", "hit"]
         assert len(seen) == 4
+
+
+async def test_octets_that_are_not_utf8_key_limits_and_caches_on_redis(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    """Path and query values keep the client's octets, UTF-8 or not: as rate-limit and cache
+    keys on Redis they count and hit like any other value (never a 500)."""
+    with trio.fail_after(20):
+        seen, handler = recorder(lambda req: Reply(json={"t": req.target}))
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x/{id}")])
+        config["endpoints"][0]["rate_limit"] = [
+            {"name": "by_q", "rate": "2/min", "key": "query:q"},
+            {"name": "by_id", "rate": "3/min", "key": "path:id"},
+        ]
+        config["endpoints"][0]["cache"] = {"ttl": "30s", "key": ["path.id", "query.q"]}
+        config["state"] = {"redis": redis.url, "timeout": "2s", "on_error": "closed"}
+        gw = await start_gateway(nursery, config)
+        first = await gw.get("/api/%FF?q=%FE")
+        assert first.status_code == 200, first.text
+        assert first.json() == {"t": "/x/%FF"}
+        again = await gw.get("/api/%FF?q=%FE")
+        assert again.status_code == 200 and again.headers["x-cache"] == "hit"
+        assert (await gw.get("/api/%FF?q=%FE")).status_code == 429  # over by_q
+        assert (await gw.get("/api/%FF?q=%FD")).status_code == 200  # another q
+        assert (await gw.get("/api/%FF?q=%FC")).status_code == 429  # over by_id
+        assert len(seen) == 2

@@ -20,6 +20,8 @@ from conftest import backend_config, config_text, simple_config, start_upstream
 from test_operations import metric
 from upstream import RecordedRequest, Reply
 
+from gateway._server import FORCE_AFTER_S
+
 READY_LINE = re.compile(r"worker (\d+) ready")
 
 
@@ -219,6 +221,7 @@ async def test_a_second_sigterm_stops_the_workers_at_once(
         await arrived.wait()
         gateway.proc.send_signal(signal.SIGTERM)
         await gateway.logged(r"draining: readiness is 503", 2)
+        await trio.sleep(FORCE_AFTER_S)  # sooner, it would be the same signal twice
         gateway.proc.send_signal(signal.SIGTERM)
         with trio.fail_after(5):  # not drain_delay + graceful_timeout
             assert await gateway.proc.wait() == 1
@@ -308,24 +311,28 @@ async def test_ten_reloads_under_steady_load_fail_no_request_with_two_workers(
         assert await gateway.proc.wait() == 0
 
 
-def _sighup_is_not_fatal(pid: int) -> bool:
-    """Whether SIGHUP no longer has its default action (ending the process) in ``pid``:
-    ignored, or caught by a handler."""
+def _sighup_disposition(pid: int) -> str | None:
+    """``"ignored"`` or ``"caught"`` (by a handler) in process ``pid``; None while SIGHUP
+    has its default action (ending the process)."""
     bit = 1 << (signal.SIGHUP - 1)
+    found = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("SigIgn:", "SigCgt:")) and int(line.split()[1], 16) & bit:
-            return True
-    return False
+        name, _, value = line.partition(":")
+        if name in ("SigIgn", "SigCgt"):
+            found[name] = int(value.split()[0], 16) & bit
+    if found.get("SigIgn"):
+        return "ignored"
+    return "caught" if found.get("SigCgt") else None
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_a_sighup_before_the_gateway_serves_does_not_end_it(
     nursery: trio.Nursery, tmp_path: Path, workers: str
 ) -> None:
-    """SIGHUP's default action ends a process: from the moment `gateway serve` runs, the
-    signal is ignored until its reload handler takes over, so a reload sent right after a
-    restart reloads (or is ignored) instead of killing the gateway. (The SIGHUP goes out as
-    soon as the process no longer dies of it, which is usually before it serves.)"""
+    """SIGHUP's default action ends a process: `gateway serve` ignores the signal before its
+    imports (which take about a second) until its reload handler takes over, so a reload
+    sent right after a restart reloads (or is ignored) instead of killing the gateway. The
+    SIGHUP goes out as soon as the process no longer dies of it, while it still imports."""
     with trio.fail_after(30):
         up = await start_upstream(nursery, {"/x": Reply(json={"a": 1})})
         file = tmp_path / "g.yaml"
@@ -337,11 +344,14 @@ async def test_a_sighup_before_the_gateway_serves_does_not_end_it(
         )
         assert proc.stdout is not None
         for _ in range(3000):  # no event tells another process's signal dispositions
-            if _sighup_is_not_fatal(proc.pid):
+            disposition = _sighup_disposition(proc.pid)
+            if disposition is not None:
                 break
-            await trio.sleep(0.005)
+            await trio.sleep(0.002)
         else:
             raise AssertionError("SIGHUP kept its default action while the gateway started")
+        # ignored while it imports and loads, before a handler is there to catch it
+        assert disposition == "ignored"
         proc.send_signal(signal.SIGHUP)  # as early as the gateway takes it
         seen = b""
         while (match := re.search(rb"serving .*?(http://127\.0\.0\.1:\d+)", seen)) is None:
@@ -485,3 +495,103 @@ async def test_a_worker_that_keeps_dying_is_restarted_with_backoff_and_every_dea
             assert metric(text, "gateway_worker_deaths_total") == 3
         gateway.proc.send_signal(signal.SIGTERM)
         assert await gateway.proc.wait() == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_sigterm_delivered_twice_at_once_drains_instead_of_forcing(
+    nursery: trio.Nursery, tmp_path: Path, workers: str
+) -> None:
+    """One SIGTERM often arrives twice in the same instant (``timeout`` signals the process
+    and then its group): that is one stop, and the in-flight request completes."""
+    with trio.fail_after(30):
+        arrived = trio.Event()
+
+        async def slow(req: RecordedRequest) -> Reply:
+            arrived.set()
+            return Reply(json={"done": True}, delay_s=1.5)
+
+        up = await start_upstream(nursery, slow)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/slow")], deadline="5s")
+        config["server"] = {"drain_delay": "200ms", "graceful_timeout": "3s"}
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(config))
+        cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--bind", "127.0.0.1:0"]
+        cmd += ["--workers", workers, "--log-format", "text", "--log-level", "info"]
+        proc: trio.Process = await nursery.start(
+            partial(
+                trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False
+            )
+        )
+        gateway = Supervised(proc)
+        nursery.start_soon(gateway.read_stderr)
+        assert proc.stdout is not None
+        seen = b""
+        while not (match := re.search(rb"serving .*?(http://127\.0\.0\.1:\d+)", seen)):
+            data = await proc.stdout.receive_some(4096)
+            assert data, f"gateway exited before serving: {seen!r}"
+            seen += data
+        if workers == "2":
+            await gateway.ready_pids(2)
+        answers: list[httpx.Response] = []
+
+        async def slow_request() -> None:
+            answers.append(await fresh_get(match.group(1).decode() + "/api/1"))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(slow_request)
+            await arrived.wait()
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
+        assert answers[0].status_code == 200
+        assert await proc.wait() == 0
+        assert "second SIGTERM" not in gateway.log
+
+
+async def test_a_second_sigterm_a_second_later_stops_one_worker_at_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        arrived = trio.Event()
+
+        async def slow(req: RecordedRequest) -> Reply:
+            arrived.set()
+            return Reply(json={"done": True}, delay_s=20)
+
+        up = await start_upstream(nursery, slow)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/slow")], deadline="30s")
+        config["server"] = {"drain_delay": "10s", "graceful_timeout": "20s"}
+        file = tmp_path / "g.yaml"
+        file.write_text(config_text(config))
+        cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--bind", "127.0.0.1:0"]
+        proc: trio.Process = await nursery.start(
+            partial(trio.run_process, cmd, stdout=subprocess.PIPE, check=False)
+        )
+        assert proc.stdout is not None
+        seen = b""
+        while not (match := re.search(rb"serving .*?(http://127\.0\.0\.1:\d+)", seen)):
+            data = await proc.stdout.receive_some(4096)
+            assert data, f"gateway exited before serving: {seen!r}"
+            seen += data
+
+        async def slow_request() -> None:
+            with contextlib.suppress(httpx.TransportError):
+                await fresh_get(match.group(1).decode() + "/api/1")
+
+        nursery.start_soon(slow_request)
+        await arrived.wait()
+        proc.send_signal(signal.SIGTERM)
+        await trio.sleep(FORCE_AFTER_S)  # sooner, it would be the same signal twice
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(5):  # not drain_delay + graceful_timeout
+            assert await proc.wait() == 1
+
+
+def test_stop_signals_drain_then_repeat_within_the_window_then_force() -> None:
+    from gateway._server import StopSignals
+
+    rule = StopSignals()
+    assert rule.received(100.0) == "drain"
+    assert rule.received(100.0) == "repeat"
+    assert rule.received(100.0 + FORCE_AFTER_S - 0.01) == "repeat"
+    assert rule.received(100.0 + FORCE_AFTER_S) == "force"
+    assert rule.received(200.0) == "force"

@@ -137,7 +137,8 @@ def rate_key(
     client_address: str,
 ) -> str:
     """``rl:METHOD PATH:POLICY:VALUE``; requests without the header or query parameter
-    share the value ``-``."""
+    share the value ``-``. A value longer than ``MAX_RAW_KEY_CHARS``, or with octets that
+    are not UTF-8, goes in as ``#`` and its SHA-256 (hex)."""
     if plan.key_kind == "ip":
         value = client_address
     elif plan.key_kind == "global":
@@ -151,9 +152,19 @@ def rate_key(
         wanted = plan.key_name.encode("latin-1")
         found = [v for n, v in headers if n.lower() == wanted]
         value = b", ".join(found).decode("latin-1") if found else "-"
-    if len(value) > MAX_RAW_KEY_CHARS:
+    if len(value) > MAX_RAW_KEY_CHARS or not _is_utf8_text(value):
+        # Path and query values keep the client's octets (surrogate escapes for those that
+        # are not UTF-8); a store's keys are UTF-8 text, so such a value goes in hashed.
         value = "#" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
     return f"rl:{endpoint.method} {endpoint.path}:{plan.name}:{value}"
+
+
+def _is_utf8_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def endpoint_cache_key(
