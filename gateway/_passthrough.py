@@ -95,7 +95,12 @@ class Streaming:
         self.body_headers = body_headers
 
     async def send(self, request: UpstreamRequest) -> Reply:
-        headers = [(k, v) for k, v in request.headers if k.lower() != b"accept"]
+        # The client's body comes with its own framing: a `Content-Length: 0` added for a
+        # backend `method` of POST, PUT or PATCH without a body must not go with it.
+        dropped = (
+            (b"accept", b"content-length", b"transfer-encoding") if self.body else (b"accept",)
+        )
+        headers = [(k, v) for k, v in request.headers if k.lower() not in dropped]
         headers.extend(self.body_headers)
         outgoing = httpx.Request(
             self.method,

@@ -288,6 +288,41 @@ async def test_a_body_with_content_length_reaches_an_upstream_that_refuses_chunk
         assert seen.bodies == [b"z" * 200_000]
 
 
+@pytest.mark.parametrize("backend_method", ["POST", "PUT", "PATCH"])
+async def test_a_backend_method_of_its_own_keeps_the_clients_framing(
+    nursery: trio.Nursery, backend_method: str
+) -> None:
+    """A backend `method` that takes a body (unused by passthrough, which relays the
+    client's method) adds no `Content-Length: 0` next to the client's framing: with a body,
+    the client's framing is the one framing sent."""
+    with trio.fail_after(10):
+        seen = RawSeen()
+        url = await nursery.start(serve_strict_upstream, seen)
+        gw = await start_gateway(nursery, passthrough_config(url, method=backend_method))
+        r = await gw.request("POST", "/files/a", content=b"hello")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"got": 5}
+        head = seen.heads[0].lower()
+        assert head.startswith(b"post /blob/a ")
+        assert head.count(b"content-length") == 1 and b"content-length: 5" in head
+        assert seen.bodies == [b"hello"]
+
+        recorded, handler = recorder(lambda req: Reply(json={"got": len(req.body)}))
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(nursery, passthrough_config(up.url, method=backend_method))
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            yield b"chunked "
+            yield b"body"
+
+        r = await gw.request("POST", "/files/b", content=chunks())  # no length: chunked
+        assert r.status_code == 200, r.text
+        assert recorded[0].body == b"chunked body"
+        assert "content-length" not in recorded[0].headers
+        empty = await gw.request("POST", "/files/c")
+        assert empty.status_code == 200 and recorded[1].headers["content-length"] == "0"
+
+
 async def test_a_client_body_shorter_than_its_content_length_never_looks_complete_upstream(
     nursery: trio.Nursery,
 ) -> None:
