@@ -25,6 +25,7 @@ from ._errors import (
     HeadersTooLarge,
     InvalidQueryParameter,
     InvalidRequest,
+    InvalidRequestBody,
     RequestBodyTooLarge,
     RequestError,
     RequestTimeout,
@@ -121,7 +122,9 @@ def build_context(
         try:
             json_body = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise InvalidRequest("the request body is not valid JSON") from None
+            raise InvalidRequestBody(
+                "the request body is not valid JSON", fields={"in": "body"}
+            ) from None
     ctx = CallContext(
         params,
         forward,

@@ -149,8 +149,8 @@ class InvalidHeader(RequestError):
 
 
 class InvalidRequestBody(RequestError):
-    """A backend sends the client's JSON body, or a part of it (``body:``), and the request
-    has no body or lacks that part."""
+    """The request body is not valid JSON, or a backend sends the client's JSON body, or a
+    part of it (``body:``), and the request has no body or lacks that part."""
 
     status = 400
     code = "invalid_request_body"

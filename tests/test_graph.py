@@ -305,7 +305,8 @@ async def test_request_bodies_are_forwarded_intact_or_in_part(nursery: trio.Nurs
 
         r = await gw.request("POST", "/api/1", content=b"{not json")
         assert r.status_code == 400
-        assert r.json()["error"]["code"] == "invalid_request"
+        assert r.json()["error"]["code"] == "invalid_request_body"
+        assert r.json()["error"]["in"] == "body"
         r = await gw.request("POST", "/api/1", content=b'{"a": "' + b"x" * 2000 + b'"}')
         assert r.status_code == 413
         seen.clear()

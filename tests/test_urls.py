@@ -121,6 +121,13 @@ def test_decode_param_rejects_encoded_slash(raw: str) -> None:
         decode_param(raw)
 
 
+@pytest.mark.parametrize("raw", ["a%5Cb", "%5c..", "..%5C", "%5C"])
+def test_decode_param_rejects_backslash(raw: str) -> None:
+    """Some upstream servers take a backslash for a slash."""
+    with pytest.raises(InvalidPathParameter, match="a backslash is not allowed"):
+        decode_param(raw)
+
+
 @pytest.mark.parametrize(
     ("raw", "value", "encoded"),
     [
@@ -525,6 +532,7 @@ def _unsafe(value: bytes) -> bool:
     return (
         text in ("", ".", "..")
         or "/" in text
+        or "\\" in text
         or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)
     )
 

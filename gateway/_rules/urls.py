@@ -35,7 +35,9 @@ _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 controls
 # "?" and "#" are not here: a value is encoded whole, so they cannot start a query or a
 # fragment, and real identifiers hold them (guest-user ids such as "jane#EXT#@corp.example").
-_FORBIDDEN_IN_VALUE = ("/",)
+# A backslash too: some upstream servers (IIS, frameworks on Windows) take it for "/", which
+# would let a value add a path step.
+_FORBIDDEN_IN_VALUE = ("/", "\\")
 # characters a config author may write literally in a path template (RFC 3986 pchar,
 # "/" and "?", plus "%" for pre-encoded octets); anything else is a config error.
 _TEMPLATE_LITERAL = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*$")
@@ -144,14 +146,16 @@ def check_param_value(value: str) -> None:
     ``?`` and ``#`` are allowed: the value is encoded whole, so they stay data.
 
     Raises:
-        InvalidPathParameter: empty, ``.``/``..``, or containing ``/`` or a control
-            character (C0, DEL, C1).
+        InvalidPathParameter: empty, ``.``/``..``, or containing ``/``, ``\\`` or a
+            control character (C0, DEL, C1).
     """
     if value in ("", ".", ".."):
         raise InvalidPathParameter("empty, '.' and '..' are not allowed")
     for char in _FORBIDDEN_IN_VALUE:
         if char in value:
-            raise InvalidPathParameter(f"{char!r} is not allowed")
+            raise InvalidPathParameter(
+                "a backslash is not allowed" if char == "\\" else f"{char!r} is not allowed"
+            )
     if _CONTROL.search(value):
         raise InvalidPathParameter("control characters are not allowed")
 
