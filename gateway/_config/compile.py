@@ -80,8 +80,19 @@ def _check_headers(
     problems: list[ConfigProblem],
 ) -> tuple[tuple[str, str], ...]:
     out = []
+    seen: dict[str, str] = {}  # lower-case name -> the name as first written
     for name, value in headers.items():
-        if not TOKEN.fullmatch(name):
+        # field names are case-insensitive (RFC 9110 section 5.1): X-A and x-a are one field
+        first = seen.setdefault(name.lower(), name)
+        if first != name:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path((*where, name)),
+                    f"the same header as {first} (header names are case-insensitive)",
+                )
+            )
+        elif not TOKEN.fullmatch(name):
             problems.append(ConfigProblem(file, format_path((*where, name)), "invalid header name"))
         elif name.lower() in NEVER_FORWARDED_STR:
             problems.append(
@@ -977,7 +988,13 @@ def _compile_backend(
         url=url,
         timeout_s=be.timeout if be.timeout is not None else upstream.timeout_s,
         max_response_bytes=upstream.max_response_bytes,
-        headers=upstream.headers,
+        # the backend's value of a field replaces the upstream's (RFC 9110 section 5.1:
+        # one field, whatever the case of its name)
+        headers=tuple(
+            (k, v)
+            for k, v in upstream.headers
+            if k.lower() not in {name.lower() for name, _ in header_templates}
+        ),
         header_templates=tuple(header_templates),
         transform=transform,
         placement=Placement(be.name, be.required, be.group, backend_has_default(be), be.default),
