@@ -31,6 +31,7 @@ from .._rules.template import Ref, Template, parse_template, parse_url_template
 from .._rules.transform import Transform, split_path
 from .._rules.urls import (
     BaseUrl,
+    RepeatedParameter,
     RoutePattern,
     Router,
     TemplateError,
@@ -219,6 +220,11 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
         where = ("endpoints", ei)
         try:
             route = parse_route(ep.path)
+        except RepeatedParameter as exc:
+            # its parameter names are known: check the backends against them too (no plan
+            # is made, as a problem is recorded)
+            problems.append(ConfigProblem(file, format_path((*where, "path")), str(exc)))
+            route = exc.route
         except TemplateError as exc:
             problems.append(ConfigProblem(file, format_path((*where, "path")), str(exc)))
             continue
@@ -839,7 +845,7 @@ def _compile_backend(
             if ref.name in route.param_names:
                 return ref
             if ref.name not in names:
-                known = ", ".join(route.param_names) or "none"
+                known = ", ".join(dict.fromkeys(route.param_names)) or "none"
                 problem(key, f"unknown path parameter {ref.text} (the endpoint path has: {known})")
                 return ref
             ref = Ref("backend", ref.name, (), ref.text)
