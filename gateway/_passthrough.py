@@ -97,10 +97,11 @@ class Streaming:
     async def send(self, request: UpstreamRequest) -> Reply:
         # The client's body comes with its own framing: a `Content-Length: 0` added for a
         # backend `method` of POST, PUT or PATCH without a body must not go with it.
-        dropped = (
-            (b"accept", b"content-length", b"transfer-encoding") if self.body else (b"accept",)
-        )
-        headers = [(k, v) for k, v in request.headers if k.lower() not in dropped]
+        if self.body:
+            dropped = (b"content-length", b"transfer-encoding")
+            headers = [(k, v) for k, v in request.headers if k.lower() not in dropped]
+        else:
+            headers = list(request.headers)
         headers.extend(self.body_headers)
         outgoing = httpx.Request(
             self.method,
@@ -168,11 +169,13 @@ async def open_passthrough(
 
     stats = CallStats(scope)
     spec = CallSpec(backend, ctx.guards.get(backend.guard_name), None, stats)
+    # a Content-Type the config sets replaces the client's, as for forwarded fields
+    body_headers = [(k, v) for k, v in body_headers if k not in backend.configured_names]
     terminal = Streaming(client, method, upload(body) if body is not None else None, body_headers)
     stack = compose(spec, PASSTHROUGH, terminal)
     reply: Reply | None = None
     with scope:
-        reply = await stack.send(build_request(backend, ctx))
+        reply = await stack.send(build_request(backend, ctx, default_accept=False))
     if reply is None:
         reply = Reply(Outcome.TIMEOUT, detail=f"no response head within {timeout_s:g}s")
     if reply.stream is None:

@@ -507,7 +507,8 @@ def test_validation_and_cross_reference_problems_come_out_in_one_run() -> None:
         "gw.yaml: endpoints[0].foo: unknown key 'foo' (allowed: path, method, deadline, "
         "forward_headers, forward_query, debug, passthrough, rate_limit, cache, backends)",
         # cross-references of every part that is valid, at its place in the file (the
-        # left-out backend a and upstream users are not reported as unknown)
+        # left-out upstream users is not reported as unknown; backend a is kept without
+        # its invalid timeout)
         "gw.yaml: endpoints[0].backends[1].upstream: unknown upstream 'ordrs' "
         "(known: orders, users)",
         "gw.yaml: endpoints[0].backends[1].path: unknown path parameter {idd} "
@@ -585,8 +586,85 @@ def test_unset_variables_validation_and_cross_references_come_out_in_one_run() -
         "gw.yaml: endpoints[0].backends[1].timeout: environment variable T is not set",
         "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
         "like 250ms or 2s (got int)",
+        # a backend with an invalid setting of its own is still cross-checked
+        "gw.yaml: endpoints[0].backends[0].upstream: unknown upstream 'nope' "
+        "(known: orders, users)",
         "gw.yaml: endpoints[0].backends[2].upstream: unknown upstream 'nope' "
         "(known: orders, users)",
+    ]
+
+
+REVIEW_ROUNDS_CONFIG = """\
+version: 1
+bogus: 1
+upstreams:
+  u: {url: "http://127.0.0.1:1"}
+endpoints:
+  - path: /dd
+    path: /ee
+    backends: [{name: b, upstream: nope, path: /c, required: yes}]
+"""
+
+
+def test_a_duplicate_key_and_a_backends_invalid_setting_hide_no_other_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the repeated key is checked with its last value; the backend is kept without its
+    # invalid `required`, so its (valid) unknown upstream is found in the same run
+    path = write(tmp_path, REVIEW_ROUNDS_CONFIG)
+    assert main(["check", path]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: duplicate key 'path' at line 7 (first at line 6): "
+        "keys of a mapping must be unique",
+        f"{path}: endpoints[0].backends[0].required: 'yes' is not a boolean: YAML 1.2 "
+        "booleans are true and false",
+        f"{path}: bogus: unknown key 'bogus' (allowed: version, server, defaults, upstreams, "
+        "endpoints, tracing, state)",
+        f"{path}: endpoints[0].backends[0].upstream: unknown upstream 'nope' (known: u)",
+    ]
+
+
+def test_a_duplicate_key_in_an_otherwise_valid_file_still_shows_its_cross_references() -> None:
+    # what a reload (which loads the file the same way) reports too
+    text = REVIEW_ROUNDS_CONFIG.replace("bogus: 1\n", "").replace("required: yes", "required: true")
+    assert problems_of(text) == [
+        "gw.yaml: duplicate key 'path' at line 6 (first at line 5): "
+        "keys of a mapping must be unique",
+        "gw.yaml: endpoints[0].backends[0].upstream: unknown upstream 'nope' (known: u)",
+    ]
+
+
+def test_a_repeated_route_parameter_hides_no_unknown_parameter_of_its_backends() -> None:
+    text = one_endpoint(
+        """
+        - {name: a, upstream: users, path: "/a/{zz}/{id}"}
+        - {name: b, upstream: users, path: "/b/{a.x}/{yy}"}
+        """,
+        path="/b/{id}/{id}",
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].path: parameter {id} appears twice",
+        "gw.yaml: endpoints[0].backends[0].path: unknown path parameter {zz} "
+        "(the endpoint path has: id)",
+        "gw.yaml: endpoints[0].backends[1].path: unknown path parameter {yy} "
+        "(the endpoint path has: id)",
+    ]
+
+
+def test_a_backend_whose_call_is_invalid_is_left_out_and_not_reported_unknown() -> None:
+    # for_each shapes the call (it decides whether a [*] reference is right): the backend
+    # is left out, and the reference to it is not an unknown backend
+    text = one_endpoint(
+        """
+        - {name: a, upstream: nope, path: "/a", for_each: yes}
+        - {name: b, upstream: users, path: "/b/{a.x}", required: on}
+        """
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].for_each: 'yes' is not a boolean: YAML 1.2 "
+        "booleans are true and false",
+        "gw.yaml: endpoints[0].backends[1].required: 'on' is not a boolean: YAML 1.2 "
+        "booleans are true and false",
     ]
 
 

@@ -117,6 +117,9 @@ def with_host(request: UpstreamRequest, base: BaseUrl) -> UpstreamRequest:
 
 _NO_ELEMENT = object()
 
+# What an aggregated call asks for unless the config sets Accept or forwards the client's.
+DEFAULT_ACCEPT = (b"accept", b"application/json")
+
 
 def _resolver(
     ctx: CallContext, results: Sequence[BackendResult | None], element: object = _NO_ELEMENT
@@ -236,8 +239,12 @@ def build_request(
     results: Sequence[BackendResult | None] = (),
     element: object = _NO_ELEMENT,
     span_id: bytes | None = None,
+    *,
+    default_accept: bool = True,
 ) -> UpstreamRequest:
     """The upstream request for one backend call: URL from config, references filled in.
+    ``default_accept``: send ``Accept: application/json`` when neither the config nor a
+    forwarded client field gives one (not for passthrough, which takes any body).
 
     Raises:
         UnresolvedReference: a referenced value is missing or unsafe.
@@ -247,12 +254,24 @@ def build_request(
     path = render(backend.url, resolve, url_value)
     if ctx.extra_query:
         path += ("&" if backend.url.has_query else "?") + ctx.extra_query
-    headers = list(backend.static_headers)
+    # One line per field (RFC 9110 section 5.1: names are case-insensitive). What the config
+    # sets wins: the backend's value over the upstream's (merged at compile time), either
+    # over a forwarded client field of that name, and any of them over the default Accept.
+    configured = backend.configured_names
+    forwarded = [(k, v) for k, v in ctx.forward_headers if k not in configured]
+    headers = []
+    if (
+        default_accept
+        and b"accept" not in configured
+        and not any(k == b"accept" for k, _ in forwarded)
+    ):
+        headers.append(DEFAULT_ACCEPT)
+    headers.extend(backend.static_headers)
     for name, template in backend.header_templates:
         value = render(template, resolve, header_value)
         # octets a client sent (kept as surrogates) go back exactly; config text as UTF-8
         headers.append((name.encode("latin-1"), value.encode("utf-8", "surrogateescape")))
-    headers.extend(ctx.forward_headers)
+    headers.extend(forwarded)
     trace = CURRENT.get()
     if trace is not None:
         headers.extend(trace.child_headers(span_id))
@@ -267,7 +286,8 @@ def build_request(
                 raise UnresolvedReference(f"request body: {exc}") from None
         else:
             content = ctx.body  # forwarded intact
-        headers.append((b"content-type", b"application/json"))
+        if b"content-type" not in configured:
+            headers.append((b"content-type", b"application/json"))
     base = backend.upstream.base
     return upstream_request(backend.method, base, base.base_path + path, headers, content)
 

@@ -31,6 +31,7 @@ from .._rules.template import Ref, Template, parse_template, parse_url_template
 from .._rules.transform import Transform, split_path
 from .._rules.urls import (
     BaseUrl,
+    RepeatedParameter,
     RoutePattern,
     Router,
     TemplateError,
@@ -80,8 +81,19 @@ def _check_headers(
     problems: list[ConfigProblem],
 ) -> tuple[tuple[str, str], ...]:
     out = []
+    seen: dict[str, str] = {}  # lower-case name -> the name as first written
     for name, value in headers.items():
-        if not TOKEN.fullmatch(name):
+        # field names are case-insensitive (RFC 9110 section 5.1): X-A and x-a are one field
+        first = seen.setdefault(name.lower(), name)
+        if first != name:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path((*where, name)),
+                    f"the same header as {first} (header names are case-insensitive)",
+                )
+            )
+        elif not TOKEN.fullmatch(name):
             problems.append(ConfigProblem(file, format_path((*where, name)), "invalid header name"))
         elif name.lower() in NEVER_FORWARDED_STR:
             problems.append(
@@ -208,6 +220,11 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
         where = ("endpoints", ei)
         try:
             route = parse_route(ep.path)
+        except RepeatedParameter as exc:
+            # its parameter names are known: check the backends against them too (no plan
+            # is made, as a problem is recorded)
+            problems.append(ConfigProblem(file, format_path((*where, "path")), str(exc)))
+            route = exc.route
         except TemplateError as exc:
             problems.append(ConfigProblem(file, format_path((*where, "path")), str(exc)))
             continue
@@ -828,7 +845,7 @@ def _compile_backend(
             if ref.name in route.param_names:
                 return ref
             if ref.name not in names:
-                known = ", ".join(route.param_names) or "none"
+                known = ", ".join(dict.fromkeys(route.param_names)) or "none"
                 problem(key, f"unknown path parameter {ref.text} (the endpoint path has: {known})")
                 return ref
             ref = Ref("backend", ref.name, (), ref.text)
@@ -977,7 +994,13 @@ def _compile_backend(
         url=url,
         timeout_s=be.timeout if be.timeout is not None else upstream.timeout_s,
         max_response_bytes=upstream.max_response_bytes,
-        headers=upstream.headers,
+        # the backend's value of a field replaces the upstream's (RFC 9110 section 5.1:
+        # one field, whatever the case of its name)
+        headers=tuple(
+            (k, v)
+            for k, v in upstream.headers
+            if k.lower() not in {name.lower() for name, _ in header_templates}
+        ),
         header_templates=tuple(header_templates),
         transform=transform,
         placement=Placement(be.name, be.required, be.group, backend_has_default(be), be.default),

@@ -143,6 +143,20 @@ def parse_yaml(text: str, file: str) -> Any:
         ConfigError: a syntax error, or every key repeated within one mapping (naming the
             lines of both).
     """
+    data, duplicates = parse_yaml_collecting(text, file)
+    if duplicates:
+        raise ConfigError(duplicates)
+    return data
+
+
+def parse_yaml_collecting(text: str, file: str) -> tuple[Any, list[ConfigProblem]]:
+    """:func:`parse_yaml`, giving every repeated key as a problem next to the data read
+    with the last value of each (as YAML 1.1 loaders read it), so that the rest of the
+    document can still be checked in the same run.
+
+    Raises:
+        ConfigError: a syntax error.
+    """
     loader = _Loader(text)
     try:
         data = loader.get_single_data()
@@ -152,19 +166,16 @@ def parse_yaml(text: str, file: str) -> Any:
         raise ConfigError([ConfigProblem(file, "", f"invalid YAML: {exc}")]) from None
     finally:
         loader.dispose()
-    if loader.duplicates:
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    file,
-                    "",
-                    f"duplicate key {key!r} at {_where(at, first)} (first at "
-                    f"{_where(first, at)}): keys of a mapping must be unique",
-                )
-                for key, first, at in loader.duplicates
-            ]
+    duplicates = [
+        ConfigProblem(
+            file,
+            "",
+            f"duplicate key {key!r} at {_where(at, first)} (first at "
+            f"{_where(first, at)}): keys of a mapping must be unique",
         )
-    return data
+        for key, first, at in loader.duplicates
+    ]
+    return data, duplicates
 
 
 def _where(at: tuple[int, int], other: tuple[int, int]) -> str:
@@ -301,14 +312,17 @@ class Document:
 def load_document(text: str, file: str, env: Mapping[str, str] | None = None) -> Document:
     """Parse, interpolate and validate a config document, collecting every problem.
 
+    A repeated key is a problem, and the rest of the document is checked with its last
+    value.
+
     Raises:
-        ConfigError: the YAML cannot be read (syntax, duplicate keys) or is not a mapping.
+        ConfigError: the YAML cannot be read (syntax) or is not a mapping.
     """
-    raw = parse_yaml(text, file)
+    raw, duplicates = parse_yaml_collecting(text, file)
     if raw is None:
-        raise ConfigError([ConfigProblem(file, "", "the file is empty")])
+        raise ConfigError([*duplicates, ConfigProblem(file, "", "the file is empty")])
     if not isinstance(raw, dict):
-        raise ConfigError([ConfigProblem(file, "", "the top level must be a mapping")])
+        raise ConfigError([*duplicates, ConfigProblem(file, "", "the top level must be a mapping")])
     data, problems, unset = _interpolate(raw, os.environ if env is None else env, file)
     error_locs: list[tuple[int | str, ...]] = list(unset)
     try:
@@ -319,6 +333,7 @@ def load_document(text: str, file: str, env: Mapping[str, str] | None = None) ->
         reported = {p.path for p in problems}
         problems += [p for p in _problems_from_validation(exc, file) if p.path not in reported]
         error_locs += [_clean_loc(tuple(error["loc"])) for error in exc.errors()]
+    problems = duplicates + problems
     if not problems:
         return Document(config)
     pruned = salvage(data, error_locs)

@@ -354,7 +354,9 @@ class UpstreamConfig(_Model):
     """Largest response body read from this upstream (overrides `defaults.max_response_size`)."""
 
     headers: dict[str, str] = Field(default_factory=dict)
-    """Headers sent on every call to this upstream; values may use `${VAR}`."""
+    """Headers sent on every call to this upstream; values may use `${VAR}`. Names are
+    case-insensitive (RFC 9110 section 5.1): two that differ only by case are a config
+    error, and a backend's header of the same name replaces this one."""
 
     ca_file: str | None = None
     """For https: a PEM file of CA certificates to verify this upstream against, instead
@@ -495,8 +497,12 @@ class BackendConfig(_Model):
     between body chunks."""
 
     headers: dict[str, str] = Field(default_factory=dict)
-    """Extra headers for this call (after the upstream's); values may use `${VAR}` and
-    the same references as `path` (`{{` and `}}` are literal braces)."""
+    """Extra headers for this call; values may use `${VAR}` and the same references as
+    `path` (`{{` and `}}` are literal braces). Names are case-insensitive (RFC 9110
+    section 5.1): two that differ only by case are a config error. Each field is sent
+    once: a name set here replaces the upstream's header of that name, and either
+    replaces a client header of that name listed in the endpoint's `forward_headers` (and
+    the `Accept: application/json` an aggregated call sends by default)."""
 
     when: ConditionConfig | list[ConditionConfig] | None = None
     """Call this backend only if the condition (or every condition of a list) holds.
@@ -583,7 +589,9 @@ class EndpointConfig(_Model):
     Not used by passthrough endpoints, whose backend `timeout` bounds every wait instead."""
 
     forward_headers: list[str] = Field(default_factory=list)
-    """Client request headers passed to every backend. None by default."""
+    """Client request headers passed to every backend. None by default. A header the
+    config sets on a call (upstream or backend `headers`) is sent instead of the client's
+    of that name; a forwarded `Accept` replaces the default `Accept: application/json`."""
 
     forward_query: list[str] = Field(default_factory=list)
     """Client query parameters appended to every backend call. None by default."""

@@ -168,9 +168,18 @@ class BackendPlan:
 
     @cached_property
     def static_headers(self) -> tuple[tuple[bytes, bytes], ...]:
-        """``Accept`` and the upstream's headers, encoded once."""
-        encoded = ((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)
-        return ((b"accept", b"application/json"), *encoded)
+        """The upstream's headers (less those the backend sets), encoded once."""
+        return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)
+
+    @cached_property
+    def configured_names(self) -> frozenset[bytes]:
+        """The lower-case names of every header the config sets on this call (the
+        upstream's and the backend's): a forwarded client field of one of these names,
+        and the gateway's default ``Accept``, are not sent."""
+        return frozenset(
+            name.lower().encode("latin-1")
+            for name in (*(k for k, _ in self.headers), *(k for k, _ in self.header_templates))
+        )
 
     conditions: tuple[Condition, ...] = ()
     for_each: bool = False

@@ -10,6 +10,10 @@ validation is pruned of its invalid parts and the rest is compiled too:
 - an endpoint whose own setting fails (``deadline: 5``, an unknown key) keeps its route and
   backends: only that setting is left out. Settings that change what its backends may do
   (``path``, ``method``, ``passthrough``, ``backends``) leave the endpoint out instead;
+- likewise a backend whose own setting fails (``required: yes``, an unknown key) is kept
+  without that setting. Settings that identify the backend or make its call (``name``,
+  ``upstream``, ``method``, ``path``, ``headers``, ``for_each``: the references to other
+  parts are in them) leave the backend out instead;
 - any other top-level section that fails is left out (its defaults take its place).
 
 Left-out parts shift list indices: :meth:`Salvage.place` maps a problem found in the
@@ -28,6 +32,8 @@ from .._errors import ConfigProblem
 # an endpoint setting whose value other checks depend on: when it fails, the whole
 # endpoint is left out rather than compiled with a default in its place
 _ENDPOINT_SHAPE = frozenset({"path", "method", "passthrough", "backends"})
+# the same for a backend: what names it and makes its call (its references are in these)
+_BACKEND_SHAPE = frozenset({"name", "upstream", "method", "path", "headers", "for_each"})
 
 _PLACE = re.compile(r"^endpoints\[(\d+)\](?:\.backends\[(\d+)\])?")
 _ENDPOINT_REF = re.compile(r"endpoints\[(\d+)\]")
@@ -102,6 +108,7 @@ def salvage(data: dict[str, Any], error_locs: Iterable[tuple[int | str, ...]]) -
     drop_endpoints: set[int] = set()
     drop_backends: dict[int, set[int]] = {}
     drop_endpoint_keys: dict[int, set[str]] = {}
+    drop_backend_keys: dict[tuple[int, int], set[str]] = {}
     drop_top: set[str] = set()
     for loc in error_locs:
         if not loc or not isinstance(loc[0], str):
@@ -118,7 +125,11 @@ def salvage(data: dict[str, Any], error_locs: Iterable[tuple[int | str, ...]]) -
             ei = loc[1]
             key = loc[2] if len(loc) > 2 else None
             if key == "backends" and len(loc) > 3 and isinstance(loc[3], int):
-                drop_backends.setdefault(ei, set()).add(loc[3])
+                setting = loc[4] if len(loc) > 4 else None
+                if isinstance(setting, str) and setting not in _BACKEND_SHAPE:
+                    drop_backend_keys.setdefault((ei, loc[3]), set()).add(setting)
+                else:
+                    drop_backends.setdefault(ei, set()).add(loc[3])
             elif isinstance(key, str) and key not in _ENDPOINT_SHAPE:
                 drop_endpoint_keys.setdefault(ei, set()).add(key)
             else:
@@ -162,7 +173,9 @@ def salvage(data: dict[str, Any], error_locs: Iterable[tuple[int | str, ...]]) -
             left_out_backends[len(endpoints)] = frozenset(names) if names is not None else None
         omit = drop_endpoint_keys.get(ei, set())
         endpoint = {k: v for k, v in endpoint.items() if k not in omit}
-        endpoint["backends"] = [raw_backends[bi] for bi in kept]
+        endpoint["backends"] = [
+            _without(raw_backends[bi], drop_backend_keys.get((ei, bi), set())) for bi in kept
+        ]
         endpoints.append(endpoint)
         endpoint_places.append(ei)
         backend_places.append(tuple(kept))
@@ -174,3 +187,10 @@ def salvage(data: dict[str, Any], error_locs: Iterable[tuple[int | str, ...]]) -
         tuple(endpoint_places),
         tuple(backend_places),
     )
+
+
+def _without(part: Any, keys: set[str]) -> Any:
+    """``part`` (a mapping, else as it is) less ``keys``."""
+    if not keys or not isinstance(part, dict):
+        return part
+    return {k: v for k, v in part.items() if k not in keys}

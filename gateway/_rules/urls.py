@@ -53,6 +53,16 @@ class TemplateError(ValueError):
 # --- routes -------------------------------------------------------------------------
 
 
+class RepeatedParameter(TemplateError):
+    """A route names one parameter twice. Its parameter names are still known (``route``
+    keeps each segment's name, the repeated one twice), so references to them can be
+    checked in the same run."""
+
+    def __init__(self, message: str, route: RoutePattern) -> None:
+        super().__init__(message)
+        self.route = route
+
+
 @dataclass(frozen=True)
 class RoutePattern:
     """A parsed endpoint path: each segment is a literal or a ``{param}``."""
@@ -74,8 +84,9 @@ def parse_route(text: str) -> RoutePattern:
     """Parse an endpoint path like ``/api/users/{user_id}/dashboard``.
 
     Raises:
-        TemplateError: not absolute, a parameter that is not a whole segment, a repeated
-            parameter, or characters that are not allowed in a path.
+        RepeatedParameter: a parameter named twice (once every segment is known good).
+        TemplateError: not absolute, a parameter that is not a whole segment, or
+            characters that are not allowed in a path.
     """
     if not text.startswith("/"):
         raise TemplateError("must start with '/'")
@@ -83,12 +94,13 @@ def parse_route(text: str) -> RoutePattern:
         raise TemplateError("must not contain a query or fragment")
     segments = tuple(text[1:].split("/"))
     params: list[str | None] = []
+    repeated: str | None = None
     for seg in segments:
         whole = _WHOLE_PARAM.fullmatch(seg)
         if whole:
             name = whole.group(1)
-            if name in params:
-                raise TemplateError(f"parameter {{{name}}} appears twice")
+            if name in params and repeated is None:
+                repeated = name
             params.append(name)
             continue
         if "{" in seg or "}" in seg:
@@ -96,7 +108,10 @@ def parse_route(text: str) -> RoutePattern:
         if not _TEMPLATE_LITERAL.fullmatch(seg):
             raise TemplateError(f"segment {seg!r} has characters not allowed in a path")
         params.append(None)
-    return RoutePattern(text, segments, tuple(params))
+    route = RoutePattern(text, segments, tuple(params))
+    if repeated is not None:
+        raise RepeatedParameter(f"parameter {{{repeated}}} appears twice", route)
+    return route
 
 
 def decode_param(raw: str) -> str:
