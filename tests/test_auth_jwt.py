@@ -154,6 +154,20 @@ def test_malformed_tokens_are_malformed(token: str) -> None:
     assert reason(token) == "malformed"
 
 
+def test_a_non_canonical_base64url_spelling_is_malformed() -> None:
+    """RSA 2048 signatures are 342 characters: the last carries 4 unused bits, which the
+    stdlib decoder ignores; a token has one spelling only."""
+    head, _, signature = rs256().rpartition(".")
+    assert len(signature) % 4 == 2
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet[alphabet.index(signature[-1]) | 1]
+    respelled = f"{head}.{signature[:-1]}{last}"
+    assert base64.urlsafe_b64decode(respelled.rsplit(".", 1)[1] + "==") == base64.urlsafe_b64decode(
+        signature + "=="
+    )
+    assert reason(respelled) == "malformed"
+
+
 def test_critical_header_extensions_are_malformed() -> None:
     assert reason(rs256(headers={"crit": ["exp"], "exp": 1})) == "malformed"
 

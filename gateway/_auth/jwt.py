@@ -39,12 +39,21 @@ and every claim are checked again at each hit, with the hit's ``now_s`` and sett
 
 Cryptography: PyJWT's algorithm objects (``jwt.get_algorithm_by_name``) over
 ``cryptography``; the compact form and the claims are handled here so that every rule and
-reason is ours. Measured on this machine (median of 2000, one core): PyJWT's ``jwt.decode``
-cost 119 us (RS256) and 187 us (ES256), joserfc 1.8's ``jwt.decode`` 78 and 105 us, and
-PyJWT's bare ``Algorithm.verify`` 24 and 77 us: the libraries' cost over the signature is
-their own parsing and checks, which we do anyway. So PyJWT (already the common choice,
-small) for the primitives; ``bench/jwt_cost.py`` measures this module. PyJWT's
-``PyJWKClient`` is never used: it fetches with blocking urllib.
+reason is ours. Measured with ``bench/jwt_cost.py`` (2026-11-29, 2-core shared machine,
+one core, medians, calls interleaved), microseconds per token:
+
+=====  ===========  ======  ==================  ==================
+alg    first sight  cached  PyJWT jwt.decode    joserfc 1.8 decode
+=====  ===========  ======  ==================  ==================
+RS256  46           6       84                  59
+ES256  110          7       137                 124
+=====  ===========  ======  ==================  ==================
+
+Both libraries spend most of their time beyond the signature (PyJWT's bare
+``Algorithm.verify``: about 25 us RS256, 75 us ES256) in their own parsing and checks, which
+we must do anyway for our reasons and the cache; so the primitive is all we take, and PyJWT
+(the common choice, a small dependency) provides it. PyJWT's ``PyJWKClient`` is never used:
+it fetches with blocking urllib.
 """
 
 from __future__ import annotations
@@ -101,7 +110,13 @@ DEFAULT_VERIFIED_CACHE_ENTRIES: Final = 10_000
 _ALGORITHMS: Final[dict[str, Algorithm]] = {
     name: _pyjwt.get_algorithm_by_name(name) for name in SUPPORTED_ALGORITHMS
 }
-_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")  # empty: an unsecured JWT's signature
+# Each part may be empty: an unsecured JWT's signature is (then refused for its alg).
+_COMPACT: Final = re.compile(r"([A-Za-z0-9_-]*)\.([A-Za-z0-9_-]*)\.([A-Za-z0-9_-]*)")
+_B64URL_VALUE: Final = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+# The last character of 4n+2 characters carries 4 unused bits, of 4n+3 characters 2.
+_UNUSED_BITS_MASK: Final = {2: 0b1111, 3: 0b11}
 
 KeyType = Literal["RSA", "EC", "oct"]
 KeyMaterial = RSAPublicKey | EllipticCurvePublicKey | bytes
@@ -436,32 +451,30 @@ def _split(token: str) -> tuple[str, str, bytes]:
     """RFC 7515 section 7.1: BASE64URL(header) '.' BASE64URL(payload) '.' BASE64URL(sig)."""
     if len(token) > MAX_TOKEN_CHARS:
         raise TokenRejected("malformed", f"the token is longer than {MAX_TOKEN_CHARS} characters")
-    parts = token.split(".")
-    if len(parts) != 3:
+    if token.count(".") != 2:
         # Five parts would be a JWE (RFC 7516), which no policy accepts.
         raise TokenRejected("malformed", "not a JWS compact serialization of three parts")
-    for part in parts:
-        _check_b64url(part)
-    return parts[0], parts[1], _b64url_decode(parts[2])
-
-
-def _check_b64url(segment: str) -> None:
     # RFC 7515 section 2: base64url without padding, and nothing else (the stdlib decoder
-    # would skip foreign characters); a length of 4n+1 cannot be base64.
-    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+    # would skip foreign characters). One regular expression for the three parts.
+    match = _COMPACT.fullmatch(token)
+    if match is None:
         raise TokenRejected("malformed", "a part is not base64url")
+    header, payload, signature = match.groups()
+    return header, payload, _b64url_decode(signature)
 
 
 def _b64url_decode(segment: str) -> bytes:
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise TokenRejected("malformed", "a part is not base64url") from None
-    # RFC 4648 section 3.5: only the canonical spelling (unused bits zero), so that one
-    # token has one spelling and a flipped padding bit is not a second valid token.
-    if len(segment) % 4 and base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode():
+    """Decode one part already matched by ``_COMPACT``."""
+    tail = len(segment) % 4
+    # A length of 4n+1 cannot be base64. RFC 4648 section 3.5: only the canonical spelling
+    # (unused bits of the last character zero), so that one token has one spelling and a
+    # flipped padding bit is not a second valid token.
+    if tail == 1 or (tail and _B64URL_VALUE[segment[-1]] & _UNUSED_BITS_MASK[tail]):
         raise TokenRejected("malformed", "a part is not canonical base64url")
-    return raw
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-tail % 4))
+    except (binascii.Error, ValueError):  # pragma: no cover - excluded by the checks above
+        raise TokenRejected("malformed", "a part is not base64url") from None
 
 
 def _decode_json(segment: str, what: str) -> dict[str, Any]:
