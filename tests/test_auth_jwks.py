@@ -295,6 +295,37 @@ async def test_a_flood_of_unknown_kids_fetches_at_most_once_per_interval() -> No
             assert stats.refetches_limited == 1000 + 3 * 1000
 
 
+async def test_a_refetch_asked_for_during_a_fetch_waits_for_the_next_fetch() -> None:
+    """The fetch under way may carry a document older than the new kid."""
+    with trio.fail_after(10):
+        clock = FakeClock()
+        server = JwksServer(jwks(jwk(RSA_1, "old")))
+        release = trio.Event()
+        in_flight = trio.Event()
+        serve = server.handle
+
+        async def slow_second_fetch(request: RecordedRequest) -> Reply:
+            document = server.document  # what the server had when asked
+            if len(up_requests) == 1:
+                in_flight.set()
+                await release.wait()
+            up_requests.append(request)
+            return Reply(body=document) if document else await serve(request)
+
+        up_requests: list[RecordedRequest] = []
+        server.handle = slow_second_fetch  # type: ignore[method-assign]
+        async with running_key_set(server, refresh_s=0.05, clock=clock) as keys:
+            await in_flight.wait()  # the periodic refresh is under way, with the old document
+            server.document = jwks(jwk(RSA_1, "old"), jwk(RSA_2, "new"))
+            clock.now_s = 100
+            new = token(RSA_2, "new")
+            assert reason(new, keys) == "unknown_key"
+            release.set()
+            assert await keys.wait_for_refetch(timeout_s=2)
+            assert server.fetches == 3
+            assert verify(new, keys, POLICY, NOW)["sub"] == "u"
+
+
 async def test_waiting_requests_share_one_refetch() -> None:
     with trio.fail_after(10):
         clock = FakeClock()

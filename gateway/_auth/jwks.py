@@ -222,8 +222,8 @@ class KeySet:
         self._clock = clock
         self._keys: StaticKeys | None = None
         self._refetch_wanted = trio.Event()  # the run loop waits on it between refreshes
-        self._refetch_pending = False
-        self._fetch_done = trio.Event()  # set, and replaced, when each fetch ends
+        # The granted refetch not yet made: set when a fetch that began after the grant ends.
+        self._refetch: trio.Event | None = None
         self._fetches = 0
         self._failures = 0
         self._refetches = 0
@@ -249,13 +249,13 @@ class KeySet:
         return key
 
     def _want_refetch(self) -> None:
-        if self._refetch_pending:
+        if self._refetch is not None:
             return  # one is already coming: this kid waits for it too
         if not self._limiter.allow(self._clock()):
             self._refetches_limited += 1
             return
         self._refetches += 1
-        self._refetch_pending = True
+        self._refetch = trio.Event()
         self._refetch_wanted.set()
 
     async def wait_for_refetch(self, timeout_s: float) -> bool:
@@ -266,11 +266,11 @@ class KeySet:
             False at once when no refetch is pending (the limiter refused one), or when the
             time ran out.
         """
-        if not self._refetch_pending:
+        refetch = self._refetch
+        if refetch is None:
             return False
-        done = self._fetch_done
         with trio.move_on_after(timeout_s):
-            await done.wait()
+            await refetch.wait()
             return True
         return False
 
@@ -301,6 +301,9 @@ class KeySet:
             ok = await self._fetch(fetch)
 
     async def _fetch(self, fetch: Fetch) -> bool:
+        # A refetch granted while this fetch is under way is served by the next one: this
+        # fetch's document may predate the kid that asked.
+        serving = self._refetch
         self._limiter.note_fetch(self._clock())
         self._fetches += 1
         try:
@@ -314,9 +317,9 @@ class KeySet:
         except Exception as exc:  # the injected transport's errors: any failure keeps the keys
             return self._failed(f"{type(exc).__name__}: {exc}")
         finally:
-            self._refetch_pending = False
-            done, self._fetch_done = self._fetch_done, trio.Event()
-            done.set()
+            if serving is not None:
+                self._refetch = None
+                serving.set()
         self._keys = keys
         log.info("jwks %s: %d keys loaded", self.name, len(keys))
         return True

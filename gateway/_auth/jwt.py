@@ -160,6 +160,9 @@ class JwtSettings:
                 )
         if not (math.isfinite(self.leeway_s) and self.leeway_s >= 0):
             raise ValueError("leeway_s: must be a finite number >= 0")
+        if isinstance(self.audience, str) or isinstance(self.algorithms, str):
+            # a bare string would be searched by substring
+            raise ValueError("audience and algorithms: a tuple of strings, not a string")
         if any(not aud for aud in self.audience):
             raise ValueError("audience: an empty string matches nothing")
 
@@ -326,7 +329,9 @@ class VerifiedCache:
     Keyed by SHA-256 of the token: the cache never holds a token, only its digest and its
     claims. Bounded by ``max_entries`` (least recently used evicted first); an entry is
     never served at or after its token's ``exp`` plus the leeway, and tokens without
-    ``exp`` are not cached. Keep one cache per policy: a hit still re-checks the policy's
+    ``exp`` are not cached. Memory: up to ``max_entries`` claim sets (a token is at most
+    ``MAX_TOKEN_CHARS``; a typical one's claims take well under 1 KiB). Keep one cache per
+    policy: a hit still re-checks the policy's
     allow-list, key and claims, but sharing would let one policy's tokens evict another's.
     ``max_entries=0`` disables it.
 
