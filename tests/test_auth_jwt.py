@@ -234,6 +234,20 @@ def test_alg_none_is_never_allowed() -> None:
             JwtSettings(None, (), (spelling, "RS256"), leeway_s=0)
 
 
+def test_settings_refuse_what_would_be_checked_wrongly() -> None:
+    for bad in (
+        dict(algorithms=()),
+        dict(algorithms=("RS1",)),
+        dict(audience="orders-api"),  # a string would match by substring
+        dict(audience=("",)),
+        dict(leeway_s=-1),
+        dict(leeway_s=float("inf")),
+    ):
+        fields: dict[str, Any] = dict(issuer=None, audience=(), algorithms=("RS256",), leeway_s=0)
+        with pytest.raises(ValueError):
+            JwtSettings(**{**fields, **bad})
+
+
 def test_alg_outside_the_allow_list_is_algorithm_not_allowed() -> None:
     rs_only = JwtSettings(ISSUER, ("orders-api",), ("RS256",), leeway_s=0)
     assert reason(es256(), policy=rs_only) == "algorithm_not_allowed"
