@@ -13,6 +13,13 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
     │                                 (busy port, bad address); one line, exit status 2
     ├── StoreUnavailable              the shared state store (Redis) failed or did not answer in
     │                                 time; the caller fails open or closed, caches are skipped
+    ├── TokenRejected                 a bearer token (RFC 7519 JWT) failed validation; .reason is
+    │                                 a stable word for the access log (``expired``...); the
+    │                                 request layer answers 401 with ``WWW-Authenticate: Bearer
+    │                                 error="invalid_token"`` (RFC 6750 section 3). Never
+    │                                 carries the token.
+    ├── JwksError                     a JWK Set document (RFC 7517 section 5) has no usable key
+    │                                 or is not a key set; a refresh keeps the previous keys
     └── RequestError                  one client request; .status, .code, .message, .fields
         ├── NotFound                  404 not_found: no endpoint has this path
         ├── MethodNotAllowed          405 method_not_allowed: the path exists, the method does not
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 
 class GatewayError(Exception):
@@ -87,6 +95,46 @@ class StoreUnavailable(GatewayError):
     connection, or an error reply. Never a client's fault and not an HTTP response by itself:
     the caller decides whether a rate limit fails open or closed, and skips the cache. The
     original error, if any, is the ``__cause__``."""
+
+
+TokenRejectReason = Literal[
+    "malformed",
+    "expired",
+    "not_yet_valid",
+    "bad_issuer",
+    "bad_audience",
+    "bad_signature",
+    "algorithm_not_allowed",
+    "unknown_key",
+    "no_keys",
+]
+
+
+class TokenRejected(GatewayError):
+    """A bearer token failed validation (``gateway._auth.jwt.verify``).
+
+    Args:
+        reason: a short stable machine word, one of :data:`TokenRejectReason`: what the
+            access log and metrics record.
+        message: what is wrong, for the log. It never contains the token or any part of it
+            (RFC 6750 section 5.3: bearer tokens are credentials); callers must not add it.
+    """
+
+    def __init__(self, reason: TokenRejectReason, message: str) -> None:
+        self.reason: TokenRejectReason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")
+
+
+class JwksError(GatewayError):
+    """A JWK Set document cannot be used: not JSON, not an object with a ``keys`` array
+    (RFC 7517 section 5), or not one key in it the gateway can verify signatures with.
+    ``source`` names where it came from (a URL or a file), never its content."""
+
+    def __init__(self, source: str, message: str) -> None:
+        self.source = source
+        self.message = message
+        super().__init__(f"{source}: {message}")
 
 
 class RequestError(GatewayError):
