@@ -77,7 +77,7 @@ def check_api_key(policy: ApiKeyPolicy, headers: RawHeaders) -> Identity:
     """Raises:
     Unauthorized: no key in the policy's header.
     InvalidToken: a key that is not one of the policy's."""
-    challenge = api_key_challenge(policy.header)
+    challenge = api_key_challenge(policy.header_text or policy.header.decode("latin-1"))
     lines = header_values(headers, policy.header)
     if not lines:
         raise Unauthorized("an API key is required", challenge=challenge, reason="missing")

@@ -60,6 +60,7 @@ class ApiKeyPolicy:
     name: str
     header: bytes  # lower-case
     digests: tuple[tuple[str, bytes], ...] = field(repr=False)
+    header_text: str = ""  # the header's name as the config spells it (for the challenge)
     kind: Literal["api_key"] = "api_key"
 
 

@@ -186,11 +186,11 @@ def bearer_challenge(error: str | None = None, scope: Sequence[str] = ()) -> str
     return "Bearer " + ", ".join(params)
 
 
-def api_key_challenge(header: bytes) -> str:
+def api_key_challenge(header: str) -> str:
     """The challenge of an API key policy. There is no registered scheme for API keys; a
     401 must still carry a challenge (RFC 9110 section 15.5.2), so it names the header the
     key goes in: ``ApiKey header="X-Api-Key"``."""
-    return f"ApiKey header={_quoted(header.decode('latin-1'))}"
+    return f"ApiKey header={_quoted(header)}"
 
 
 def insufficient(requirement: Requirement, reason: str) -> InsufficientScope:

@@ -204,7 +204,7 @@ def _api_key(
     digests = read_keys_file(config.keys_file, file, (*where, "keys_file"), problems)
     if digests is None:
         return None
-    return ApiKeyPolicy(name, config.header.lower().encode("latin-1"), digests)
+    return ApiKeyPolicy(name, config.header.lower().encode("latin-1"), digests, config.header)
 
 
 def read_keys_file(
