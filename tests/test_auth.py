@@ -5,6 +5,7 @@ identity. A refused request never reaches an upstream."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import jwt as pyjwt
 import pytest
 import trio
+import trio.testing
 from conftest import recorder, start_gateway, start_upstream
 from upstream import RecordedRequest, Reply
 
@@ -595,3 +597,44 @@ async def test_passthrough_endpoints_are_authenticated_too() -> None:
             assert (await gw.get("/raw", headers=bearer(token()))).status_code == 200
             assert [r.headers["x-user"] for r in seen] == ["alice"]
             nursery.cancel_scope.cancel()
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_the_refusal_reason_is_in_the_access_log_and_the_token_never_is() -> None:
+    expired = token({"exp": int(time.time()) - 600})
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            _, handler = recorder()
+            api = await start_upstream(nursery, handler)
+            gw = await start_gateway(
+                nursery,
+                gateway_config(
+                    {"api": api.url}, {"users": jwt_policy()}, [endpoint("/o", "users")]
+                ),
+            )
+            lines = _Lines()
+            access_log = logging.getLogger("gateway.access")
+            access_log.addHandler(lines)
+            level = access_log.level
+            access_log.setLevel(logging.INFO)
+            try:
+                await gw.get("/o", headers=bearer(expired))
+                await gw.get("/o", headers=bearer(token()))
+                while len(lines.records) < 2:  # written once each response is sent
+                    await trio.testing.wait_all_tasks_blocked(0.001)
+            finally:
+                access_log.removeHandler(lines)
+                access_log.setLevel(level)
+            nursery.cancel_scope.cancel()
+    refused, passed = (r.access for r in lines.records)
+    assert refused["auth"] == {"refused": "invalid_token", "reason": "expired"}
+    assert passed["auth"] == {"policy": "users"}
+    assert expired not in str(refused) and "alice" not in str(passed)
