@@ -242,13 +242,18 @@ def refusal_of(exc: HTTPException) -> RequestError | None:
 
 
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
-    """The config as JSON with every header value masked: that is where secrets live."""
+    """The config as JSON with every header value and every auth secret masked: that is
+    where secrets live."""
     data: dict[str, Any] = plan.config.model_dump(mode="json", by_alias=True)
     for upstream in data.get("upstreams", {}).values():
         upstream["headers"] = dict.fromkeys(upstream.get("headers", {}), MASK)
     for endpoint in data.get("endpoints", []):
         for backend in endpoint.get("backends", []):
             backend["headers"] = dict.fromkeys(backend.get("headers", {}), MASK)
+    for policy in data.get("auth", {}).values():
+        jwt = policy.get("jwt") or {}
+        if jwt.get("secret") is not None:
+            jwt["secret"] = MASK  # an HMAC secret signs tokens: whoever reads it can mint them
     redis = data.get("state", {}).get("redis")
     if redis:
         parts = urlsplit(redis)

@@ -208,3 +208,20 @@ def test_an_endpoint_with_auth_keys_its_cache_by_identity_not_by_bypassing() -> 
         endpoint={"auth": "u", "cache": {"ttl": "10s"}},
     )
     assert load(doc).endpoints[0].cache.bypass_headers == frozenset()
+
+
+def test_the_admin_config_view_masks_hmac_secrets() -> None:
+    from gateway._app import MASK, masked_config
+
+    plan = load(config({"u": {"jwt": {"secret": SECRET, "algorithms": ["HS256"]}}}))
+    assert masked_config(plan)["auth"]["u"]["jwt"]["secret"] == MASK
+    assert SECRET not in json.dumps(masked_config(plan))
+
+
+def test_a_policy_left_out_for_its_own_problems_is_not_also_unknown() -> None:
+    doc = config(
+        {"users": {"jwt": {"secret": SECRET, "bogus": 1}}},
+        endpoint={"auth": "users"},
+    )
+    (problem,) = problems_of(doc)
+    assert problem.startswith("gw.yaml: auth.users.jwt.bogus: unknown key 'bogus'")

@@ -11,7 +11,7 @@ name.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .._auth.plan import (
     ApiKeyPolicy,
@@ -323,21 +323,21 @@ def _forward(
 def endpoint_auth(
     names: list[str],
     policies: Mapping[str, AuthPolicy],
-    known: frozenset[str],
+    known: Callable[[str], bool],
     at: str,
     file: str,
     problems: list[ConfigProblem],
 ) -> EndpointAuth | None:
-    """The plans of the named policies; an unknown name is a problem at ``at`` (a policy
-    that exists but failed to compile was reported already)."""
+    """The plans of the named policies; an unknown name (``known`` says no) is a problem at
+    ``at`` (a policy that exists but failed to compile was reported already)."""
     if not names:
         return None
     found: list[AuthPolicy] = []
     for policy_name in names:
         if policy_name in policies:
             found.append(policies[policy_name])
-        elif policy_name not in known:
-            defined = ", ".join(sorted(known)) or "none defined"
+        elif not known(policy_name):
+            defined = ", ".join(sorted(policies)) or "none defined"
             problems.append(
                 ConfigProblem(file, at, f"unknown auth policy {policy_name!r} (known: {defined})")
             )

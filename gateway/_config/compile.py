@@ -212,7 +212,11 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
         file,
         problems,
     )
-    known_policies = frozenset(config.auth)
+
+    def known_policies(name: str) -> bool:
+        # a policy left out for problems of its own is not also reported as unknown
+        return name in config.auth or left_out.policy_left_out(name)
+
     default_auth = config.defaults.auth
     # unknown names in defaults.auth are reported once, there, not on every endpoint
     endpoint_auth(
