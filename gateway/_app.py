@@ -26,6 +26,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from ._auth.gate import authenticate
+from ._auth.policy import JwtAuthenticator, authenticator_for
+from ._auth.rules import Identity
 from ._call.context import CallContext
 from ._config.compile import load_config
 from ._config.plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
@@ -36,11 +39,13 @@ from ._endpoint import (
     check_limits,
     check_rate_limits,
     request_error_body,
+    send_auth_refusal,
     send_error,
     send_framing_error,
     serve_aggregate,
 )
 from ._errors import (
+    AuthError,
     ConfigError,
     HeadersTooLarge,
     InvalidRequest,
@@ -97,7 +102,8 @@ def tune_gc() -> None:
 
 
 MASK = "***"
-# ASGI scope key: (RouteMatch, GatewayPlan, AccessRecord | None) of a passthrough request
+# ASGI scope key: (RouteMatch, GatewayPlan, AccessRecord | None, Identity | None) of a
+# passthrough request
 ROUTED = "gateway.routed"
 
 
@@ -145,6 +151,17 @@ def build_guards(plan: GatewayPlan, previous: dict[str, UpstreamGuard]) -> dict[
                     backend.guard, backend.own_breaker, backend.own_bulkhead
                 )
     return guards
+
+
+def build_authenticators(plan: GatewayPlan) -> dict[str, JwtAuthenticator]:
+    """The verifier of every JWT policy an endpoint uses, by policy name."""
+    return {
+        policy.name: authenticator_for(policy)
+        for endpoint in plan.endpoints
+        if endpoint.auth is not None
+        for policy in endpoint.auth.policies
+        if policy.kind == "jwt"
+    }
 
 
 def _shares(mine: object, upstreams: object, *, own: bool) -> bool:
@@ -225,13 +242,18 @@ def refusal_of(exc: HTTPException) -> RequestError | None:
 
 
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
-    """The config as JSON with every header value masked: that is where secrets live."""
+    """The config as JSON with every header value and every auth secret masked: that is
+    where secrets live."""
     data: dict[str, Any] = plan.config.model_dump(mode="json", by_alias=True)
     for upstream in data.get("upstreams", {}).values():
         upstream["headers"] = dict.fromkeys(upstream.get("headers", {}), MASK)
     for endpoint in data.get("endpoints", []):
         for backend in endpoint.get("backends", []):
             backend["headers"] = dict.fromkeys(backend.get("headers", {}), MASK)
+    for policy in data.get("auth", {}).values():
+        jwt = policy.get("jwt") or {}
+        if jwt.get("secret") is not None:
+            jwt["secret"] = MASK  # an HMAC secret signs tokens: whoever reads it can mint them
     redis = data.get("state", {}).get("redis")
     if redis:
         parts = urlsplit(redis)
@@ -307,6 +329,7 @@ class GatewayApp(QuartTrio):
         self.loaded_at = time.time()
         self.exporter: SpanExporter | None = None
         self.guards: dict[str, UpstreamGuard] = build_guards(plan, {})
+        self.authenticators: dict[str, JwtAuthenticator] = build_authenticators(plan)
         self.state: SharedState | None = None  # open while serving (rate limits, caches)
         # read at startup only: the listening sockets outlive a reload
         self.admin_listener: Listener | None = plan.admin_listener
@@ -419,8 +442,29 @@ class GatewayApp(QuartTrio):
                     return
                 if record is not None:
                     record.endpoint = match.target.path
+                # the order of the request's layers: route, authenticate, rate-limit, call
+                identity: Identity | None = None
+                if match.target.auth is not None:
+                    try:
+                        identity = await authenticate(
+                            match.target.auth,
+                            scope["headers"],
+                            scope.get("query_string") or b"",
+                            self.transport.send,
+                            self.authenticators,
+                        )
+                    except AuthError as exc:
+                        if record is not None:
+                            record.auth = {"refused": exc.code, "reason": exc.reason}
+                        metrics.AUTH_REFUSED.labels(match.target.path, exc.code).inc()
+                        await send_auth_refusal(send, exc, head=scope["method"] == "HEAD")
+                        return
+                    if record is not None:
+                        record.auth = {"policy": identity.policy}
                 if match.target.rate_limits and self.state is not None:
-                    fields, refusal = await check_rate_limits(self.state, plan, match, scope)
+                    fields, refusal = await check_rate_limits(
+                        self.state, plan, match, scope, identity
+                    )
                     if refusal is not None:
                         await send_error(
                             send, refusal, head=scope["method"] == "HEAD", headers=fields
@@ -438,11 +482,12 @@ class GatewayApp(QuartTrio):
                         record,
                         self.guards,
                         self.state,
+                        identity,
                     )
                     return
                 # passthrough is served through Quart (request body streaming); it reuses
-                # this match instead of routing again
-                scope[ROUTED] = (match, plan, record)
+                # this match (and the identity) instead of routing again
+                scope[ROUTED] = (match, plan, record, identity)
             # Quart-Trio cancels the request's nursery as the last body is sent
             send = _finishing_shielded(send)
         try:
@@ -552,6 +597,7 @@ class GatewayApp(QuartTrio):
         if self._transport is not None:
             self._transport.reconfigure(pool_limits(plan))
         self.guards = build_guards(plan, self.guards)
+        self.authenticators = build_authenticators(plan)
         self.plan = plan
         self.loaded_at = time.time()
         for warning in plan.warnings:
@@ -653,12 +699,18 @@ class GatewayApp(QuartTrio):
         routed = scope.get(ROUTED)
         if routed is None:
             return None  # the admin routes, routed by Quart
-        match, plan, record = routed
+        match, plan, record, identity = routed
         endpoint = match.target
         try:
             # the worker's guards: passthrough calls have a breaker, bulkhead and hosts too
             ctx = build_context(
-                endpoint, match.params, scope, None, plan.trusted_proxies, self.guards
+                endpoint,
+                match.params,
+                scope,
+                None,
+                plan.trusted_proxies,
+                self.guards,
+                identity=identity,
             )
         except RequestError as exc:
             return error_response(exc)

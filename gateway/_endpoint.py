@@ -17,11 +17,14 @@ from typing import Any
 import orjson
 import trio
 
+from ._auth.rules import Identity
 from ._call.context import CallContext
 from ._call.exchange import ByteBudget, Sender
 from ._call.request import check_client_values
 from ._config.plan import EndpointPlan, GatewayPlan
 from ._errors import (
+    AuthError,
+    ForwardAuthRefused,
     HeadersTooLarge,
     InvalidQueryParameter,
     InvalidRequest,
@@ -61,6 +64,7 @@ def build_context(
     trusted_proxies: Sequence[Network] = (),
     guards: Mapping[str, UpstreamGuard] | None = None,
     state: SharedState | None = None,
+    identity: Identity | None = None,
 ) -> CallContext:
     """Take from the client request only what this endpoint's config uses, plus the
     forwarding headers the gateway sets (``X-Forwarded-*``, ``Via``), and check every
@@ -89,6 +93,8 @@ def build_context(
     forward = [
         *select_headers(scope["headers"], endpoint.forward_header_names),
         *info.headers,
+        # forward auth's copy_response_headers: to every backend call of the request
+        *(identity.headers if identity is not None else ()),
     ]
     query_string: bytes = scope.get("query_string") or b""
     pairs = parse_query(query_string) if query_string else []
@@ -137,6 +143,7 @@ def build_context(
         info.address,
         guards or {},
         state,
+        identity=identity,
     )
     if endpoint.reads_request_values or endpoint.reads_body:
         check_client_values(endpoint, ctx, malformed)
@@ -158,6 +165,7 @@ async def check_rate_limits(
     plan: GatewayPlan,
     match: RouteMatch[EndpointPlan],
     scope: Scope,
+    identity: Identity | None = None,
 ) -> tuple[list[tuple[bytes, bytes]], RequestError | None]:
     """The endpoint's rate limits for this request: the response fields to add, and the
     refusal to answer with instead, if any."""
@@ -169,7 +177,7 @@ async def check_rate_limits(
         plan.trusted_proxies,
     ).address
     return await state.check_rate_limits(
-        match.target, match.params, request_query(scope), scope["headers"], address
+        match.target, match.params, request_query(scope), scope["headers"], address, identity
     )
 
 
@@ -226,6 +234,23 @@ async def send_error(
     fields = [(b"allow", ", ".join(exc.allow).encode())] if exc.allow else []
     fields.extend(headers)
     await send_json(send, exc.status, request_error_body(exc), fields, head=head)
+
+
+async def send_auth_refusal(send: Send, exc: AuthError, *, head: bool = False) -> None:
+    """An auth refusal: the gateway's JSON error with its ``WWW-Authenticate`` challenge,
+    or, for a forward auth service's 401/403, that answer as it came (status,
+    ``WWW-Authenticate``, ``Content-Type``, body)."""
+    if not isinstance(exc, ForwardAuthRefused):
+        await send_error(send, exc, head=head, headers=exc.response_headers)
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [*exc.headers, (b"content-length", str(len(exc.body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else exc.body})
 
 
 def request_error_body(exc: RequestError) -> dict[str, Any]:
@@ -300,6 +325,7 @@ async def serve_aggregate(
     record: AccessRecord | None = None,
     guards: Mapping[str, UpstreamGuard] | None = None,
     state: SharedState | None = None,
+    identity: Identity | None = None,
 ) -> None:
     """Answer one request to an aggregated endpoint (from the endpoint's cache, if it has
     one and it holds the answer).
@@ -319,11 +345,14 @@ async def serve_aggregate(
         if endpoint.reads_body:
             body = await read_body(scope, receive, server.max_request_body, server.body_timeout)
         ctx = build_context(
-            endpoint, match.params, scope, body, plan.trusted_proxies, guards, state
+            endpoint, match.params, scope, body, plan.trusted_proxies, guards, state, identity
         )
         if record is not None:
             record.client = ctx.client_address
     except ClientGone:
+        return
+    except AuthError as exc:
+        await send_auth_refusal(send, exc, head=head)
         return
     except RequestError as exc:
         await send_error(send, exc, head=head)
@@ -342,6 +371,7 @@ async def serve_aggregate(
                 request_query(scope),
                 scope["headers"],
                 ctx.forward_headers,
+                identity,
             )
             entry = await state.get(cache_key)
             unpacked = unpack(entry) if entry is not None else None

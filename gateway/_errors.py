@@ -32,6 +32,17 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         ├── InvalidRequestBody        400 invalid_request_body: a backend sends the client's
         │                             body (``body:``) and the request has none, or lacks the part
         ├── InvalidRequest            400 invalid_request: another malformed part of the request
+        ├── AuthError                 the endpoint's auth policies refused the request; carries
+        │   │                         the WWW-Authenticate challenge (RFC 6750 section 3)
+        │   ├── Unauthorized          401 unauthorized: no credentials (bare ``Bearer`` challenge)
+        │   ├── InvalidToken          401 invalid_token: a token or API key that does not verify
+        │   ├── InsufficientScope     403 insufficient_scope: verified, but roles or scopes unmet
+        │   ├── MissingClaim          403 missing_claim: a claim a backend template reads is
+        │   │                         absent from the verified token, or not a string or number
+        │   ├── ForwardAuthRefused    401/403 forward_auth_refused: the auth service's own
+        │   │                         answer, passed to the client as it came
+        │   └── AuthUnavailable       503 auth_unavailable: the auth service failed, timed out or
+        │                             answered something other than 2xx, 401 or 403
         ├── AdminForbidden            403 admin_forbidden: a private admin route, peer outside
         │                             server.admin_allow
         ├── RequestTimeout            408 request_timeout: the body took longer than body_timeout
@@ -207,6 +218,95 @@ class InvalidRequestBody(RequestError):
 class InvalidRequest(RequestError):
     status = 400
     code = "invalid_request"
+
+
+class AuthError(RequestError):
+    """An auth policy refused the request (see :mod:`gateway._auth`).
+
+    Args:
+        challenge: the ``WWW-Authenticate`` value answered with (RFC 9110 section 11.6.1:
+            a 401 must carry one), or None.
+        reason: a word for the access log (``missing``, ``expired``, ``bad_signature``,
+            ``wrong_key``, ``roles``, ...); never a token or a key.
+    """
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        challenge: str | None = None,
+        reason: str = "",
+        fields: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, fields=fields)
+        self.challenge = challenge
+        self.reason = reason or self.code
+
+    @property
+    def response_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The header lines of the refusal: the challenge, if any."""
+        if self.challenge is None:
+            return ()
+        return ((b"www-authenticate", self.challenge.encode("latin-1")),)
+
+
+class Unauthorized(AuthError):
+    """No credentials where the policy looks for them: RFC 6750 section 3.1 says such a
+    challenge carries no error code."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class InvalidToken(AuthError):
+    """Credentials that do not verify: malformed, expired, not yet valid, wrong issuer or
+    audience, bad signature, an algorithm outside the allow-list, an unknown key or API key
+    (RFC 6750 section 3.1, ``invalid_token``)."""
+
+    status = 401
+    code = "invalid_token"
+
+
+class InsufficientScope(AuthError):
+    """Verified credentials without the roles or scopes the policy requires (RFC 6750
+    section 3.1, ``insufficient_scope``)."""
+
+    status = 403
+    code = "insufficient_scope"
+
+
+class MissingClaim(AuthError):
+    """A backend template reads a claim (``{jwt.org.id}``) the verified token does not
+    carry, or one that is not a string or a number. The client cannot fix it by repeating
+    the request with the same token: a 403, like an unmet scope."""
+
+    status = 403
+    code = "missing_claim"
+
+
+class ForwardAuthRefused(AuthError):
+    """The forward auth service answered 401 or 403: its status, ``WWW-Authenticate`` and
+    body go to the client as they came (its own body, not the gateway's JSON)."""
+
+    status = 401
+    code = "forward_auth_refused"
+
+    def __init__(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> None:
+        super().__init__(f"the auth service answered {status}", reason=f"forward_{status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class AuthUnavailable(AuthError):
+    """The forward auth service could not decide: unreachable, too slow, a 5xx or another
+    answer than 2xx, 401 and 403. Never a pass."""
+
+    status = 503
+    code = "auth_unavailable"
 
 
 class AdminForbidden(RequestError):

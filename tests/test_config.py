@@ -260,7 +260,7 @@ def test_unknown_backend_key_names_its_path_and_the_allowed_keys() -> None:
 def test_unknown_top_level_key_lists_the_top_level_keys() -> None:
     assert problems_of("version: 1\nfoo: 1\n") == [
         "gw.yaml: foo: unknown key 'foo' (allowed: version, server, defaults, upstreams, "
-        "endpoints, tracing, state)"
+        "endpoints, tracing, state, auth)"
     ]
 
 
@@ -505,7 +505,7 @@ def test_validation_and_cross_reference_problems_come_out_in_one_run() -> None:
         "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
         "like 250ms or 2s (got int)",
         "gw.yaml: endpoints[0].foo: unknown key 'foo' (allowed: path, method, deadline, "
-        "forward_headers, forward_query, debug, passthrough, rate_limit, cache, backends)",
+        "forward_headers, forward_query, debug, passthrough, rate_limit, cache, auth, backends)",
         # cross-references of every part that is valid, at its place in the file (the
         # left-out upstream users is not reported as unknown; backend a is kept without
         # its invalid timeout)
@@ -1076,6 +1076,7 @@ def test_schema_prints_json_with_every_top_level_key(capsys: pytest.CaptureFixtu
         "endpoints",
         "tracing",
         "state",
+        "auth",
     }
     assert schema["additionalProperties"] is False
 
@@ -1117,6 +1118,11 @@ def test_every_config_model_is_walked() -> None:
         "BackendCacheConfig",
         "EndpointCacheConfig",
         "StateConfig",
+        "AuthPolicyConfig",
+        "JwtConfig",
+        "ApiKeyConfig",
+        "ForwardAuthConfig",
+        "RequireConfig",
     }
 
 

@@ -48,8 +48,11 @@ def key_fields(request: UpstreamRequest) -> frozenset[bytes]:
 
 
 def request_key(request: UpstreamRequest) -> str:
-    """The store (and coalescing) key of an upstream request."""
-    return cache_key(request.method, request.url, request.headers, key_fields(request))
+    """The store (and coalescing) key of an upstream request; on an endpoint with auth,
+    also the identity's digest (``partition``), so that one identity's reply never reaches
+    another even when the call does not depend on who asked."""
+    key = cache_key(request.method, request.url, request.headers, key_fields(request))
+    return f"{key}:{request.partition}" if request.partition else key
 
 
 def shareable(reply: Reply) -> bool:

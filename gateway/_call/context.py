@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .._auth.rules import Identity
 from .._rules.resilience import UpstreamGuard
 from .._rules.transform import JSON
 from .exchange import ByteBudget, unlimited_budget
@@ -38,3 +39,5 @@ class CallContext:
     # each backend call's state (retries and hedges so far), by backend name, so that a
     # call cut by the deadline is still reported with them
     attempts: dict[str, CallStats] = field(default_factory=dict)
+    # who the endpoint's auth policy verified the request as; None without auth
+    identity: Identity | None = None

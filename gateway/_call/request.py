@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httpx
 import orjson
 
+from .._auth.rules import claim_at
 from .._config.plan import BackendPlan, EndpointPlan
-from .._errors import InvalidHeader, InvalidQueryParameter, InvalidRequestBody
+from .._errors import InvalidHeader, InvalidQueryParameter, InvalidRequestBody, MissingClaim
 from .._observability.tracing import CURRENT
 from .._rules.aggregate import BackendResult, Outcome
 from .._rules.graph import all_hold, skipped_by_condition
@@ -51,6 +52,9 @@ class UpstreamRequest:
     headers: list[tuple[bytes, bytes]]
     body: bytes | None = None
     auto_host: bool = False  # headers[0] is the Host field made for ``base``
+    # the verified identity's digest on an endpoint with auth: the backend cache and
+    # coalescing key on it, so no identity is ever given another's reply
+    partition: str = ""
 
     @property
     def url(self) -> str:
@@ -70,6 +74,7 @@ def upstream_request(
     target: str,
     headers: list[tuple[bytes, bytes]],
     body: bytes | None = None,
+    partition: str = "",
 ) -> UpstreamRequest:
     """The request httpx would build for ``base.origin + target`` (same target, same header
     lines in the same order); takes ownership of ``headers``.
@@ -97,8 +102,10 @@ def upstream_request(
     ):
         auto.append((b"Content-Length", b"0"))
     if auto:
-        return UpstreamRequest(method, base, target, auto + headers, body, auto[0][0] == b"Host")
-    return UpstreamRequest(method, base, target, headers, body)
+        return UpstreamRequest(
+            method, base, target, auto + headers, body, auto[0][0] == b"Host", partition
+        )
+    return UpstreamRequest(method, base, target, headers, body, partition=partition)
 
 
 def with_host(request: UpstreamRequest, base: BaseUrl) -> UpstreamRequest:
@@ -111,7 +118,13 @@ def with_host(request: UpstreamRequest, base: BaseUrl) -> UpstreamRequest:
     if request.auto_host:
         headers = [(b"Host", base.host_header), *headers[1:]]
     return UpstreamRequest(
-        request.method, base, request.target, headers, request.body, request.auto_host
+        request.method,
+        base,
+        request.target,
+        headers,
+        request.body,
+        request.auto_host,
+        request.partition,
     )
 
 
@@ -137,6 +150,8 @@ def _resolver(
             if value is None:
                 raise UnresolvedReference("not in the request's headers")
             return value
+        if ref.kind in ("jwt", "apikey"):
+            return identity_value(ctx, ref)
         if ref.has_wildcard and element is not _NO_ELEMENT:
             return element
         result = results[ref.index]
@@ -144,6 +159,25 @@ def _resolver(
         return walk(result.selected, ref.path)
 
     return resolve
+
+
+def identity_value(ctx: CallContext, ref: Ref) -> JSON:
+    """The value of a ``{jwt.PATH}`` or ``{apikey.name}`` reference.
+
+    Raises:
+        UnresolvedReference: the request's identity has no such claim or key name.
+    """
+    identity = ctx.identity
+    if ref.kind == "apikey":
+        if identity is None or not identity.key_name:
+            raise UnresolvedReference("the request was not authenticated with an API key")
+        return identity.key_name
+    if identity is None or identity.kind != "jwt":
+        raise UnresolvedReference("the request was not authenticated with a token")
+    value = claim_at(identity.claims, ref.path)
+    if value is None:
+        raise UnresolvedReference("the token has no such claim")
+    return cast(JSON, value)
 
 
 def check_client_values(
@@ -225,6 +259,17 @@ def _check_template(
             if header is None:
                 raise InvalidHeader(f"{what} is required", fields=fields)
             value, error = header, InvalidHeader
+        elif ref.kind in ("jwt", "apikey"):
+            # a verified identity without what the endpoint reads: the client cannot fix
+            # it by correcting the request, so a 403 (see MissingClaim), before any call
+            claim = ".".join(str(s) for s in ref.path) if ref.kind == "jwt" else "apikey.name"
+            try:
+                encode(identity_value(ctx, ref))
+            except UnresolvedReference as exc:
+                raise MissingClaim(
+                    f"{ref.text}: {exc}", reason="missing_claim", fields={"claim": claim}
+                ) from None
+            continue
         else:
             continue
         try:
@@ -289,7 +334,10 @@ def build_request(
         if b"content-type" not in configured:
             headers.append((b"content-type", b"application/json"))
     base = backend.upstream.base
-    return upstream_request(backend.method, base, base.base_path + path, headers, content)
+    partition = ctx.identity.partition if ctx.identity is not None else ""
+    return upstream_request(
+        backend.method, base, base.base_path + path, headers, content, partition
+    )
 
 
 def build_requests(
@@ -351,6 +399,8 @@ def redirect_request(
             if k.lower() not in (b"content-type", b"content-length", b"transfer-encoding")
         ]
         method = "GET" if request.method != "HEAD" else "HEAD"
-        return upstream_request(method, request.base, path, headers)
+        return upstream_request(method, request.base, path, headers, partition=request.partition)
     headers = [(k, v) for k, v in request.headers if k.lower() != b"host"]
-    return upstream_request(request.method, request.base, path, headers, request.body)
+    return upstream_request(
+        request.method, request.base, path, headers, request.body, request.partition
+    )

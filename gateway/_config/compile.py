@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
+from .._auth.plan import EndpointAuth
 from .._errors import ConfigError, ConfigProblem
 from .._observability.otel import OTEL_MISSING, otel_available
 from .._rules.admin import Listener, parse_listener
@@ -40,6 +41,7 @@ from .._rules.urls import (
     parse_route,
 )
 from .._state.limiter import parse_limit
+from .auth_compile import compile_policies, endpoint_auth
 from .load import format_path, load_document, read_config_file
 from .model import (
     BackendConfig,
@@ -53,6 +55,7 @@ from .model import (
     UpstreamConfig,
     backend_has_default,
 )
+from .model import endpoint_auth as endpoint_auth_names
 from .plan import (
     ADMIN_PREFIX,
     BAD_VALUE,
@@ -214,6 +217,33 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                 )
                 break
 
+    policies = compile_policies(
+        config.auth,
+        upstreams,
+        frozenset({*config.upstreams, *left_out.upstreams}),
+        file,
+        problems,
+    )
+
+    def known_policies(name: str) -> bool:
+        # a policy left out for problems of its own is not also reported as unknown
+        return name in config.auth or left_out.policy_left_out(name)
+
+    default_auth = config.defaults.auth
+    # unknown names in defaults.auth are reported once, there, not on every endpoint
+    endpoint_auth(
+        []
+        if default_auth is None
+        else [default_auth]
+        if isinstance(default_auth, str)
+        else default_auth,
+        policies,
+        known_policies,
+        "defaults.auth",
+        file,
+        problems,
+    )
+
     endpoints: list[EndpointPlan] = []
     seen_routes: dict[tuple[tuple[str | None, ...], str], int] = {}
     for ei, ep in enumerate(config.endpoints):
@@ -325,7 +355,29 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                     )
                 )
 
+        own_auth = "auth" in ep.model_fields_set
+        auth = endpoint_auth(
+            endpoint_auth_names(config, ep),
+            policies,
+            known_policies,
+            format_path((*where, "auth")),
+            file,
+            problems if own_auth else [],
+        )
+        _identity_refs(backends, auth, where, file, problems)
         if len(backends) == len(ep.backends):
+            cache = _endpoint_cache(
+                ep,
+                route,
+                request_reads(backends, forward_headers, ep.forward_query),
+                where,
+                file,
+                problems,
+            )
+            if cache is not None and auth is not None:
+                # the identity is part of the key (endpoint_cache_key): a credential no
+                # longer makes the answer one client's, it is kept for that identity only
+                cache = replace(cache, bypass_headers=frozenset())
             endpoints.append(
                 EndpointPlan(
                     index=ei,
@@ -340,15 +392,9 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                     placements=tuple(b.placement for b in backends),
                     debug=ep.debug,
                     max_total_response_bytes=defaults.max_total_response_size,
-                    rate_limits=_rate_limits(ep, route, where, file, problems),
-                    cache=_endpoint_cache(
-                        ep,
-                        route,
-                        request_reads(backends, forward_headers, ep.forward_query),
-                        where,
-                        file,
-                        problems,
-                    ),
+                    rate_limits=_rate_limits(ep, route, auth, where, file, problems),
+                    cache=cache,
+                    auth=auth,
                 )
             )
 
@@ -434,9 +480,36 @@ RATE_LIMIT_KEYS = ("ip", "global")
 KEYED_SOURCES = ("header", "path", "query")
 
 
+def _identity_refs(
+    backends: list[BackendPlan],
+    auth: EndpointAuth | None,
+    where: tuple[int | str, ...],
+    file: str,
+    problems: list[ConfigProblem],
+) -> None:
+    """``{jwt.*}`` needs a JWT policy on the endpoint, ``{apikey.name}`` an API key one:
+    otherwise the reference could never be filled."""
+    for bi, backend in enumerate(backends):
+        templates = [(("path",), backend.url)] + [
+            (("headers", name), template) for name, template in backend.header_templates
+        ]
+        for key, template in templates:
+            for ref in template.refs:
+                if ref.kind == "jwt" and (auth is None or not auth.has_jwt):
+                    message = f"{ref.text} needs a jwt policy in the endpoint's auth"
+                elif ref.kind == "apikey" and (auth is None or not auth.has_api_key):
+                    message = f"{ref.text} needs an api_key policy in the endpoint's auth"
+                else:
+                    continue
+                problems.append(
+                    ConfigProblem(file, format_path((*where, "backends", bi, *key)), message)
+                )
+
+
 def _rate_limits(
     ep: EndpointConfig,
     route: RoutePattern,
+    auth: EndpointAuth | None,
     where: tuple[int | str, ...],
     file: str,
     problems: list[ConfigProblem],
@@ -457,12 +530,22 @@ def _rate_limits(
         kind, _, key_name = rl.key.partition(":")
         if rl.key in RATE_LIMIT_KEYS:
             key_name = ""
+        elif kind == "jwt" and key_name:
+            if auth is None or not auth.has_jwt:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        format_path((*at, "key")),
+                        f"{rl.key} counts per claim: the endpoint's auth needs a jwt policy",
+                    )
+                )
+                continue
         elif kind not in KEYED_SOURCES or not key_name:
             problems.append(
                 ConfigProblem(
                     file,
                     format_path((*at, "key")),
-                    "must be ip, global, header:NAME, path:NAME or query:NAME",
+                    "must be ip, global, header:NAME, path:NAME, query:NAME or jwt:CLAIM",
                 )
             )
             continue

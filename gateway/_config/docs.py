@@ -13,6 +13,13 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from .auth_model import (
+    ApiKeyConfig,
+    AuthPolicyConfig,
+    ForwardAuthConfig,
+    JwtConfig,
+    RequireConfig,
+)
 from .model import (
     BackendCacheConfig,
     BackendConfig,
@@ -56,6 +63,11 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`endpoints[].backends[].cache`", BackendCacheConfig),
     ("`tracing`", TracingConfig),
     ("`state`", StateConfig),
+    ("`auth.NAME`", AuthPolicyConfig),
+    ("`auth.NAME.jwt`", JwtConfig),
+    ("`auth.NAME.api_key`", ApiKeyConfig),
+    ("`auth.NAME.forward`", ForwardAuthConfig),
+    ("`auth.NAME.require`", RequireConfig),
 )
 
 DURATION_FIELDS = frozenset(

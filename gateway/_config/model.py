@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
+from pydantic import BeforeValidator, Field, JsonValue, WithJsonSchema
 
 from .._rules.admin import DEFAULT_ADMIN_ALLOW
 from .._rules.balance import OutlierSettings
@@ -19,7 +19,9 @@ from .._rules.resilience import BreakerSettings
 from .._state.store import DEFAULT_MEMORY_MAX_BYTES, DEFAULT_NAMESPACE
 from .._state.store import DEFAULT_TIMEOUT_S as DEFAULT_STATE_TIMEOUT_S
 from .._upstream.transport import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
-from .units import parse_duration_s, parse_size_bytes
+from .auth_model import AuthPolicyConfig, AuthRef
+from .types import METHODS as METHODS
+from .types import Duration, Method, Name, Size, _duration, _Model
 
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 2.0
@@ -35,56 +37,6 @@ DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 # The state machines' own defaults are the config's: one definition each.
 _BREAKER = BreakerSettings()
 _OUTLIER = OutlierSettings()
-
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-def _duration(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(
-            f"a duration must be a string with a unit, like 250ms or 2s (got {type(value).__name__})"
-        )
-    return parse_duration_s(value)
-
-
-def _size(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("a size must be a byte count or a string like 16MiB")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("a size must be greater than zero")
-        return value
-    if isinstance(value, str):
-        return parse_size_bytes(value)
-    raise ValueError("a size must be a byte count or a string like 16MiB")
-
-
-def _method(value: object) -> str:
-    if not isinstance(value, str) or value.upper() not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}")
-    return value.upper()
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(_duration),
-    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h)$"}),
-]
-Size = Annotated[
-    int,
-    BeforeValidator(_size),
-    WithJsonSchema(
-        {"type": ["integer", "string"], "pattern": r"^\d+(\.\d+)?(B|KB|KiB|MB|MiB|GB|GiB)?$"}
-    ),
-]
-Method = Annotated[str, BeforeValidator(_method), WithJsonSchema({"enum": list(METHODS)})]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=64)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
-    )
 
 
 class ServerTLSConfig(_Model):
@@ -192,6 +144,10 @@ class DefaultsConfig(_Model):
     max_total_response_size: Size = DEFAULT_MAX_TOTAL_RESPONSE_BYTES
     """Upstream response bytes one aggregated request may read, all backends together
     (counted after decompression); a backend whose body crosses it gets `too_large`."""
+
+    auth: AuthRef = None
+    """The `auth` of every endpoint that does not set its own (`auth: null` on an endpoint
+    opts out)."""
 
 
 def _percent(value: object) -> float:
@@ -397,8 +353,10 @@ class RateLimitConfig(_Model):
 
     key: str = "ip"
     """What is counted: `ip` (the client address, under `server.trusted_proxies`),
-    `global` (every request together), `header:NAME`, `path:NAME` or `query:NAME`.
-    Requests without that header or query parameter share one bucket."""
+    `global` (every request together), `header:NAME`, `path:NAME`, `query:NAME` or
+    `jwt:CLAIM` (a claim of the verified token, by dot path: `jwt:sub`; the endpoint's
+    `auth` needs a jwt policy). Requests without that header, query parameter or claim
+    share one bucket."""
 
     name: str | None = None
     """The policy's name in the `RateLimit-Policy` and `RateLimit` response fields
@@ -613,6 +571,11 @@ class EndpointConfig(_Model):
     cache: EndpointCacheConfig | None = None
     """Cache the merged response (not for passthrough endpoints)."""
 
+    auth: AuthRef = None
+    """Policies under `auth` that a request must pass before any rate limit or upstream
+    call: a name, or a list of names (any one may pass, tried in order). `null` opts out
+    of `defaults.auth`."""
+
     backends: list[BackendConfig] = Field(min_length=1)
     """The upstream calls; their results merge in this order."""
 
@@ -675,10 +638,23 @@ class GatewayConfig(_Model):
     state: StateConfig = Field(default_factory=StateConfig)
     """Where rate limits and caches are kept: in memory per worker, or on Redis."""
 
+    auth: dict[Name, AuthPolicyConfig] = Field(default_factory=dict)
+    """Named authentication policies (see docs/auth.md), referred to by `endpoints[].auth`
+    and `defaults.auth`."""
+
 
 def backend_has_default(backend: BackendConfig) -> bool:
     """Whether the config set `default` (``default: null`` counts)."""
     return "default" in backend.model_fields_set
+
+
+def endpoint_auth(config: GatewayConfig, endpoint: EndpointConfig) -> list[str]:
+    """The policy names an endpoint requires (any one may pass): its own ``auth`` when the
+    config sets it (``auth: null`` included, which opts out), else ``defaults.auth``."""
+    ref = endpoint.auth if "auth" in endpoint.model_fields_set else config.defaults.auth
+    if ref is None:
+        return []
+    return [ref] if isinstance(ref, str) else list(ref)
 
 
 def json_schema() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from .._auth.plan import EndpointAuth
 from .._errors import ConfigProblem
 from .._rules.admin import ADMIN_PREFIX as ADMIN_PREFIX
 from .._rules.admin import Listener
@@ -27,7 +28,7 @@ from .._rules.urls import BaseUrl, RoutePattern, Router
 from .._state.limiter import Limit
 from .model import DEFAULT_MAX_TOTAL_RESPONSE_BYTES, GatewayConfig
 
-RESERVED_BACKEND_NAMES = frozenset({"query", "header"})
+RESERVED_BACKEND_NAMES = frozenset({"query", "header", "jwt", "apikey"})
 
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 section 5.6.2
 BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 section 5.5: no CR, LF, NUL
@@ -58,7 +59,8 @@ class UpstreamPlan:
 @dataclass(frozen=True)
 class RateLimitPlan:
     """One endpoint limit: what is counted (``ip``, ``global``, ``header``, ``path``,
-    ``query``; ``key_name`` for the last three, lower-case for headers) and the policy."""
+    ``query``, ``jwt``; ``key_name`` for the last four, lower-case for headers, a dot path
+    for a claim) and the policy."""
 
     name: str
     limit: Limit
@@ -218,6 +220,7 @@ class EndpointPlan:
     max_total_response_bytes: int = DEFAULT_MAX_TOTAL_RESPONSE_BYTES
     rate_limits: tuple[RateLimitPlan, ...] = ()
     cache: EndpointCachePlan | None = None
+    auth: EndpointAuth | None = None  # None: no policy (auth: null, or none configured)
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:
@@ -236,11 +239,12 @@ class EndpointPlan:
 
     @cached_property
     def reads_request_values(self) -> bool:
-        """Whether conditions or templates look at the client's query or headers."""
+        """Whether conditions or templates look at the client's query or headers, or at
+        the verified identity's claims or key name."""
         return any(
             b.conditions
             or any(
-                r.kind in ("query", "header")
+                r.kind in ("query", "header", "jwt", "apikey")
                 for t in (b.url, *(t for _, t in b.header_templates))
                 for r in t.refs
             )

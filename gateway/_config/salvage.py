@@ -49,14 +49,21 @@ class LeftOut:
         all_upstreams: ``upstreams`` itself failed (not a mapping): no name is unknown.
         backends: by endpoint index in the pruned document, the names of its backends left
             out; None when one of them has no usable name (then no name is unknown there).
+        policies: names of auth policies left out.
+        all_policies: ``auth`` itself failed (not a mapping): no policy name is unknown.
     """
 
     upstreams: frozenset[str] = frozenset()
     all_upstreams: bool = False
     backends: Mapping[int, frozenset[str] | None] = field(default_factory=dict)
+    policies: frozenset[str] = frozenset()
+    all_policies: bool = False
 
     def upstream_left_out(self, name: str) -> bool:
         return self.all_upstreams or name in self.upstreams
+
+    def policy_left_out(self, name: str) -> bool:
+        return self.all_policies or name in self.policies
 
     def backends_left_out(self, endpoint: int) -> frozenset[str] | None:
         """The names of the endpoint's backends left out (empty: none); None: unknown."""
@@ -110,6 +117,8 @@ def salvage(data: dict[str, Any], error_locs: Iterable[tuple[int | str, ...]]) -
     drop_endpoint_keys: dict[int, set[str]] = {}
     drop_backend_keys: dict[tuple[int, int], set[str]] = {}
     drop_top: set[str] = set()
+    drop_policies: set[str] = set()
+    all_policies = False
     for loc in error_locs:
         if not loc or not isinstance(loc[0], str):
             return None
@@ -134,6 +143,11 @@ def salvage(data: dict[str, Any], error_locs: Iterable[tuple[int | str, ...]]) -
                 drop_endpoint_keys.setdefault(ei, set()).add(key)
             else:
                 drop_endpoints.add(ei)
+        elif top == "auth":
+            if len(loc) == 1:
+                all_policies = True
+            else:
+                drop_policies.add(str(loc[1]))
         elif top == "version":
             continue  # replaced below: the rest of the document can still be checked
         else:
@@ -141,6 +155,11 @@ def salvage(data: dict[str, Any], error_locs: Iterable[tuple[int | str, ...]]) -
 
     pruned: dict[str, Any] = {k: v for k, v in data.items() if k not in drop_top}
     pruned["version"] = 1
+    policies = pruned.get("auth")
+    if all_policies:
+        pruned.pop("auth", None)
+    elif isinstance(policies, dict):
+        pruned["auth"] = {k: v for k, v in policies.items() if str(k) not in drop_policies}
     upstreams = pruned.get("upstreams")
     if all_upstreams:
         pruned.pop("upstreams", None)
@@ -183,7 +202,13 @@ def salvage(data: dict[str, Any], error_locs: Iterable[tuple[int | str, ...]]) -
         pruned["endpoints"] = endpoints
     return Salvage(
         pruned,
-        LeftOut(frozenset(drop_upstreams), all_upstreams, left_out_backends),
+        LeftOut(
+            frozenset(drop_upstreams),
+            all_upstreams,
+            left_out_backends,
+            frozenset(drop_policies),
+            all_policies,
+        ),
         tuple(endpoint_places),
         tuple(backend_places),
     )

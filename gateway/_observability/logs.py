@@ -33,6 +33,9 @@ class AccessRecord:
     backends: dict[str, dict[str, Any]] = field(default_factory=dict)
     backends_header: str = ""
     timings: list[tuple[str, str, float]] = field(default_factory=list)  # name, outcome, s
+    # the endpoint's auth: {"policy": NAME} once passed, {"refused": CODE, "reason": WORD}
+    # when refused; never a token, a key or a claim
+    auth: dict[str, str] | None = None
 
     @property
     def elapsed_s(self) -> float:
@@ -48,6 +51,8 @@ class AccessRecord:
             "status": self.status,
             "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
         }
+        if self.auth is not None:
+            out["auth"] = self.auth
         if self.backends:
             out["backends"] = self.backends
         elif self.backends_header:

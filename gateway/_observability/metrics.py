@@ -69,6 +69,9 @@ UPSTREAM_CONNECTIONS = Gauge(
 RATE_LIMITED = Counter(
     "gateway_rate_limited", "Requests refused by a rate limit", ["endpoint", "policy"]
 )
+AUTH_REFUSED = Counter(
+    "gateway_auth_refused", "Requests refused by an endpoint's auth policies", ["endpoint", "code"]
+)
 CACHE = Counter("gateway_cache", "Cache lookups by result", ["layer", "result"])
 STATE_ERRORS = Counter(
     "gateway_state_errors", "Failed state store calls (Redis down or slow)", ["operation"]

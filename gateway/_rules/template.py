@@ -5,6 +5,9 @@ A template is literal text with references in braces:
 - ``{user_id}``: an endpoint path parameter;
 - ``{query.lang}``: a client query parameter (its first value);
 - ``{header.X-Tenant}``: a client request header;
+- ``{jwt.sub}``, ``{jwt.org.id}``: a claim of the request's verified token, by dot path
+  (endpoints with a JWT auth policy);
+- ``{apikey.name}``: the name of the request's API key (endpoints with an API key policy);
 - ``{profile.segment}``: a value from another backend's result, after its ``select`` and
   before its other transforms (``{profile}`` alone is the whole selected value; ``[N]``
   or a digits segment indexes an array; ``[*]`` walks every element, for ``for_each``).
@@ -34,13 +37,14 @@ from .urls import TemplateError, check_param_value, encode_value, is_url_literal
 WILDCARD = "*"
 """A ``[*]`` segment in a backend reference's path."""
 
-RefKind = Literal["param", "query", "header", "backend"]
+RefKind = Literal["param", "query", "header", "backend", "jwt", "apikey"]
 
 _REF = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
 # ASCII digits only, at most 9 (an index, not a number to convert at any length)
 _SEGMENT = re.compile(rf"({_NAME}|[0-9]{{1,9}})((?:\[(?:[0-9]{{1,9}}|\*)\])*)")
 _INDEX = re.compile(r"\[([0-9]{1,9}|\*)\]")
+_CLAIM_SEGMENT = re.compile(r"[A-Za-z0-9_:-]+")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -105,6 +109,15 @@ def _parse_ref(body: str, text: str) -> Ref:
                 raise TemplateSyntaxError(f"{where}: invalid header name")
             return Ref("header", rest.lower(), (), f"{{{body}}}")
         return Ref("query", rest, (), f"{{{body}}}")
+    if head == "jwt":
+        segments = rest.split(".") if rest else []
+        if not segments or not all(_CLAIM_SEGMENT.fullmatch(seg) for seg in segments):
+            raise TemplateSyntaxError(f"{where}: name a claim, like {{jwt.sub}} or {{jwt.org.id}}")
+        return Ref("jwt", "jwt", tuple(segments), f"{{{body}}}")
+    if head == "apikey":
+        if rest != "name":
+            raise TemplateSyntaxError(f"{where}: the API key reference is {{apikey.name}}")
+        return Ref("apikey", "name", (), f"{{{body}}}")
     head_match = re.fullmatch(rf"({_NAME})((?:\[(?:[0-9]{{1,9}}|\*)\])*)", head)
     if head_match is None:
         raise TemplateSyntaxError(f"{where}: {head!r} is not a valid name")

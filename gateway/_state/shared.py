@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from .._auth.rules import Identity, claim_at
 from .._config.model import StateConfig
 from .._config.plan import EndpointPlan, RateLimitPlan
 from .._errors import RateLimitUnavailable, RequestError, StoreUnavailable, TooManyRequests
@@ -87,6 +88,7 @@ class SharedState:
         query: Mapping[str, Sequence[str]],
         headers: RawHeaders,
         client_address: str,
+        identity: Identity | None = None,
     ) -> tuple[list[tuple[bytes, bytes]], RequestError | None]:
         """Decide every limit of the endpoint, in config order, stopping at the first
         refusal (so a refused request does not count against the limits after it).
@@ -100,7 +102,7 @@ class SharedState:
         refusal: RequestError | None = None
         retry_after: int | None = None
         for plan in endpoint.rate_limits:
-            key = rate_key(endpoint, plan, params, query, headers, client_address)
+            key = rate_key(endpoint, plan, params, query, headers, client_address, identity)
             try:
                 decision: Decision = await self.store.rate(key, plan.limit)
             except StoreUnavailable as exc:
@@ -135,9 +137,11 @@ def rate_key(
     query: Mapping[str, Sequence[str]],
     headers: RawHeaders,
     client_address: str,
+    identity: Identity | None = None,
 ) -> str:
-    """``rl:METHOD PATH:POLICY:VALUE``; requests without the header or query parameter
-    share the value ``-``. A value longer than ``MAX_RAW_KEY_CHARS``, or with octets that
+    """``rl:METHOD PATH:POLICY:VALUE``; requests without the header, query parameter or
+    claim (``jwt:CLAIM``: a string or number at that dot path of the verified token's
+    claims) share the value ``-``. A value longer than ``MAX_RAW_KEY_CHARS``, or with octets that
     are not UTF-8, goes in as ``#`` and its SHA-256 (hex)."""
     if plan.key_kind == "ip":
         value = client_address
@@ -148,6 +152,10 @@ def rate_key(
     elif plan.key_kind == "query":
         values = query.get(plan.key_name)
         value = values[0] if values else "-"
+    elif plan.key_kind == "jwt":
+        claim = claim_at(identity.claims, plan.key_name.split(".")) if identity else None
+        scalar = isinstance(claim, str | int | float) and not isinstance(claim, bool)
+        value = str(claim) if scalar else "-"
     else:
         wanted = plan.key_name.encode("latin-1")
         found = [v for n, v in headers if n.lower() == wanted]
@@ -174,9 +182,13 @@ def endpoint_cache_key(
     query: Mapping[str, Sequence[str]],
     headers: RawHeaders,
     forwarded: RawHeaders = (),
+    identity: Identity | None = None,
 ) -> str:
     """The aggregate cache's key: the endpoint and the values that may vary its answer,
     length-prefixed and hashed.
+
+    On an endpoint with auth it holds the verified identity (its ``partition``, or ``-``),
+    so one identity's cached answer is never given to another.
 
     Whatever the key, it holds the forwarding fields the gateway derives from the client
     request and sends upstream (``forwarded``, :data:`~gateway._rules.headers.KEYED_FORWARDING`:
@@ -203,6 +215,8 @@ def endpoint_cache_key(
         part(b"1" + b", ".join(found) if found else b"0")
 
     part(f"{endpoint.method} {endpoint.path}".encode())
+    if endpoint.auth is not None:
+        part((identity.partition if identity is not None else "-").encode("ascii"))
     for field_name in sorted(KEYED_FORWARDING):
         found = [v for n, v in forwarded if n.lower() == field_name]
         part(b"1" + b", ".join(found) if found else b"0")
