@@ -27,7 +27,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ._auth.gate import authenticate
-from ._auth.policy import JwtAuthenticator, authenticator_for
+from ._auth.jwks import KeySet
+from ._auth.policy import JwtVerifier, key_set_id
 from ._auth.rules import Identity
 from ._call.context import CallContext
 from ._config.compile import load_config
@@ -78,6 +79,13 @@ from ._state.shared import SharedState, open_state
 from ._upstream.transport import GatewayTransport, PoolKey, PoolLimits
 
 JSON_TYPE = "application/json"
+MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB; a bigger answer is not one
+
+
+class JwksFetchFailed(Exception):
+    """A key set fetch that did not give a key set document (the key set keeps its keys)."""
+
+
 log = logging.getLogger("gateway")
 
 
@@ -153,15 +161,32 @@ def build_guards(plan: GatewayPlan, previous: dict[str, UpstreamGuard]) -> dict[
     return guards
 
 
-def build_authenticators(plan: GatewayPlan) -> dict[str, JwtAuthenticator]:
-    """The verifier of every JWT policy an endpoint uses, by policy name."""
-    return {
-        policy.name: authenticator_for(policy)
-        for endpoint in plan.endpoints
-        if endpoint.auth is not None
-        for policy in endpoint.auth.policies
-        if policy.kind == "jwt"
-    }
+def build_authenticators(
+    plan: GatewayPlan, key_sets: dict[tuple[str, str, float], KeySet]
+) -> dict[str, JwtVerifier]:
+    """The verifier of every JWT policy an endpoint uses, by policy name. ``key_sets`` (by
+    :func:`~._auth.policy.key_set_id`) is updated in place: a key set of an unchanged
+    ``jwks_url`` policy is kept across a reload with its keys, new ones are added (the app
+    starts their fetching), and those no policy uses any more are removed."""
+    verifiers: dict[str, JwtVerifier] = {}
+    wanted: set[tuple[str, str, float]] = set()
+    for endpoint in plan.endpoints:
+        if endpoint.auth is None:
+            continue
+        for policy in endpoint.auth.policies:
+            if policy.kind != "jwt" or policy.name in verifiers:
+                continue
+            ident = key_set_id(policy)
+            key_set = None
+            if ident is not None:
+                wanted.add(ident)
+                key_set = key_sets.get(ident)
+                if key_set is None:
+                    key_set = key_sets[ident] = KeySet(policy.name)
+            verifiers[policy.name] = JwtVerifier(policy, key_set)
+    for ident in set(key_sets) - wanted:
+        del key_sets[ident]
+    return verifiers
 
 
 def _shares(mine: object, upstreams: object, *, own: bool) -> bool:
@@ -324,12 +349,17 @@ class GatewayApp(QuartTrio):
         self.url_map.strict_slashes = False
         self.before_serving(self._open_client)
         self.before_serving(self._open_state)
+        self.before_serving(self._open_key_sets)
         self.after_serving(self._close_client)
         self.draining = False
         self.loaded_at = time.time()
         self.exporter: SpanExporter | None = None
         self.guards: dict[str, UpstreamGuard] = build_guards(plan, {})
-        self.authenticators: dict[str, JwtAuthenticator] = build_authenticators(plan)
+        # jwks_url policies' key sets, fetched by tasks of the app's nursery while serving
+        self.key_sets: dict[tuple[str, str, float], KeySet] = {}
+        self._key_set_scopes: dict[tuple[str, str, float], trio.CancelScope] = {}
+        self._serving_key_sets = False
+        self.authenticators: dict[str, JwtVerifier] = build_authenticators(plan, self.key_sets)
         self.state: SharedState | None = None  # open while serving (rate limits, caches)
         # read at startup only: the listening sockets outlive a reload
         self.admin_listener: Listener | None = plan.admin_listener
@@ -522,6 +552,45 @@ class GatewayApp(QuartTrio):
         assert isinstance(transport, GatewayTransport)
         self._transport = transport
 
+    async def _open_key_sets(self) -> None:
+        self._serving_key_sets = True
+        self._run_key_sets()
+
+    def _run_key_sets(self) -> None:
+        """Start fetching every key set not fetched yet; stop those no policy uses."""
+        if not self._serving_key_sets:
+            return  # not serving yet: _open_key_sets starts them
+        for ident in set(self._key_set_scopes) - set(self.key_sets):
+            self._key_set_scopes.pop(ident).cancel()
+        for ident, key_set in self.key_sets.items():
+            if ident not in self._key_set_scopes:
+                scope = self._key_set_scopes[ident] = trio.CancelScope()
+                self.nursery.start_soon(self._keep_key_set, key_set, ident, scope)
+
+    async def _keep_key_set(
+        self, key_set: KeySet, ident: tuple[str, str, float], scope: trio.CancelScope
+    ) -> None:
+        _, url, refresh_s = ident
+
+        async def fetch() -> bytes:
+            # over the gateway's own transport; KeySet bounds each fetch with its deadline
+            async with self.client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise JwksFetchFailed(f"{url} answered {response.status_code}")
+                body = b""
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise JwksFetchFailed(f"{url}: the key set is over {MAX_JWKS_BYTES} bytes")
+                return body
+
+        with scope:
+            await key_set.run(fetch, refresh_s)
+
+    def keys_missing(self) -> list[str]:
+        """The JWT policies whose key set has not loaded yet (their tokens are refused)."""
+        return sorted(ks.name for ks in self.key_sets.values() if not ks.loaded)
+
     async def _open_state(self) -> None:
         await self.nursery.start(self._run_state)
 
@@ -597,8 +666,9 @@ class GatewayApp(QuartTrio):
         if self._transport is not None:
             self._transport.reconfigure(pool_limits(plan))
         self.guards = build_guards(plan, self.guards)
-        self.authenticators = build_authenticators(plan)
+        self.authenticators = build_authenticators(plan, self.key_sets)
         self.plan = plan
+        self._run_key_sets()
         self.loaded_at = time.time()
         for warning in plan.warnings:
             log.warning("%s", warning)
@@ -681,6 +751,10 @@ class GatewayApp(QuartTrio):
         """Readiness: 200 while serving, 503 once draining (or before the client is open)."""
         if self.draining or self._client is None:
             return json_response({"status": "draining" if self.draining else "starting"}, 503)
+        missing = self.keys_missing()
+        if missing:
+            # every token of these policies is refused until their keys arrive
+            return json_response({"status": "waiting_for_keys", "auth_keys_missing": missing}, 503)
         return json_response({"status": "ready"})
 
     async def _http_error(self, exc: HTTPException) -> Response:

@@ -92,7 +92,9 @@ def requests(draw: st.DrawFn) -> tuple[str, dict[str, str], dict[str, str], bool
             headers["X-Api-Key"] = GOOD_KEY if good else draw(text)
             passes = passes or good
         if choice == "random_bearer":
-            headers["Authorization"] = "Bearer " + draw(text)
+            headers["Authorization"] = (
+                "Bearer " + draw(text)
+            ).rstrip()  # no trailing space: httpx refuses it
         if choice == "random_key":
             headers["X-Api-Key"] = draw(text)
     else:

@@ -15,7 +15,7 @@ from .._call.exchange import Sender
 from .._errors import AuthError, InvalidToken, Unauthorized
 from .forward import ask
 from .plan import ApiKeyPolicy, AuthPolicy, EndpointAuth, JwtPolicy
-from .policy import JwtAuthenticator, TokenRejected
+from .policy import JwtVerifier, TokenRejected
 from .rules import (
     Identity,
     RawHeaders,
@@ -35,7 +35,7 @@ async def authenticate(
     headers: RawHeaders,
     query_string: bytes,
     sender: Sender,
-    authenticators: Mapping[str, JwtAuthenticator],
+    authenticators: Mapping[str, JwtVerifier],
     now_s: float | None = None,
 ) -> Identity:
     """The identity of the first policy that passes.
@@ -57,14 +57,14 @@ async def _one(
     headers: RawHeaders,
     query_string: bytes,
     sender: Sender,
-    authenticators: Mapping[str, JwtAuthenticator],
+    authenticators: Mapping[str, JwtVerifier],
     now_s: float | None,
 ) -> Identity:
     if policy.kind == "forward":
         return await ask(policy, sender, headers)
     if policy.kind == "api_key":
         return check_api_key(policy, headers)
-    return check_jwt(
+    return await check_jwt(
         policy,
         headers,
         query_string,
@@ -87,11 +87,11 @@ def check_api_key(policy: ApiKeyPolicy, headers: RawHeaders) -> Identity:
     return Identity(policy.name, "api_key", name, key_name=name)
 
 
-def check_jwt(
+async def check_jwt(
     policy: JwtPolicy,
     headers: RawHeaders,
     query_string: bytes,
-    authenticator: JwtAuthenticator,
+    authenticator: JwtVerifier,
     now_s: float,
 ) -> Identity:
     """Raises:
@@ -104,7 +104,7 @@ def check_jwt(
             "a bearer token is required", challenge=bearer_challenge(), reason="missing"
         )
     try:
-        claims = authenticator.verify(token, now_s)
+        claims = await authenticator.verify(token, now_s)
     except TokenRejected as exc:
         raise InvalidToken(
             "the token is not valid", challenge=bearer_challenge("invalid_token"), reason=exc.reason

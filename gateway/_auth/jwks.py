@@ -6,7 +6,7 @@ Interface::
     parse_jwk(jwk) -> Key                                 raises ValueError (why it is unusable)
     parse_jwks(document, source) -> StaticKeys            raises JwksError
     load_jwks_file(path) -> StaticKeys                    raises JwksError; reads the file
-    RefetchLimiter(min_interval_s)                        pure: .allow(now_s), .note_fetch(now_s)
+    RefetchLimiter(min_interval_s)                        pure: .allow(now_s)
     KeySet(name, *, min_refetch_interval_s=30, fetch_timeout_s=5, clock=trio.current_time)
         a KeyLookup (.loaded, .lookup(kid, alg)) for ``jwt.verify``, and
         await nursery.start(key_set.run, fetch, refresh_s)   fetch: async () -> bytes
@@ -26,8 +26,9 @@ caller refuses tokens with ``no_keys`` and names the policy in readiness while
 ``loaded`` is False). Then it refetches every ``refresh_s``; a failed fetch keeps the
 previous keys and is retried after ``min_refetch_interval_s`` (at most ``refresh_s``). A
 token whose ``kid`` is not in the set asks for a refetch, which a :class:`RefetchLimiter`
-grants at most once per ``min_refetch_interval_s`` counting every fetch, so a flood of
-made-up kids costs at most one fetch per interval. ``verify`` itself fails fast with
+grants at most once per ``min_refetch_interval_s`` (periodic fetches do not count, so a
+key rotated just after one is found at once), so a flood of made-up kids costs at most one
+fetch per interval. ``verify`` itself fails fast with
 ``unknown_key`` (it is pure and synchronous); a caller that wants a rotated key to work on
 its first token awaits ``wait_for_refetch(timeout_s)``, which returns at once (False) when
 no refetch is pending, and verifies again if it returns True. Rotation also arrives with
@@ -156,8 +157,10 @@ def load_jwks_file(path: str) -> StaticKeys:
 
 
 class RefetchLimiter:
-    """At most one refetch per ``min_interval_s``, counting every fetch (pure, injected
-    clock: ``now_s`` in any monotonic origin).
+    """At most one refetch per ``min_interval_s`` (pure, injected clock: ``now_s`` in any
+    monotonic origin). Only granted refetches count: a key rotated just after a periodic
+    fetch still gets its refetch, and a flood of made-up kids still costs one fetch per
+    interval.
 
     Raises:
         ValueError: a negative or non-finite interval.
@@ -168,10 +171,6 @@ class RefetchLimiter:
             raise ValueError("min_interval_s: must be a finite number >= 0")
         self.min_interval_s = min_interval_s
         self._last_fetch_s: float | None = None
-
-    def note_fetch(self, now_s: float) -> None:
-        """A fetch started now (periodic, first, or a granted refetch)."""
-        self._last_fetch_s = now_s
 
     def allow(self, now_s: float) -> bool:
         """May an unknown kid cause a fetch now? Granting counts as the fetch."""
@@ -304,7 +303,6 @@ class KeySet:
         # A refetch granted while this fetch is under way is served by the next one: this
         # fetch's document may predate the kid that asked.
         serving = self._refetch
-        self._limiter.note_fetch(self._clock())
         self._fetches += 1
         try:
             with trio.fail_after(self.fetch_timeout_s):
