@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib import resources
@@ -23,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import hypercorn.config
+import jwt as pyjwt
 import orjson
 import trio
 
@@ -212,6 +215,8 @@ async def run_demo(
                 )
             )
             env[f"DEMO_{name.upper()}_URL"] = binds[0]
+        # a secret of this run: the printed token is the only way in
+        env.setdefault(DEMO_JWT_SECRET, secrets.token_urlsafe(32))
         plan: GatewayPlan = load_config(config_path or demo_config_path(), env)
         for warning in plan.warnings:
             print(warning, file=sys.stderr)
@@ -222,17 +227,43 @@ async def run_demo(
         )
         url = binds[0]
         task_status.started(url)
-        print(demo_banner(url) if config_path is None else config_banner(url, plan), flush=True)
+        banner = (
+            demo_banner(url, demo_token(env[DEMO_JWT_SECRET]))
+            if config_path is None
+            else config_banner(url, plan)
+        )
+        print(banner, flush=True)
         await shutdown_trigger()
         stop.set()
 
 
-def demo_banner(url: str) -> str:
+DEMO_JWT_SECRET = "DEMO_JWT_SECRET"
+DEMO_TOKEN_LIFETIME_S = 3600
+
+
+def demo_token(secret: str, now_s: float | None = None) -> str:
+    """A token the demo's ``demo_users`` policy accepts: user 1, valid for an hour
+    (HS256, RFC 7519)."""
+    issued = int(time.time() if now_s is None else now_s)
+    claims = {
+        "sub": "1",
+        "iss": "gateway-demo",
+        "aud": "demo",
+        "iat": issued,
+        "exp": issued + DEMO_TOKEN_LIFETIME_S,
+    }
+    return pyjwt.encode(claims, secret, algorithm="HS256")
+
+
+def demo_banner(url: str, token: str) -> str:
     return "\n".join(
         [
             f"gateway demo: serving {url}  (Ctrl+C to stop)",
             "",
             "Try:",
+            f"  curl -i {url}/api/me -H 'Authorization: Bearer {token}'"
+            "   # protected: the token's user (valid 1 h)",
+            f"  curl -i {url}/api/me   # no token: 401 with WWW-Authenticate: Bearer",
             f"  curl -i {url}/api/users/1/dashboard",
             f"  curl -i '{url}/api/users/1/dashboard?include=loyalty'   # a conditional backend",
             f"  curl -i {url}/api/users/1/dashboard -H 'Accept-Language: de'"

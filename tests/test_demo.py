@@ -12,10 +12,18 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from conftest import start_gateway_process
 
-from gateway._demo import USERS, demo_banner, demo_config_path, preferred_language, run_demo
+from gateway._demo import (
+    USERS,
+    demo_banner,
+    demo_config_path,
+    demo_token,
+    preferred_language,
+    run_demo,
+)
 
 ROOT = Path(__file__).parent.parent
 
@@ -45,10 +53,13 @@ def test_the_demo_data_has_no_secret_looking_field() -> None:
             assert not re.search(r"password|secret|token|hash", key), key
 
 
+SECRET = "a-test-secret-of-at-least-32-bytes!"
+
+
 def _examples(url: str) -> list[tuple[str, dict[str, str], str]]:
     """The banner's curl commands as (url, headers, comment)."""
     examples = []
-    for line in demo_banner(url).splitlines():
+    for line in demo_banner(url, demo_token(SECRET)).splitlines():
         if not line.strip().startswith("curl "):
             continue
         command, _, comment = line.partition("#")
@@ -64,8 +75,9 @@ def _examples(url: str) -> list[tuple[str, dict[str, str], str]]:
 
 
 async def test_every_example_of_the_banner_answers_as_its_comment_says(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("DEMO_JWT_SECRET", SECRET)  # the banner's token is signed with it
     with trio.fail_after(30):
         stop = trio.Event()
         url = await nursery.start(partial(run_demo, "127.0.0.1:0", shutdown_trigger=stop.wait))
@@ -76,6 +88,9 @@ async def test_every_example_of_the_banner_answers_as_its_comment_says(
                 answers[(target.removeprefix(url), tuple(headers.items()))] = r
                 if "400" in comment:
                     assert r.status_code == 400, target
+                elif "401" in comment:
+                    assert r.status_code == 401, target
+                    assert r.headers["www-authenticate"] == "Bearer"
                 elif "502" in comment and "now and then" not in comment:
                     assert r.status_code == 502, target
                 elif "now and then" in comment:
@@ -91,12 +106,15 @@ async def test_every_example_of_the_banner_answers_as_its_comment_says(
     assert {k: v for k, v in german.items() if k != "greeting"} == {
         k: v for k, v in plain.items() if k != "greeting"
     }
+    me = next(r for (path, headers), r in answers.items() if path == "/api/me" and headers)
+    assert me.json() == {"name": "Ada Lovelace", "email": "ada@example.com", "tier": "gold"}
     passthrough = answers[("/api/users/1", ())].json()["data"]
     assert set(passthrough) == {"id", "name", "email", "tier", "address", "greeting"}
 
 
 def test_the_banner_says_passthrough_is_unfiltered() -> None:
-    line = next(ln for ln in demo_banner("http://x").splitlines() if "passthrough" in ln)
+    banner = demo_banner("http://x", demo_token(SECRET))
+    line = next(ln for ln in banner.splitlines() if "passthrough" in ln)
     assert "unfiltered" in line
     assert "Unfiltered" in Path(demo_config_path()).read_text()
 
