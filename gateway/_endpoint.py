@@ -90,8 +90,12 @@ def build_context(
         scope["headers"],
         trusted_proxies,
     )
+    client_fields = select_headers(scope["headers"], endpoint.forward_header_names)
+    if identity is not None and identity.replaces:
+        # the auth service speaks for these fields: a client's own copy is never sent
+        client_fields = [(n, v) for n, v in client_fields if n.lower() not in identity.replaces]
     forward = [
-        *select_headers(scope["headers"], endpoint.forward_header_names),
+        *client_fields,
         *info.headers,
         # forward auth's copy_response_headers: to every backend call of the request
         *(identity.headers if identity is not None else ()),

@@ -183,6 +183,48 @@ async def test_forward_auth_2xx_copies_its_headers_to_every_backend_call() -> No
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("answers_the_field", [True, False])
+async def test_a_clients_own_copy_of_a_field_the_auth_service_speaks_for_never_reaches_a_backend(
+    answers_the_field: bool,
+) -> None:
+    """Even when the endpoint forwards the client's X-User-Id, the auth service's value
+    replaces it, and without one no client value goes through either."""
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            fields = [("X-User-Id", "u-9")] if answers_the_field else []
+            _, auth_handler = recorder(lambda req: Reply(json={}, headers=fields))
+            authsvc = await start_upstream(nursery, auth_handler)
+            seen, handler = recorder()
+            api = await start_upstream(nursery, handler)
+            policy = {
+                "forward": {
+                    "upstream": "authsvc",
+                    "path": "/verify",
+                    "copy_request_headers": ["Authorization"],
+                    "copy_response_headers": ["X-User-Id"],
+                }
+            }
+            ep = endpoint("/f", "sso", forward_headers=["X-User-Id", "X-Trace"])
+            gw = await start_gateway(
+                nursery,
+                gateway_config({"api": api.url, "authsvc": authsvc.url}, {"sso": policy}, [ep]),
+            )
+            response = await gw.get(
+                "/f",
+                headers=[
+                    ("Authorization", "Bearer good"),
+                    ("X-User-Id", "admin"),
+                    ("x-user-id", "root"),
+                    ("X-Trace", "t"),
+                ],
+            )
+            assert response.status_code == 200, response.text
+            (call,) = seen
+            assert call.headers.get("x-user-id") == ("u-9" if answers_the_field else None)
+            assert call.headers["x-trace"] == "t"  # other forwarded fields are untouched
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_forward_auth_refusal_is_passed_to_the_client_as_it_came(status: int) -> None:
     with trio.fail_after(TIMEOUT_S):

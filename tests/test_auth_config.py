@@ -225,3 +225,30 @@ def test_a_policy_left_out_for_its_own_problems_is_not_also_unknown() -> None:
     )
     (problem,) = problems_of(doc)
     assert problem.startswith("gw.yaml: auth.users.jwt.bogus: unknown key 'bogus'")
+
+
+def test_an_empty_policy_list_is_refused_rather_than_leaving_an_endpoint_open() -> None:
+    """`auth: []` would require no policy at all; opting out is written `auth: null`."""
+    jwt = {"j": {"jwt": {"secret": SECRET, "algorithms": ["HS256"]}}}
+    message = (
+        "an empty list would leave the endpoint open: name a policy, or write `auth: null` "
+        "to opt out"
+    )
+    assert problems_of(config(jwt, endpoint={"auth": []}, defaults={"auth": "j"})) == [
+        f"gw.yaml: endpoints[0].auth: {message}"
+    ]
+    assert problems_of(config(jwt, defaults={"auth": []})) == [f"gw.yaml: defaults.auth: {message}"]
+
+
+def test_a_policy_left_out_for_its_own_problems_brings_no_second_problem(tmp_path: Path) -> None:
+    """A bad keys file is reported once: the endpoint's `{apikey.name}` is not also called
+    unfillable because the policy it names could not be compiled."""
+    path = keys_file(tmp_path, "broken\n")
+    doc = config(
+        {"partners": {"api_key": {"keys_file": path}}},
+        endpoint={"auth": "partners"},
+        backend={"headers": {"X-Partner": "{apikey.name}"}},
+    )
+    problems = problems_of(doc)
+    assert len(problems) == 1, problems
+    assert "line 1" in problems[0] and "NAME SHA256-HEX" in problems[0]

@@ -159,7 +159,7 @@ def test_backend_without_default_has_no_default_but_default_null_has_one() -> No
 
 def test_demo_config_loads_without_environment() -> None:
     plan = load_config(str(DEMO), {})
-    assert len(plan.endpoints) == 3
+    assert len(plan.endpoints) == 4
 
 
 # --- interpolation ---------------------------------------------------------------------------
@@ -619,7 +619,7 @@ def test_a_duplicate_key_and_a_backends_invalid_setting_hide_no_other_problem(
         f"{path}: endpoints[0].backends[0].required: 'yes' is not a boolean: YAML 1.2 "
         "booleans are true and false",
         f"{path}: bogus: unknown key 'bogus' (allowed: version, server, defaults, upstreams, "
-        "endpoints, tracing, state)",
+        "endpoints, tracing, state, auth)",
         f"{path}: endpoints[0].backends[0].upstream: unknown upstream 'nope' (known: u)",
     ]
 
@@ -1057,7 +1057,7 @@ def test_check_subprocess_demo_config_exits_0() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"{DEMO}: OK: 3 endpoint(s), 3 upstream(s)")
+    assert proc.stdout.startswith(f"{DEMO}: OK: 4 endpoint(s), 3 upstream(s)")
     assert proc.stderr == ""
 
 

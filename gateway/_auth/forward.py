@@ -69,7 +69,13 @@ async def ask(policy: ForwardPolicy, sender: Sender, headers: RawHeaders) -> Ide
             raise AuthUnavailable(
                 "the auth service could not be reached", reason="forward_unreachable"
             ) from exc
-        return Identity(policy.name, "forward", _subject(copied, added), headers=added)
+        return Identity(
+            policy.name,
+            "forward",
+            _subject(copied, added),
+            headers=added,
+            replaces=frozenset(policy.copy_response),
+        )
     raise AuthUnavailable(
         f"the auth service did not answer within {policy.timeout_s:g}s", reason="forward_timeout"
     )

@@ -83,7 +83,7 @@ def check_api_key(policy: ApiKeyPolicy, headers: RawHeaders) -> Identity:
         raise Unauthorized("an API key is required", challenge=challenge, reason="missing")
     name = api_key_name(policy, lines[0].strip())
     if name is None:
-        raise InvalidToken("the API key is not valid", challenge=challenge, reason="unknown_key")
+        raise InvalidToken("the API key is not valid", challenge=challenge, reason="wrong_key")
     return Identity(policy.name, "api_key", name, key_name=name)
 
 

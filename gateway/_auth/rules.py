@@ -31,7 +31,9 @@ class Identity:
     ``subject`` tells identities apart (for the aggregate cache key and coalescing); it is
     never a token or a key, only what they verified to (a digest where nothing else does).
     ``headers`` are added to every backend call of the request (forward auth's
-    ``copy_response_headers``).
+    ``copy_response_headers``), and ``replaces`` (lower-case) names the fields they stand
+    for: a client's own fields of those names never reach a backend, whether the auth
+    service sent a value or not.
     """
 
     policy: str
@@ -40,6 +42,7 @@ class Identity:
     claims: Claims = field(default_factory=dict)
     key_name: str = ""
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    replaces: frozenset[bytes] = frozenset()
 
     @property
     def partition(self) -> str:

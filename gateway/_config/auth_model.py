@@ -8,9 +8,9 @@ when the config is compiled (:mod:`.auth_compile`), where each problem gets its 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from .types import Duration, Name, _Model
 
@@ -126,7 +126,18 @@ class AuthPolicyConfig(_Model):
     """Roles and scopes the token must carry (JWT policies only): 403 otherwise."""
 
 
-AuthRef = Name | list[Name] | None
-"""An endpoint's ``auth``: one policy name, several (any one may pass), or None."""
+def _some_policy(names: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(names, list) and not names:
+        # `auth: []` reads like "no policy passes", but would require none at all
+        raise ValueError(
+            "an empty list would leave the endpoint open: name a policy, or write "
+            "`auth: null` to opt out"
+        )
+    return names
+
+
+AuthRef = Annotated[Name | list[Name] | None, AfterValidator(_some_policy)]
+"""An endpoint's ``auth``: one policy name, several (any one may pass), or None (opts
+out); never an empty list."""
 
 AuthKind = Literal["jwt", "api_key", "forward"]

@@ -356,15 +356,19 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                 )
 
         own_auth = "auth" in ep.model_fields_set
+        auth_names = endpoint_auth_names(config, ep)
         auth = endpoint_auth(
-            endpoint_auth_names(config, ep),
+            auth_names,
             policies,
             known_policies,
             format_path((*where, "auth")),
             file,
             problems if own_auth else [],
         )
-        _identity_refs(backends, auth, where, file, problems)
+        # a policy left out for problems of its own (reported there) cannot tell whether
+        # {jwt.*} or {apikey.name} could be filled
+        if not any(name not in policies and known_policies(name) for name in auth_names):
+            _identity_refs(backends, auth, where, file, problems)
         if len(backends) == len(ep.backends):
             cache = _endpoint_cache(
                 ep,
