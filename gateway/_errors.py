@@ -34,6 +34,7 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         ├── InvalidRequest            400 invalid_request: another malformed part of the request
         ├── AuthError                 the endpoint's auth policies refused the request; carries
         │   │                         the WWW-Authenticate challenge (RFC 6750 section 3)
+        │   ├── AmbiguousCredentials  400 invalid_request: a token or key sent more than one way
         │   ├── Unauthorized          401 unauthorized: no credentials (bare ``Bearer`` challenge)
         │   ├── InvalidToken          401 invalid_token: a token or API key that does not verify
         │   ├── InsufficientScope     403 insufficient_scope: verified, but roles or scopes unmet
@@ -251,6 +252,14 @@ class AuthError(RequestError):
         if self.challenge is None:
             return ()
         return ((b"www-authenticate", self.challenge.encode("latin-1")),)
+
+
+class AmbiguousCredentials(AuthError):
+    """A token (or API key) came more than one way: in two places, or in a header line
+    repeated (RFC 6750 sections 2 and 3.1: ``invalid_request``, 400)."""
+
+    status = 400
+    code = "invalid_request"
 
 
 class Unauthorized(AuthError):

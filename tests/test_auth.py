@@ -680,3 +680,50 @@ async def test_the_refusal_reason_is_in_the_access_log_and_the_token_never_is() 
     assert refused["auth"] == {"refused": "invalid_token", "reason": "expired"}
     assert passed["auth"] == {"policy": "users"}
     assert expired not in str(refused) and "alice" not in str(passed)
+
+
+async def test_credentials_sent_more_than_one_way_are_400_and_reach_no_upstream(
+    tmp_path: Path,
+) -> None:
+    """RFC 6750 section 2: one token, one way; which one would count is not ours to guess."""
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            seen, handler = recorder()
+            api = await start_upstream(nursery, handler)
+            keys = write_keys(tmp_path, acme="k-acme", other="k-other")
+            policies = {
+                "users": jwt_policy(),
+                "both": {
+                    "jwt": {
+                        **jwt_policy()["jwt"],
+                        "token_from": ["header.Authorization", "query.access_token"],
+                    }
+                },
+                "partners": {"api_key": {"header": "X-Api-Key", "keys_file": keys}},
+            }
+            gw = await start_gateway(
+                nursery,
+                gateway_config(
+                    {"api": api.url},
+                    policies,
+                    [
+                        endpoint("/j", "users"),
+                        endpoint("/q", "both"),
+                        endpoint("/k", "partners"),
+                    ],
+                ),
+            )
+            good = token()
+            cases = [
+                ("/j", [("Authorization", f"Bearer {good}"), ("Authorization", "Bearer junk")]),
+                ("/j", [("Authorization", "Bearer junk"), ("Authorization", f"Bearer {good}")]),
+                (f"/q?access_token={good}", [("Authorization", f"Bearer {good}")]),
+                ("/k", [("X-Api-Key", "k-acme"), ("X-Api-Key", "k-other")]),
+            ]
+            for target, headers in cases:
+                r = await gw.get(target, headers=headers)
+                assert r.status_code == 400, (target, r.status_code, r.text)
+                assert r.json()["error"]["code"] == "invalid_request"
+            assert (await gw.get("/j", headers=bearer(good))).status_code == 200
+            assert len(seen) == 1
+            nursery.cancel_scope.cancel()

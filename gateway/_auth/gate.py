@@ -12,11 +12,12 @@ import time
 from collections.abc import Mapping
 
 from .._call.exchange import Sender
-from .._errors import AuthError, InvalidToken, Unauthorized
+from .._errors import AmbiguousCredentials, AuthError, InvalidToken, Unauthorized
 from .forward import ask
 from .plan import ApiKeyPolicy, AuthPolicy, EndpointAuth, JwtPolicy
 from .policy import JwtVerifier, TokenRejected
 from .rules import (
+    AmbiguousToken,
     Identity,
     RawHeaders,
     api_key_challenge,
@@ -81,6 +82,8 @@ def check_api_key(policy: ApiKeyPolicy, headers: RawHeaders) -> Identity:
     lines = header_values(headers, policy.header)
     if not lines:
         raise Unauthorized("an API key is required", challenge=challenge, reason="missing")
+    if len(lines) > 1:
+        raise AmbiguousCredentials("send one API key", challenge=challenge, reason="ambiguous")
     name = api_key_name(policy, lines[0].strip())
     if name is None:
         raise InvalidToken("the API key is not valid", challenge=challenge, reason="wrong_key")
@@ -98,7 +101,14 @@ async def check_jwt(
     Unauthorized: no token where the policy looks (a bare ``Bearer`` challenge).
     InvalidToken: the token does not verify.
     InsufficientScope: it verified without the roles or scopes required."""
-    token = find_token(policy.sources, headers, query_string)
+    try:
+        token = find_token(policy.sources, headers, query_string)
+    except AmbiguousToken:
+        raise AmbiguousCredentials(
+            "send one token, one way",
+            challenge=bearer_challenge("invalid_request"),
+            reason="ambiguous",
+        ) from None
     if token is None:
         raise Unauthorized(
             "a bearer token is required", challenge=bearer_challenge(), reason="missing"

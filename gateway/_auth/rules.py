@@ -82,31 +82,49 @@ def cookie_value(headers: RawHeaders, name: str) -> bytes | None:
     return None
 
 
+class AmbiguousToken(Exception):
+    """A token came more than one way (two places, or one header line twice)."""
+
+
 def find_token(
     sources: Sequence[TokenSource], headers: RawHeaders, query_string: bytes
 ) -> str | None:
-    """The first token found in ``sources`` (None: no credentials at all). A value that
-    cannot be a token (a malformed Bearer value, not ASCII) is returned as ``""``, which
-    no verifier accepts."""
+    """The token found in ``sources`` (None: no credentials at all). A value that cannot be
+    a token (a malformed Bearer value, not ASCII) is returned as ``""``, which no verifier
+    accepts.
+
+    Raises:
+        AmbiguousToken: tokens in more than one place, or a header holding more than one
+            (RFC 6750 section 2: a client must not send a token more than one way; which
+            one would count is a guess an attacker could steer).
+    """
+    tokens: list[bytes] = []
     for source in sources:
-        found: bytes | None = None
         if source.place == "header":
             lines = header_values(headers, source.name.encode("latin-1"))
-            if lines:
-                found = bearer_token(lines[0]) if source.bearer else lines[0].strip()
+            if source.bearer:
+                # another scheme (Basic ...) is not a token of ours
+                tokens += [t for t in map(bearer_token, lines) if t is not None]
+            else:
+                tokens += [line.strip() for line in lines]
         elif source.place == "cookie":
             found = cookie_value(headers, source.name)
+            if found is not None:
+                tokens.append(found)
         else:
             for pair in parse_query(query_string) if query_string else ():
                 if pair.name == source.name:
-                    found = b"" if pair.malformed else pair.value.encode("utf-8", "surrogateescape")
-                    break
-        if found is not None:
-            try:
-                return found.decode("ascii")
-            except UnicodeDecodeError:
-                return ""
-    return None
+                    tokens.append(
+                        b"" if pair.malformed else pair.value.encode("utf-8", "surrogateescape")
+                    )
+    if not tokens:
+        return None
+    if len(tokens) > 1:
+        raise AmbiguousToken
+    try:
+        return tokens[0].decode("ascii")
+    except UnicodeDecodeError:
+        return ""
 
 
 def api_key_name(policy: ApiKeyPolicy, presented: bytes) -> str | None:
@@ -212,6 +230,7 @@ _RANK = {
     "insufficient_scope": 1,
     "missing_claim": 1,
     "forward_auth_refused": 2,
+    "invalid_request": 3,  # credentials sent more than one way: as bad as invalid ones
     "invalid_token": 3,
     "unauthorized": 4,
 }
