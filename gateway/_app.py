@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -27,8 +27,6 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ._auth.gate import authenticate
-from ._auth.jwks import KeySet
-from ._auth.policy import JwtVerifier, key_set_id
 from ._auth.rules import Identity
 from ._call.context import CallContext
 from ._config.compile import load_config
@@ -77,6 +75,10 @@ from ._rules.resilience import GuardSettings, UpstreamGuard
 from ._rules.urls import BaseUrl
 from ._state.shared import SharedState, open_state
 from ._upstream.transport import GatewayTransport, PoolKey, PoolLimits
+
+if TYPE_CHECKING:  # imported when a JWT policy is configured (see build_authenticators)
+    from ._auth.jwks import KeySet
+    from ._auth.policy import JwtVerifier
 
 JSON_TYPE = "application/json"
 MAX_JWKS_BYTES = 1024 * 1024  # a key set is a few KiB; a bigger answer is not one
@@ -170,6 +172,16 @@ def build_authenticators(
     starts their fetching), and those no policy uses any more are removed."""
     verifiers: dict[str, JwtVerifier] = {}
     wanted: set[tuple[str, str, float]] = set()
+    if any(
+        policy.kind == "jwt"
+        for endpoint in plan.endpoints
+        if endpoint.auth is not None
+        for policy in endpoint.auth.policies
+    ):
+        # imported here: PyJWT and cryptography are a tenth more objects for the collector
+        # to walk, which a gateway without JWT policies should not pay for
+        from ._auth.jwks import KeySet
+        from ._auth.policy import JwtVerifier, key_set_id
     for endpoint in plan.endpoints:
         if endpoint.auth is None:
             continue

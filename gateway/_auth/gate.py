@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .._call.exchange import Sender
-from .._errors import AmbiguousCredentials, AuthError, InvalidToken, Unauthorized
+from .._errors import AmbiguousCredentials, AuthError, InvalidToken, TokenRejected, Unauthorized
 from .forward import ask
 from .plan import ApiKeyPolicy, AuthPolicy, EndpointAuth, JwtPolicy
-from .policy import JwtVerifier, TokenRejected
+
+if TYPE_CHECKING:  # the verifier brings in PyJWT and cryptography: only with JWT policies
+    from .policy import JwtVerifier
 from .rules import (
     AmbiguousToken,
     Identity,
