@@ -278,6 +278,19 @@ def refusal_of(exc: HTTPException) -> RequestError | None:
     return kind(message)
 
 
+async def send_options(send: Any, allow: Sequence[str]) -> None:
+    """The answer to ``OPTIONS`` on a routed path without CORS: 204 with ``Allow`` (RFC
+    9110 section 9.3.7), no upstream called."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [(b"allow", ", ".join(allow).encode("ascii"))],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
     """The config as JSON with every header value and every auth secret masked: that is
     where secrets live."""
@@ -479,6 +492,16 @@ class GatewayApp(QuartTrio):
                     server = plan.config.server
                     check_limits(scope, server.max_url_length, server.max_header_size)
                     match = plan.router.match(raw_path, scope["method"])
+                except MethodNotAllowed as exc:
+                    # the gateway answers OPTIONS on every routed path itself (RFC 9110
+                    # section 9.3.7), so Allow names it too
+                    allow = tuple(dict.fromkeys((*exc.allow, "OPTIONS")))
+                    if scope["method"] == "OPTIONS":
+                        await send_options(send, allow)
+                    else:
+                        refusal = MethodNotAllowed(exc.message, allow=allow)
+                        await send_error(send, refusal, head=scope["method"] == "HEAD")
+                    return
                 except RequestError as exc:
                     await send_error(send, exc, head=scope["method"] == "HEAD")
                     return

@@ -299,8 +299,29 @@ async def test_unknown_path_is_404_and_wrong_method_is_405_as_json(nursery: trio
         assert r.status_code == 404
         r = await gw.request("DELETE", "/api/1")
         assert r.status_code == 405
-        assert r.headers["allow"] == "GET, HEAD"
+        assert r.headers["allow"] == "GET, HEAD, OPTIONS"
         assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_options_on_a_routed_path_is_204_with_allow_and_calls_no_upstream(
+    nursery: trio.Nursery,
+) -> None:
+    """Without CORS, OPTIONS is answered by the gateway: 204 with Allow (RFC 9110 section
+    9.3.7), HEAD listed wherever GET is; an unknown path stays 404."""
+    with trio.fail_after(10):
+        seen, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["endpoints"].append(
+            {"path": "/api/{id}", "method": "POST", "backends": [backend_config("b", "u", "/y")]}
+        )
+        gw = await start_gateway(nursery, config)
+        r = await gw.request("OPTIONS", "/api/1")
+        assert r.status_code == 204
+        assert r.headers["allow"] == "GET, HEAD, POST, OPTIONS"
+        assert r.content == b""
+        assert (await gw.request("OPTIONS", "/nothing")).status_code == 404
+        assert seen == []
 
 
 async def test_only_listed_headers_and_query_are_forwarded(nursery: trio.Nursery) -> None:
