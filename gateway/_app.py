@@ -207,6 +207,22 @@ def _shares(mine: object, upstreams: object, *, own: bool) -> bool:
     return (mine is None or mine is not upstreams) if own else mine is upstreams
 
 
+def _shaping_response_head(
+    send: Any, fields: tuple[tuple[bytes, bytes], ...], removed: frozenset[bytes]
+) -> Any:
+    """``send`` with an endpoint's ``remove_headers`` taken out of the response head and
+    its ``response_headers`` put in, replacing any field of the same name."""
+    drop = removed | {name.lower() for name, _ in fields}
+
+    async def sending(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            kept = [(n, v) for n, v in message.get("headers", []) if n.lower() not in drop]
+            message = {**message, "headers": [*kept, *fields]}
+        await send(message)
+
+    return sending
+
+
 def _with_headers(send: Any, fields: list[tuple[bytes, bytes]]) -> Any:
     """``send`` that adds ``fields`` to the response head."""
 
@@ -507,6 +523,10 @@ class GatewayApp(QuartTrio):
                     return
                 if record is not None:
                     record.endpoint = match.target.path
+                if match.target.response_fields or match.target.removed_fields:
+                    send = _shaping_response_head(
+                        send, match.target.response_fields, match.target.removed_fields
+                    )
                 # the order of the request's layers: route, authenticate, rate-limit, call
                 identity: Identity | None = None
                 if match.target.auth is not None:

@@ -10,6 +10,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._auth.plan import EndpointAuth
@@ -20,7 +21,12 @@ from .._rules.aggregate import Placement
 from .._rules.balance import OutlierSettings
 from .._rules.forwarded import Network, parse_networks
 from .._rules.graph import Condition, find_cycle
-from .._rules.headers import GATEWAY_PREFIX, NEVER_FORWARDED_STR, NEVER_RETURNED_STR
+from .._rules.headers import (
+    GATEWAY_PREFIX,
+    HOP_BY_HOP,
+    NEVER_FORWARDED_STR,
+    NEVER_RETURNED_STR,
+)
 from .._rules.resilience import (
     BreakerSettings,
     BulkheadSettings,
@@ -399,6 +405,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                     rate_limits=_rate_limits(ep, route, auth, where, file, problems),
                     cache=cache,
                     auth=auth,
+                    **_response_fields(config, ep, where, file, problems),
                 )
             )
 
@@ -482,6 +489,49 @@ def _server_tls_problems(config: GatewayConfig, file: str) -> list[ConfigProblem
 
 RATE_LIMIT_KEYS = ("ip", "global")
 KEYED_SOURCES = ("header", "path", "query")
+
+
+# Fields a config may not set or remove on responses: the framing and connection
+# management the server does per message (RFC 9110 sections 7.6.1 and 8.6, RFC 9112
+# section 6), and the request id the gateway sets itself.
+_RESPONSE_FIELDS_NOT_CONFIGURABLE = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+
+
+def _response_fields(
+    config: GatewayConfig,
+    ep: EndpointConfig,
+    where: tuple[int | str, ...],
+    file: str,
+    problems: list[ConfigProblem],
+) -> dict[str, Any]:
+    """``response_headers`` and ``remove_headers`` of ``defaults`` and the endpoint, merged
+    (names compare case-insensitively, RFC 9110 section 5.1; the endpoint's value wins)."""
+    fields: dict[bytes, tuple[bytes, bytes]] = {}
+    removed: set[bytes] = set()
+    for owner, source in (("defaults", config.defaults), (where, ep)):
+        at: tuple[int | str, ...] = (owner,) if isinstance(owner, str) else owner
+        for name, value in source.response_headers.items():
+            path = format_path((*at, "response_headers", name))
+            lower = name.lower().encode("latin-1", "replace")
+            if not TOKEN.match(name):
+                problems.append(ConfigProblem(file, path, "not a valid field name"))
+            elif lower in _RESPONSE_FIELDS_NOT_CONFIGURABLE:
+                problems.append(ConfigProblem(file, path, "set by the server for each response"))
+            elif not (value.isascii() and value.isprintable()):
+                # RFC 9110 section 5.5: visible ASCII, spaces and tabs
+                problems.append(ConfigProblem(file, path, "not a valid field value"))
+            else:
+                fields[lower] = (name.encode("latin-1"), value.strip().encode("latin-1"))
+        for i, name in enumerate(source.remove_headers):
+            path = format_path((*at, "remove_headers", i))
+            lower = name.lower().encode("latin-1", "replace")
+            if not TOKEN.match(name):
+                problems.append(ConfigProblem(file, path, "not a valid field name"))
+            elif lower in _RESPONSE_FIELDS_NOT_CONFIGURABLE | {b"content-type"}:
+                problems.append(ConfigProblem(file, path, "the response needs this field"))
+            else:
+                removed.add(lower)
+    return {"response_fields": tuple(fields.values()), "removed_fields": frozenset(removed)}
 
 
 def _identity_refs(

@@ -149,6 +149,17 @@ class DefaultsConfig(_Model):
     """The `auth` of every endpoint that does not set its own (`auth: null` on an endpoint
     opts out)."""
 
+    response_headers: dict[str, str] = Field(default_factory=dict)
+    """Fields added to every answer of every endpoint (aggregated, passthrough, and the
+    errors of a routed request; a 404 or 405 has no endpoint), replacing an upstream's
+    field of the same name: static values such as
+    `Strict-Transport-Security`, `Content-Security-Policy`, `X-Content-Type-Options`.
+    An endpoint's own `response_headers` add to these (its value wins for one name)."""
+
+    remove_headers: list[str] = Field(default_factory=list)
+    """Fields removed from every response of every endpoint (such as an upstream's
+    `Server` or `X-Powered-By` on passthrough); an endpoint's own list adds to this."""
+
 
 def _percent(value: object) -> float:
     if isinstance(value, str) and value.strip().endswith("%"):
@@ -575,6 +586,13 @@ class EndpointConfig(_Model):
     """Policies under `auth` that a request must pass before any rate limit or upstream
     call: a name, or a list of names (any one may pass, tried in order). `null` opts out
     of `defaults.auth`."""
+
+    response_headers: dict[str, str] = Field(default_factory=dict)
+    """Fields added to this endpoint's responses, after `defaults.response_headers` (see
+    there)."""
+
+    remove_headers: list[str] = Field(default_factory=list)
+    """Fields removed from this endpoint's responses, with `defaults.remove_headers`."""
 
     backends: list[BackendConfig] = Field(min_length=1)
     """The upstream calls; their results merge in this order."""

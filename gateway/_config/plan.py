@@ -221,6 +221,9 @@ class EndpointPlan:
     rate_limits: tuple[RateLimitPlan, ...] = ()
     cache: EndpointCachePlan | None = None
     auth: EndpointAuth | None = None  # None: no policy (auth: null, or none configured)
+    # response_headers (name, value) and remove_headers (lower-case), defaults' included
+    response_fields: tuple[tuple[bytes, bytes], ...] = ()
+    removed_fields: frozenset[bytes] = frozenset()
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:

@@ -1,0 +1,95 @@
+"""`response_headers` and `remove_headers`, from `defaults` and per endpoint, on
+aggregated and passthrough responses and on an endpoint's errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from conftest import backend_config, simple_config, start_gateway, start_upstream
+from upstream import Reply
+
+from gateway import load_config
+from gateway._errors import ConfigError
+
+
+async def test_configured_fields_are_set_and_removed_on_every_answer_of_an_endpoint(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        up = await start_upstream(
+            nursery,
+            {
+                "/x/1": Reply(json={"a": 1}),
+                "/raw": Reply(
+                    json={"b": 2},
+                    headers=[("Server", "upstream/1.0"), ("X-Powered-By", "php"), ("X-Keep", "1")],
+                ),
+            },
+        )
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x/{id}")])
+        config["defaults"] = {
+            "response_headers": {"Strict-Transport-Security": "max-age=63072000"},
+            "remove_headers": ["Server"],
+        }
+        config["endpoints"][0]["response_headers"] = {
+            "Content-Security-Policy": "default-src 'none'"
+        }
+        config["endpoints"].append(
+            {
+                "path": "/raw",
+                "passthrough": True,
+                "response_headers": {"strict-transport-security": "max-age=1", "X-Keep": "2"},
+                "remove_headers": ["x-powered-by"],
+                "backends": [backend_config("r", "u", "/raw")],
+            }
+        )
+        gw = await start_gateway(nursery, config)
+
+        r = await gw.get("/api/1")
+        assert r.json() == {"a": 1}
+        assert r.headers["strict-transport-security"] == "max-age=63072000"
+        assert r.headers["content-security-policy"] == "default-src 'none'"
+        failed = await gw.get("/api/2")  # an error of the endpoint: its backend failed
+        assert failed.status_code == 502
+        assert failed.headers["strict-transport-security"] == "max-age=63072000"
+
+        raw = await gw.get("/raw")
+        assert raw.json() == {"b": 2}
+        assert raw.headers.get_list("strict-transport-security") == ["max-age=1"]  # endpoint wins
+        assert raw.headers.get_list("x-keep") == ["2"]  # replaces the upstream's
+        assert "server" not in raw.headers and "x-powered-by" not in raw.headers
+        assert "content-security-policy" not in raw.headers  # another endpoint's
+        assert "x-request-id" in raw.headers
+
+        other = await gw.get("/nothing")  # no endpoint: none of its fields
+        assert other.status_code == 404 and "strict-transport-security" not in other.headers
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ({"response_headers": {"Content-Length": "1"}}, "set by the server for each response"),
+        ({"response_headers": {"Connection": "close"}}, "set by the server for each response"),
+        ({"response_headers": {"Bad Name": "x"}}, "not a valid field name"),
+        ({"response_headers": {"X-A": "a\r\nX-B: b"}}, "not a valid field value"),
+        ({"response_headers": {"X-A": "é"}}, "not a valid field value"),
+        ({"remove_headers": ["Content-Type"]}, "the response needs this field"),
+        ({"remove_headers": ["Transfer-Encoding"]}, "the response needs this field"),
+    ],
+)
+def test_fields_the_server_owns_or_that_are_malformed_are_config_problems(
+    section: dict[str, object], problem: str
+) -> None:
+    doc = {
+        "version": 1,
+        "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+        "endpoints": [{"path": "/a", "backends": [{"name": "a", "upstream": "u", "path": "/a"}]}],
+        "defaults": section,
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config("gw.yaml", {}, text=json.dumps(doc))
+    messages = [str(p) for p in caught.value.problems]
+    assert len(messages) == 1 and messages[0].endswith(problem), messages
+    assert messages[0].startswith("gw.yaml: defaults.")
