@@ -207,28 +207,18 @@ def _shares(mine: object, upstreams: object, *, own: bool) -> bool:
     return (mine is None or mine is not upstreams) if own else mine is upstreams
 
 
-def _shaping_response_head(
-    send: Any, fields: tuple[tuple[bytes, bytes], ...], removed: frozenset[bytes]
+def _with_headers(
+    send: Any, fields: Sequence[tuple[bytes, bytes]], dropped: frozenset[bytes] = frozenset()
 ) -> Any:
-    """``send`` with an endpoint's ``remove_headers`` taken out of the response head and
-    its ``response_headers`` put in, replacing any field of the same name."""
-    drop = removed | {name.lower() for name, _ in fields}
+    """``send`` that takes the fields named in ``dropped`` (lower-case) out of the
+    response head and adds ``fields``."""
 
     async def sending(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            kept = [(n, v) for n, v in message.get("headers", []) if n.lower() not in drop]
+            kept = message.get("headers", [])
+            if dropped:
+                kept = [(n, v) for n, v in kept if n.lower() not in dropped]
             message = {**message, "headers": [*kept, *fields]}
-        await send(message)
-
-    return sending
-
-
-def _with_headers(send: Any, fields: list[tuple[bytes, bytes]]) -> Any:
-    """``send`` that adds ``fields`` to the response head."""
-
-    async def sending(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *fields]}
         await send(message)
 
     return sending
@@ -524,7 +514,8 @@ class GatewayApp(QuartTrio):
                 if record is not None:
                     record.endpoint = match.target.path
                 if match.target.response_fields or match.target.removed_fields:
-                    send = _shaping_response_head(
+                    # remove_headers, and response_headers replacing a field of their name
+                    send = _with_headers(
                         send, match.target.response_fields, match.target.removed_fields
                     )
                 # the order of the request's layers: route, authenticate, rate-limit, call

@@ -120,15 +120,14 @@ async def reload_on_sighup(
             reload(app, config)
 
 
-async def reload_on_change(
-    app: GatewayApp, interval_s: float = 1.0, config: hypercorn.config.Config | None = None
-) -> None:
-    """Reload the config when its file changes (polled every ``interval_s``), until
-    cancelled."""
+async def watch_file(path: str, interval_s: float, on_change: Callable[[], object]) -> None:
+    """Call ``on_change`` whenever the file at ``path`` changes (its modification time or
+    size, polled every ``interval_s``), until cancelled. A file that is missing for a while
+    (an editor replacing it) is not a change."""
 
     def stamp() -> tuple[float, int] | None:
         try:
-            info = os.stat(app.plan.file)
+            info = os.stat(path)
         except OSError:
             return None
         return (info.st_mtime, info.st_size)
@@ -139,7 +138,15 @@ async def reload_on_change(
         current = stamp()
         if current is not None and current != last:
             last = current
-            reload(app, config)
+            on_change()
+
+
+async def reload_on_change(
+    app: GatewayApp, interval_s: float = 1.0, config: hypercorn.config.Config | None = None
+) -> None:
+    """Reload the config when its file changes (polled every ``interval_s``), until
+    cancelled."""
+    await watch_file(app.plan.file, interval_s, lambda: reload(app, config))
 
 
 def drain_on_stop(app: GatewayApp, stop: trio.Event) -> Callable[[], Awaitable[None]]:

@@ -107,7 +107,14 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._handle_signals)
             if self.watch:
-                nursery.start_soon(self._watch_file)
+                from ._server import watch_file
+
+                nursery.start_soon(
+                    watch_file,
+                    self.config_path,
+                    WATCH_INTERVAL_S,
+                    lambda: self.reload("file changed"),
+                )
             async with trio.open_nursery() as slots:
                 for slot in range(self.workers):
                     slots.start_soon(self._keep_slot, slot)
@@ -233,22 +240,6 @@ class Supervisor:
                 _send(worker.process, signal.SIGHUP)
         log.info("reload (%s): %s sent to %d worker(s)", why, self.config_path, len(self._running))
         return True
-
-    async def _watch_file(self) -> None:
-        def stamp() -> tuple[float, int] | None:
-            try:
-                info = os.stat(self.config_path)
-            except OSError:
-                return None
-            return (info.st_mtime, info.st_size)
-
-        last = stamp()
-        while True:
-            await trio.sleep(WATCH_INTERVAL_S)
-            current = stamp()
-            if current is not None and current != last:
-                last = current
-                self.reload("file changed")
 
     def _stop(self, *, force: bool) -> None:
         self.stopping = True

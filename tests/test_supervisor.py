@@ -52,22 +52,31 @@ class Supervised:
         return [int(pid) for pid in await self.logged(READY_LINE.pattern, count)]
 
 
-async def start_supervised(nursery: trio.Nursery, file: Path, *extra: str) -> Supervised:
-    cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--workers", "2"]
-    cmd += ["--bind", "127.0.0.1:0", "--log-format", "text", "--log-level", "info", *extra]
-    proc: trio.Process = await nursery.start(
-        partial(trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    )
-    gateway = Supervised(proc)
-    nursery.start_soon(gateway.read_stderr)
+async def serving_url(proc: trio.Process) -> str:
+    """The URL `gateway serve` prints once it serves (read from its stdout)."""
     assert proc.stdout is not None
     seen = b""
     while not (match := re.search(rb"serving .*?(http://127\.0\.0\.1:\d+)", seen)):
         data = await proc.stdout.receive_some(4096)
         assert data, f"gateway exited before serving: {seen!r}"
         seen += data
-    gateway.url = match.group(1).decode()
-    await gateway.ready_pids(2)
+    return match.group(1).decode()
+
+
+async def start_supervised(
+    nursery: trio.Nursery, file: Path, *extra: str, workers: str = "2"
+) -> Supervised:
+    """`gateway serve --workers N` serving ``file``, once every worker is ready."""
+    cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--workers", workers]
+    cmd += ["--bind", "127.0.0.1:0", "--log-format", "text", "--log-level", "info", *extra]
+    proc: trio.Process = await nursery.start(
+        partial(trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    )
+    gateway = Supervised(proc)
+    nursery.start_soon(gateway.read_stderr)
+    gateway.url = await serving_url(proc)
+    if int(workers) > 1:
+        await gateway.ready_pids(int(workers))
     return gateway
 
 
@@ -353,13 +362,9 @@ async def test_a_sighup_before_the_gateway_serves_does_not_end_it(
         # ignored while it imports and loads, before a handler is there to catch it
         assert disposition == "ignored"
         proc.send_signal(signal.SIGHUP)  # as early as the gateway takes it
-        seen = b""
-        while (match := re.search(rb"serving .*?(http://127\.0\.0\.1:\d+)", seen)) is None:
-            data = await proc.stdout.receive_some(4096)
-            assert data, f"the gateway ended: {seen!r}"
-            seen += data
+        url = await serving_url(proc)
         async with httpx.AsyncClient(trust_env=False) as client:
-            r = await client.get(match.group(1).decode() + "/api/1")
+            r = await client.get(url + "/api/1")
         assert r.status_code == 200
         proc.terminate()
         assert await proc.wait() == 0
@@ -515,27 +520,12 @@ async def test_a_sigterm_delivered_twice_at_once_drains_instead_of_forcing(
         config["server"] = {"drain_delay": "200ms", "graceful_timeout": "3s"}
         file = tmp_path / "g.yaml"
         file.write_text(config_text(config))
-        cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--bind", "127.0.0.1:0"]
-        cmd += ["--workers", workers, "--log-format", "text", "--log-level", "info"]
-        proc: trio.Process = await nursery.start(
-            partial(
-                trio.run_process, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False
-            )
-        )
-        gateway = Supervised(proc)
-        nursery.start_soon(gateway.read_stderr)
-        assert proc.stdout is not None
-        seen = b""
-        while not (match := re.search(rb"serving .*?(http://127\.0\.0\.1:\d+)", seen)):
-            data = await proc.stdout.receive_some(4096)
-            assert data, f"gateway exited before serving: {seen!r}"
-            seen += data
-        if workers == "2":
-            await gateway.ready_pids(2)
+        gateway = await start_supervised(nursery, file, workers=workers)
+        proc = gateway.proc
         answers: list[httpx.Response] = []
 
         async def slow_request() -> None:
-            answers.append(await fresh_get(match.group(1).decode() + "/api/1"))
+            answers.append(await fresh_get(gateway.url + "/api/1"))
 
         async with trio.open_nursery() as n:
             n.start_soon(slow_request)
@@ -562,20 +552,12 @@ async def test_a_second_sigterm_a_second_later_stops_one_worker_at_once(
         config["server"] = {"drain_delay": "10s", "graceful_timeout": "20s"}
         file = tmp_path / "g.yaml"
         file.write_text(config_text(config))
-        cmd = [sys.executable, "-m", "gateway", "serve", str(file), "--bind", "127.0.0.1:0"]
-        proc: trio.Process = await nursery.start(
-            partial(trio.run_process, cmd, stdout=subprocess.PIPE, check=False)
-        )
-        assert proc.stdout is not None
-        seen = b""
-        while not (match := re.search(rb"serving .*?(http://127\.0\.0\.1:\d+)", seen)):
-            data = await proc.stdout.receive_some(4096)
-            assert data, f"gateway exited before serving: {seen!r}"
-            seen += data
+        gateway = await start_supervised(nursery, file, workers="1")
+        proc = gateway.proc
 
         async def slow_request() -> None:
             with contextlib.suppress(httpx.TransportError):
-                await fresh_get(match.group(1).decode() + "/api/1")
+                await fresh_get(gateway.url + "/api/1")
 
         nursery.start_soon(slow_request)
         await arrived.wait()

@@ -513,7 +513,7 @@ def _response_fields(
         for name, value in source.response_headers.items():
             path = format_path((*at, "response_headers", name))
             lower = name.lower().encode("latin-1", "replace")
-            if not TOKEN.match(name):
+            if not TOKEN.fullmatch(name):
                 problems.append(ConfigProblem(file, path, "not a valid field name"))
             elif lower in _RESPONSE_FIELDS_NOT_CONFIGURABLE:
                 problems.append(ConfigProblem(file, path, "set by the server for each response"))
@@ -525,12 +525,14 @@ def _response_fields(
         for i, name in enumerate(source.remove_headers):
             path = format_path((*at, "remove_headers", i))
             lower = name.lower().encode("latin-1", "replace")
-            if not TOKEN.match(name):
+            if not TOKEN.fullmatch(name):
                 problems.append(ConfigProblem(file, path, "not a valid field name"))
             elif lower in _RESPONSE_FIELDS_NOT_CONFIGURABLE | {b"content-type"}:
                 problems.append(ConfigProblem(file, path, "the response needs this field"))
             else:
                 removed.add(lower)
+    # a configured field replaces the answer's own: its name is taken out first
+    removed |= fields.keys()
     return {"response_fields": tuple(fields.values()), "removed_fields": frozenset(removed)}
 
 

@@ -221,7 +221,8 @@ class EndpointPlan:
     rate_limits: tuple[RateLimitPlan, ...] = ()
     cache: EndpointCachePlan | None = None
     auth: EndpointAuth | None = None  # None: no policy (auth: null, or none configured)
-    # response_headers (name, value) and remove_headers (lower-case), defaults' included
+    # response_headers (name, value), defaults' included; removed_fields (lower-case): the
+    # names taken out of the response head first, remove_headers' and response_headers'
     response_fields: tuple[tuple[bytes, bytes], ...] = ()
     removed_fields: frozenset[bytes] = frozenset()
 
