@@ -70,22 +70,46 @@ async def test_configured_fields_are_set_and_removed_on_every_answer_of_an_endpo
 @pytest.mark.parametrize(
     ("section", "problem"),
     [
-        ({"response_headers": {"Content-Length": "1"}}, "set by the server for each response"),
-        ({"response_headers": {"Connection": "close"}}, "set by the server for each response"),
+        ({"response_headers": {"Content-Length": "1"}}, "set by the gateway for each response"),
+        ({"response_headers": {"Connection": "close"}}, "set by the gateway for each response"),
+        (
+            {"response_headers": {"Content-Encoding": "gzip"}},
+            "set by the gateway for each response",
+        ),
+        (
+            {"response_headers": {"Content-Type": "text/html"}},
+            "set by the gateway for each response",
+        ),
+        (
+            {"response_headers": {"Date": "Mon, 01 Jan 2024"}},
+            "set by the gateway for each response",
+        ),
+        (
+            {"response_headers": {"X-Gateway-Complete": "true"}},
+            "set by the gateway for each response",
+        ),
         ({"response_headers": {"Bad Name": "x"}}, "not a valid field name"),
+        ({"response_headers": {"X-A\n": "x"}}, "not a valid field name"),
         ({"response_headers": {"X-A": "a\r\nX-B: b"}}, "not a valid field value"),
         ({"response_headers": {"X-A": "é"}}, "not a valid field value"),
+        ({"response_headers": {"x-a": "a", "X-A": "b"}}, "names are case-insensitive)"),
         ({"remove_headers": ["Content-Type"]}, "the response needs this field"),
+        ({"remove_headers": ["Content-Encoding"]}, "the response needs this field"),
         ({"remove_headers": ["Transfer-Encoding"]}, "the response needs this field"),
+        ({"remove_headers": ["X-Gateway-Backends"]}, "the response needs this field"),
+        ({"remove_headers": ["Retry-After"]}, "the response needs this field"),
+        ({"remove_headers": ["WWW-Authenticate"]}, "the response needs this field"),
     ],
 )
-def test_fields_the_server_owns_or_that_are_malformed_are_config_problems(
+def test_fields_the_gateway_owns_or_that_are_malformed_are_config_problems_reported_once(
     section: dict[str, object], problem: str
 ) -> None:
+    backend = [{"name": "a", "upstream": "u", "path": "/a"}]
     doc = {
         "version": 1,
         "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
-        "endpoints": [{"path": "/a", "backends": [{"name": "a", "upstream": "u", "path": "/a"}]}],
+        # two endpoints: a problem of defaults is still one problem
+        "endpoints": [{"path": "/a", "backends": backend}, {"path": "/b", "backends": backend}],
         "defaults": section,
     }
     with pytest.raises(ConfigError) as caught:
@@ -93,3 +117,15 @@ def test_fields_the_server_owns_or_that_are_malformed_are_config_problems(
     messages = [str(p) for p in caught.value.problems]
     assert len(messages) == 1 and messages[0].endswith(problem), messages
     assert messages[0].startswith("gw.yaml: defaults.")
+
+
+def test_a_tab_inside_a_value_is_allowed() -> None:
+    """RFC 9110 section 5.5: a field value may hold spaces and horizontal tabs."""
+    doc = {
+        "version": 1,
+        "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+        "endpoints": [{"path": "/a", "backends": [{"name": "a", "upstream": "u", "path": "/a"}]}],
+        "defaults": {"response_headers": {"X-Tab": "a\tb"}},
+    }
+    plan = load_config("gw.yaml", {}, text=json.dumps(doc))
+    assert plan.endpoints[0].response_fields == ((b"X-Tab", b"a\tb"),)

@@ -54,6 +54,7 @@ from .model import (
     BodySelectConfig,
     BulkheadConfig,
     CircuitBreakerConfig,
+    DefaultsConfig,
     EndpointConfig,
     GatewayConfig,
     HedgeConfig,
@@ -252,6 +253,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
 
     endpoints: list[EndpointPlan] = []
     seen_routes: dict[tuple[tuple[str | None, ...], str], int] = {}
+    default_fields = _response_settings(config.defaults, ("defaults",), file, problems)
     for ei, ep in enumerate(config.endpoints):
         where = ("endpoints", ei)
         try:
@@ -405,7 +407,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                     rate_limits=_rate_limits(ep, route, auth, where, file, problems),
                     cache=cache,
                     auth=auth,
-                    **_response_fields(config, ep, where, file, problems),
+                    **_response_fields(default_fields, ep, where, file, problems),
                 )
             )
 
@@ -492,45 +494,74 @@ KEYED_SOURCES = ("header", "path", "query")
 
 
 # Fields a config may not set or remove on responses: the framing and connection
-# management the server does per message (RFC 9110 sections 7.6.1 and 8.6, RFC 9112
-# section 6), and the request id the gateway sets itself.
-_RESPONSE_FIELDS_NOT_CONFIGURABLE = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+# management the server does per message (RFC 9110 sections 6.6.1, 7.6.1, 8.3, 8.4 and
+# 8.6, RFC 9112 section 6), and the fields the gateway sets itself (X-Request-Id and its
+# X-Gateway-* report).
+_SERVER_OWNED = HOP_BY_HOP | {
+    b"content-length",
+    b"content-type",
+    b"content-encoding",
+    b"date",
+    b"x-request-id",
+}
+# Fields an answer's meaning depends on (RFC 9110 sections 10.2.3 and 11.6.1): never removed.
+_NEVER_REMOVED = frozenset({b"retry-after", b"www-authenticate"})
+
+
+def _owned(lower: bytes) -> bool:
+    return lower in _SERVER_OWNED or lower.startswith(GATEWAY_PREFIX.encode())
+
+
+def _response_settings(
+    source: DefaultsConfig | EndpointConfig,
+    at: tuple[int | str, ...],
+    file: str,
+    problems: list[ConfigProblem],
+) -> tuple[dict[bytes, tuple[bytes, bytes]], set[bytes]]:
+    """One section's ``response_headers`` (by lower-case name) and ``remove_headers``."""
+    fields: dict[bytes, tuple[bytes, bytes]] = {}
+    removed: set[bytes] = set()
+    for name, value in source.response_headers.items():
+        path = format_path((*at, "response_headers", name))
+        lower = name.lower().encode("latin-1", "replace")
+        if not TOKEN.fullmatch(name):
+            problems.append(ConfigProblem(file, path, "not a valid field name"))
+        elif _owned(lower):
+            problems.append(ConfigProblem(file, path, "set by the gateway for each response"))
+        elif not all(c == "\t" or " " <= c <= "~" for c in value):
+            # RFC 9110 section 5.5: visible ASCII, spaces and tabs
+            problems.append(ConfigProblem(file, path, "not a valid field value"))
+        elif lower in fields:
+            problems.append(
+                ConfigProblem(file, path, "the same field as another (names are case-insensitive)")
+            )
+        else:
+            fields[lower] = (name.encode("latin-1"), value.strip().encode("latin-1"))
+    for i, name in enumerate(source.remove_headers):
+        path = format_path((*at, "remove_headers", i))
+        lower = name.lower().encode("latin-1", "replace")
+        if not TOKEN.fullmatch(name):
+            problems.append(ConfigProblem(file, path, "not a valid field name"))
+        elif _owned(lower) or lower in _NEVER_REMOVED:
+            problems.append(ConfigProblem(file, path, "the response needs this field"))
+        else:
+            removed.add(lower)
+    return fields, removed
 
 
 def _response_fields(
-    config: GatewayConfig,
+    defaults: tuple[dict[bytes, tuple[bytes, bytes]], set[bytes]],
     ep: EndpointConfig,
     where: tuple[int | str, ...],
     file: str,
     problems: list[ConfigProblem],
 ) -> dict[str, Any]:
-    """``response_headers`` and ``remove_headers`` of ``defaults`` and the endpoint, merged
-    (names compare case-insensitively, RFC 9110 section 5.1; the endpoint's value wins)."""
-    fields: dict[bytes, tuple[bytes, bytes]] = {}
-    removed: set[bytes] = set()
-    for owner, source in (("defaults", config.defaults), (where, ep)):
-        at: tuple[int | str, ...] = (owner,) if isinstance(owner, str) else owner
-        for name, value in source.response_headers.items():
-            path = format_path((*at, "response_headers", name))
-            lower = name.lower().encode("latin-1", "replace")
-            if not TOKEN.fullmatch(name):
-                problems.append(ConfigProblem(file, path, "not a valid field name"))
-            elif lower in _RESPONSE_FIELDS_NOT_CONFIGURABLE:
-                problems.append(ConfigProblem(file, path, "set by the server for each response"))
-            elif not (value.isascii() and value.isprintable()):
-                # RFC 9110 section 5.5: visible ASCII, spaces and tabs
-                problems.append(ConfigProblem(file, path, "not a valid field value"))
-            else:
-                fields[lower] = (name.encode("latin-1"), value.strip().encode("latin-1"))
-        for i, name in enumerate(source.remove_headers):
-            path = format_path((*at, "remove_headers", i))
-            lower = name.lower().encode("latin-1", "replace")
-            if not TOKEN.fullmatch(name):
-                problems.append(ConfigProblem(file, path, "not a valid field name"))
-            elif lower in _RESPONSE_FIELDS_NOT_CONFIGURABLE | {b"content-type"}:
-                problems.append(ConfigProblem(file, path, "the response needs this field"))
-            else:
-                removed.add(lower)
+    """``response_headers`` and ``remove_headers`` of ``defaults`` (checked once, by the
+    caller) and the endpoint, merged (names compare case-insensitively, RFC 9110 section
+    5.1; the endpoint's value wins)."""
+    fields, removed = _response_settings(ep, where, file, problems)
+    fields = {**defaults[0], **fields}
+    removed = removed | defaults[1]
     # a configured field replaces the answer's own: its name is taken out first
     removed |= fields.keys()
     return {"response_fields": tuple(fields.values()), "removed_fields": frozenset(removed)}

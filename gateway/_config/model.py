@@ -154,7 +154,10 @@ class DefaultsConfig(_Model):
     errors of a routed request; a 404 or 405 has no endpoint), replacing an upstream's
     field of the same name: static values such as
     `Strict-Transport-Security`, `Content-Security-Policy`, `X-Content-Type-Options`.
-    An endpoint's own `response_headers` add to these (its value wins for one name)."""
+    An endpoint's own `response_headers` add to these (its value wins for one name).
+    Fields the gateway sets for each response (framing, `Content-Type`,
+    `Content-Encoding`, `Date`, `X-Request-Id`, `X-Gateway-*`) cannot be set or removed;
+    `Retry-After` and `WWW-Authenticate` cannot be removed."""
 
     remove_headers: list[str] = Field(default_factory=list)
     """Fields removed from every response of every endpoint (such as an upstream's
