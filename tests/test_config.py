@@ -1338,11 +1338,19 @@ def test_tracing_without_the_otel_extra_is_a_clear_config_error(
     ]
 
 
+def _hide_modules(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
+    """Make ``package`` and every submodule of it unimportable, as if not installed."""
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, package, None)
+
+
 def test_tracing_without_the_otel_packages_is_a_config_error_not_a_crash(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # None in sys.modules makes every import of the package fail, as when it is not installed
-    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    # (its submodules too: an earlier test may have imported them)
+    _hide_modules(monkeypatch, "opentelemetry")
     text = "version: 1\ntracing: {otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}\n"
     assert problems_of(text) == [
         "gw.yaml: tracing: tracing needs the otel extra: "
@@ -1353,7 +1361,7 @@ def test_tracing_without_the_otel_packages_is_a_config_error_not_a_crash(
 def test_tracing_with_the_sdk_but_without_the_exporter_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http", None)
+    _hide_modules(monkeypatch, "opentelemetry.exporter.otlp.proto.http")
     text = "version: 1\ntracing: {otlp_endpoint: 'http://127.0.0.1:4318/v1/traces'}\n"
     assert problems_of(text) == [
         "gw.yaml: tracing: tracing needs the otel extra: "
