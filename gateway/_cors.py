@@ -47,10 +47,11 @@ async def answer_preflight(
         endpoint = plan.router.match(raw_path, question.method).target
     except MethodNotAllowed as exc:
         # no endpoint for that method: refused if the path's endpoints speak CORS
-        if not _any_cors(plan, raw_path, exc.allow):
+        route = _cors_route(plan, raw_path, exc.allow)
+        if route is None:
             return False
         if record is not None:
-            record.endpoint = raw_path
+            record.endpoint = route  # the configured path: a metrics label, never the raw one
         refusal = Refused(
             "method",
             f"no endpoint here takes {question.method}"
@@ -86,15 +87,17 @@ async def _refuse(send: Send, refused: Refused, fields: Fields) -> None:
     await send_error(send, error, headers=fields)
 
 
-def _any_cors(plan: GatewayPlan, raw_path: str, methods: Sequence[str]) -> bool:
-    """Whether an endpoint at this path, for one of ``methods``, has CORS."""
+def _cors_route(plan: GatewayPlan, raw_path: str, methods: Sequence[str]) -> str | None:
+    """The configured path of an endpoint with CORS at this path, for one of
+    ``methods``; None if there is none."""
     for method in methods:
         try:
-            if plan.router.match(raw_path, method).target.cors is not None:
-                return True
+            endpoint = plan.router.match(raw_path, method).target
         except RequestError:
             continue
-    return False
+        if endpoint.cors is not None:
+            return endpoint.path
+    return None
 
 
 def endpoint_fields(endpoint: EndpointPlan, headers: Sequence[tuple[bytes, bytes]]) -> Fields:

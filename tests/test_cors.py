@@ -5,6 +5,7 @@ endpoint (errors and passthrough included), refusals, and the config's problems.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,48 @@ async def test_a_preflight_is_routed_by_the_method_it_asks_about(nursery: trio.N
         assert plain.status_code == 204
         assert plain.headers["allow"] == "DELETE, GET, HEAD, POST, OPTIONS"
         assert cors_fields(plain) == {}
+
+
+class AccessLines(logging.Handler):
+    """The access log's records; ``done`` is set once ``wanted`` have been written (by the
+    server's request task, just after the client has the last byte)."""
+
+    def __init__(self, wanted: int) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[dict[str, Any]] = []
+        self.wanted = wanted
+        self.done = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.access)  # type: ignore[attr-defined]
+        if len(self.lines) >= self.wanted:
+            self.done.set()
+
+
+async def test_a_preflight_is_logged_under_the_configured_path(nursery: trio.Nursery) -> None:
+    """The endpoint label of the access log and the metrics is a configured path, never
+    the client's (a refused method has no endpoint: the path's endpoint with CORS)."""
+    access = logging.getLogger("gateway.access")
+    lines = AccessLines(2)
+    access.addHandler(lines)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        with trio.fail_after(TIMEOUT_S):
+            up = await start_upstream(nursery, {"/a": Reply(json={})})
+            gw = await start_gateway(
+                nursery, config(up.url, [endpoint("/items/{id}")], defaults={"cors": CREDENTIALED})
+            )
+            assert (await ask(gw, "/items/7", "GET")).status_code == 204
+            assert (await ask(gw, "/items/8", "DELETE")).status_code == 403
+            await lines.done.wait()
+    finally:
+        access.removeHandler(lines)
+        access.setLevel(level)
+    assert [(line["path"], line["endpoint"], line["status"]) for line in lines.lines] == [
+        ("/items/7", "/items/{id}", 204),
+        ("/items/8", "/items/{id}", 403),
+    ]
 
 
 async def test_options_that_is_not_a_preflight_and_an_unknown_path_are_as_before(

@@ -201,6 +201,11 @@ class CorsPolicy:
     credentials: bool = False
     max_age_s: int | None = None
 
+    def __post_init__(self) -> None:
+        # the field lines are encoded here, once, never on a request
+        for name in ("static_fields", "_preflight_fields", "_allow_headers", "_allowed_headers"):
+            getattr(self, name)
+
     @property
     def wildcard(self) -> bool:
         """Whether every answer says ``Access-Control-Allow-Origin: *``: any origin, no
