@@ -32,6 +32,7 @@ from ._call.context import CallContext
 from ._config.compile import load_config
 from ._config.plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
 from ._config.reload import keep_restart_only
+from ._cors import answer_preflight, endpoint_fields
 from ._endpoint import (
     ambiguous_framing,
     build_context,
@@ -497,6 +498,10 @@ class GatewayApp(QuartTrio):
                 try:
                     server = plan.config.server
                     check_limits(scope, server.max_url_length, server.max_header_size)
+                    if scope["method"] == "OPTIONS" and await answer_preflight(
+                        plan, raw_path, scope["headers"], send, record
+                    ):
+                        return  # a CORS preflight: before auth and rate limits
                     match = plan.router.match(raw_path, scope["method"])
                 except MethodNotAllowed as exc:
                     # the gateway answers OPTIONS on every routed path itself (RFC 9110
@@ -513,11 +518,12 @@ class GatewayApp(QuartTrio):
                     return
                 if record is not None:
                     record.endpoint = match.target.path
-                if match.target.response_fields or match.target.removed_fields:
+                added = match.target.response_fields
+                if match.target.cors is not None:  # and the fields for the request's Origin
+                    added = endpoint_fields(match.target, scope["headers"])
+                if added or match.target.removed_fields:
                     # remove_headers, and response_headers replacing a field of their name
-                    send = _with_headers(
-                        send, match.target.response_fields, match.target.removed_fields
-                    )
+                    send = _with_headers(send, added, match.target.removed_fields)
                 # the order of the request's layers: route, authenticate, rate-limit, call
                 identity: Identity | None = None
                 if match.target.auth is not None:

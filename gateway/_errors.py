@@ -46,6 +46,9 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         │                             answered something other than 2xx, 401 or 403
         ├── AdminForbidden            403 admin_forbidden: a private admin route, peer outside
         │                             server.admin_allow
+        ├── CorsPreflightRefused      403 cors_preflight_refused: a CORS preflight from an origin,
+        │                             for a method or with request headers the endpoint's cors
+        │                             does not allow; .fields["refused"] says which
         ├── RequestTimeout            408 request_timeout: the body took longer than body_timeout
         ├── RequestBodyTooLarge       413 request_body_too_large
         ├── UrlTooLong                414 url_too_long: path and query over max_url_length
@@ -324,6 +327,16 @@ class AdminForbidden(RequestError):
 
     status = 403
     code = "admin_forbidden"
+
+
+class CorsPreflightRefused(RequestError):
+    """A CORS preflight the endpoint's ``cors`` settings do not allow: the origin, the
+    method or a request header; ``fields["refused"]`` is ``origin``, ``method`` or
+    ``headers``. The answer carries no ``Access-Control-Allow-*`` field, so the browser
+    does not send the actual request."""
+
+    status = 403
+    code = "cors_preflight_refused"
 
 
 class RequestBodyTooLarge(RequestError):

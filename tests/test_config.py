@@ -469,6 +469,22 @@ def test_any_boolean_field_explains_yaml_12_booleans_without_echoing_other_value
     ]
 
 
+def test_a_value_that_fits_no_member_of_a_union_is_one_problem_at_its_own_path() -> None:
+    """pydantic reports such a value once per member (`X | list[X]`, `X | false`), each
+    under a tag naming the member: the member the value has the shape of is reported."""
+    text = one_endpoint(
+        "- {name: a, upstream: users, path: /a, when: [{query: 1}]}",
+        endpoint_extra="rate_limit: {rate: 1/s, burst: 0}\nauth: 7\ncors: 5\n",
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].rate_limit.burst: Input should be greater than or equal to 1",
+        "gw.yaml: endpoints[0].auth: Input should be a valid string or a valid list",
+        "gw.yaml: endpoints[0].cors: Input should be a valid dictionary or instance of "
+        "CorsConfig or False",
+        "gw.yaml: endpoints[0].backends[0].when[0].query: Input should be a valid string",
+    ]
+
+
 # --- cross-references (compile_config) ---------------------------------------------------------
 
 
@@ -506,7 +522,7 @@ def test_validation_and_cross_reference_problems_come_out_in_one_run() -> None:
         "like 250ms or 2s (got int)",
         "gw.yaml: endpoints[0].foo: unknown key 'foo' (allowed: path, method, deadline, "
         "forward_headers, forward_query, debug, passthrough, rate_limit, cache, auth, "
-        "response_headers, remove_headers, backends)",
+        "response_headers, remove_headers, cors, backends)",
         # cross-references of every part that is valid, at its place in the file (the
         # left-out upstream users is not reported as unknown; backend a is kept without
         # its invalid timeout)
@@ -1104,6 +1120,7 @@ def test_every_config_model_is_walked() -> None:
         "ServerConfig",
         "ServerTLSConfig",
         "DefaultsConfig",
+        "CorsConfig",
         "UpstreamConfig",
         "EndpointConfig",
         "BackendConfig",

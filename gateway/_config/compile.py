@@ -19,6 +19,7 @@ from .._observability.otel import OTEL_MISSING, otel_available
 from .._rules.admin import Listener, parse_listener
 from .._rules.aggregate import Placement
 from .._rules.balance import OutlierSettings
+from .._rules.cors import CORS_RESPONSE_FIELDS, CorsPolicy
 from .._rules.forwarded import Network, parse_networks
 from .._rules.graph import Condition, find_cycle
 from .._rules.headers import (
@@ -48,6 +49,7 @@ from .._rules.urls import (
 )
 from .._state.limiter import parse_limit
 from .auth_compile import compile_policies, endpoint_auth
+from .cors_compile import compile_cors
 from .load import format_path, load_document, read_config_file
 from .model import (
     BackendConfig,
@@ -61,6 +63,7 @@ from .model import (
     RetryConfig,
     UpstreamConfig,
     backend_has_default,
+    endpoint_cors,
 )
 from .model import endpoint_auth as endpoint_auth_names
 from .plan import (
@@ -254,6 +257,8 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
     endpoints: list[EndpointPlan] = []
     seen_routes: dict[tuple[tuple[str | None, ...], str], int] = {}
     default_fields = _response_settings(config.defaults, ("defaults",), file, problems)
+    if config.defaults.cors is not None:  # its problems once, not for every endpoint
+        compile_cors(config.defaults.cors, "GET", ("defaults", "cors"), file, problems)
     for ei, ep in enumerate(config.endpoints):
         where = ("endpoints", ei)
         try:
@@ -407,7 +412,10 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                     rate_limits=_rate_limits(ep, route, auth, where, file, problems),
                     cache=cache,
                     auth=auth,
-                    **_response_fields(default_fields, ep, where, file, problems),
+                    **_with_cors(
+                        _response_fields(default_fields, ep, where, file, problems),
+                        _endpoint_cors(config, ep, where, file, problems),
+                    ),
                 )
             )
 
@@ -528,6 +536,8 @@ def _response_settings(
             problems.append(ConfigProblem(file, path, "not a valid field name"))
         elif _owned(lower):
             problems.append(ConfigProblem(file, path, "set by the gateway for each response"))
+        elif lower in CORS_RESPONSE_FIELDS:
+            problems.append(ConfigProblem(file, path, "set by the gateway from cors: settings"))
         elif not all(c == "\t" or " " <= c <= "~" for c in value):
             # RFC 9110 section 5.5: visible ASCII, spaces and tabs
             problems.append(ConfigProblem(file, path, "not a valid field value"))
@@ -565,6 +575,36 @@ def _response_fields(
     # a configured field replaces the answer's own: its name is taken out first
     removed |= fields.keys()
     return {"response_fields": tuple(fields.values()), "removed_fields": frozenset(removed)}
+
+
+def _endpoint_cors(
+    config: GatewayConfig,
+    ep: EndpointConfig,
+    where: tuple[int | str, ...],
+    file: str,
+    problems: list[ConfigProblem],
+) -> CorsPolicy | None:
+    """The endpoint's CORS policy: its own ``cors`` (problems placed there), else the
+    defaults' (whose problems were reported once)."""
+    settings = endpoint_cors(config, ep)
+    if settings is None:
+        return None
+    if ep.cors is not None:
+        return compile_cors(settings, ep.method, (*where, "cors"), file, problems)
+    return compile_cors(settings, ep.method, ("defaults", "cors"), file, [])
+
+
+def _with_cors(fields: dict[str, Any], cors: CorsPolicy | None) -> dict[str, Any]:
+    """The endpoint's response fields with CORS: its static fields join every answer, and
+    an upstream's own ``Access-Control-*`` fields are dropped (the gateway's replace them)."""
+    if cors is None:
+        return fields
+    return {
+        "response_fields": (*fields["response_fields"], *cors.static_fields),
+        "removed_fields": fields["removed_fields"] | CORS_RESPONSE_FIELDS,
+        "cors": cors,
+        "configured_fields": fields["response_fields"],
+    }
 
 
 def _identity_refs(
@@ -884,7 +924,22 @@ def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
                 )
         if ep.cache is not None:
             warnings.extend(_cache_warnings(file, ep, ep.cache))
+        if ep.cors is not None and ep.method not in ep.cors.methods:
+            warnings.append(_cors_method_warning(file, plan.config, ep))
     return warnings
+
+
+def _cors_method_warning(file: str, config: GatewayConfig, ep: EndpointPlan) -> ConfigProblem:
+    """``allow_methods`` that leaves out the endpoint's own method: every preflight for it
+    is refused, so browsers never send it cross-origin."""
+    own = config.endpoints[ep.index].cors is not None
+    at = ("endpoints", ep.index, "cors", "allow_methods") if own else ("endpoints", ep.index)
+    return ConfigProblem(
+        file,
+        format_path(at),
+        f"warning: {'' if own else 'defaults.'}cors.allow_methods leaves out the endpoint's "
+        f"method {ep.method}: its preflights are refused",
+    )
 
 
 BUILT_IN = "the built-in default"

@@ -27,6 +27,7 @@ from .model import (
     BulkheadConfig,
     CircuitBreakerConfig,
     ConditionConfig,
+    CorsConfig,
     DefaultsConfig,
     EndpointCacheConfig,
     EndpointConfig,
@@ -48,6 +49,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`server`", ServerConfig),
     ("`server.tls`", ServerTLSConfig),
     ("`defaults`", DefaultsConfig),
+    ("`defaults.cors`", CorsConfig),
     ("`upstreams.NAME`", UpstreamConfig),
     ("`upstreams.NAME.retries`", RetryConfig),
     ("`upstreams.NAME.circuit_breaker`", CircuitBreakerConfig),
@@ -85,6 +87,7 @@ DURATION_FIELDS = frozenset(
         "ejection",
         "max_ejection",
         "ttl",
+        "max_age",
     }
 )
 SIZE_FIELDS = frozenset(
@@ -110,6 +113,8 @@ def _type_name(name: str, field: FieldInfo) -> str:
         return "size"
     if name == "method":
         return "method"
+    if name == "allow_methods":
+        return "list of method"
     return _annotation_name(field.annotation)
 
 
@@ -123,7 +128,10 @@ def _annotation_name(annotation: Any) -> str:
     if origin is dict:
         return "mapping"
     if origin is typing.Literal:
-        return " or ".join(repr(a) for a in typing.get_args(annotation))
+        # YAML spells the booleans in lower case
+        return " or ".join(
+            str(a).lower() if isinstance(a, bool) else repr(a) for a in typing.get_args(annotation)
+        )
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "mapping"
     return {float: "duration", int: "integer", str: "string", bool: "boolean"}.get(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -252,9 +254,85 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
 
+def _union_tags(loc: tuple[int | str, ...]) -> list[int]:
+    """The positions in ``loc`` of pydantic's union member tags (``CorsConfig``,
+    ``list[RateLimitConfig]``, ``literal[False]``), found by walking the models."""
+    tags: list[int] = []
+    annotation: Any = GatewayConfig
+    for i, part in enumerate(loc):
+        while typing.get_origin(annotation) is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        members = [a for a in _union_members(annotation) if a is not type(None)]
+        if len(members) > 1:
+            tags.append(i)
+            annotation = next((m for m in members if _member_tag(m) == part), None)
+            continue
+        if len(members) == 1:
+            annotation = members[0]
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
+            field = fields.get(part) if isinstance(part, str) else None
+            annotation = field.annotation if field is not None else None
+        elif typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            break
+    return tags
+
+
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _member_tag(member: Any) -> str:
+    """pydantic's tag of a model or list member (others are not walked into)."""
+    if isinstance(member, type):
+        return member.__name__
+    if typing.get_origin(member) is list:
+        return f"list[{_member_tag(typing.get_args(member)[0])}]"
+    return ""
+
+
+def _one_union_member(errors: list[Any]) -> list[Any]:
+    """A value that fits no member of a union (``X | list[X]``, ``X | false``) is reported
+    by pydantic once per member, each under a tag naming it. Keep the member the value
+    has the shape of (its errors lie deeper than the tag), else one problem saying what
+    each member wants; and drop the tags from the paths."""
+    groups: dict[tuple[int | str, ...], list[Any]] = {}
+    order: list[Any] = []  # an error, or the key of a union's group where it first appears
+    for error in errors:
+        loc = tuple(error["loc"])
+        tags = _union_tags(loc)
+        if not tags:
+            order.append(error)
+            continue
+        at = tags[0]
+        if loc[:at] not in groups:
+            order.append(loc[:at])
+        kept = tuple(p for i, p in enumerate(loc) if i not in tags)
+        groups.setdefault(loc[:at], []).append({**error, "loc": kept, "deep": len(loc) > at + 1})
+    out: list[Any] = []
+    for item in order:
+        if isinstance(item, dict):
+            out.append(item)
+            continue
+        group = groups[item]
+        deep = [e for e in group if e["deep"]]
+        if deep:
+            out += deep
+        else:
+            wants = dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in group)
+            out.append({**group[0], "msg": "Input should be " + " or ".join(wants)})
+    return out
+
+
 def _problems_from_validation(exc: ValidationError, file: str) -> list[ConfigProblem]:
     problems = []
-    for error in exc.errors(include_url=False):
+    for error in _one_union_member(exc.errors(include_url=False)):
         loc = tuple(error["loc"])
         kind = error["type"]
         message = error["msg"]

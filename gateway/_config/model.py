@@ -125,6 +125,50 @@ class ServerConfig(_Model):
     replaced."""
 
 
+class CorsConfig(_Model):
+    """Let pages of other origins call the endpoint from a browser (the CORS protocol of
+    the Fetch standard; see docs/browser.md). Preflights (`OPTIONS` with `Origin` and
+    `Access-Control-Request-Method`) are answered by the gateway, before authentication
+    and rate limits, without calling any upstream: 204 when allowed, 403
+    `cors_preflight_refused` otherwise. Every answer of the endpoint to an allowed origin
+    (errors included) carries `Access-Control-Allow-Origin`; a request from another origin
+    is still served, without it, and the browser keeps the answer from the page."""
+
+    allow_origins: list[str] = Field(min_length=1)
+    """Origins allowed, each `scheme://host[:port]` as browsers send it (no path, no
+    trailing slash; scheme and host are compared in lower case, a default port is left
+    out), `regex:PATTERN` (a Python regular expression the whole origin must match, like
+    `regex:^https://[a-z0-9-]+\\.example$`), or `*` alone for any origin (not with
+    `allow_credentials`). `null` is refused: sandboxed documents and `file:` pages send it,
+    so any site can."""
+
+    allow_methods: list[Method] | None = None
+    """`Access-Control-Allow-Methods`: the methods a preflight may ask for (default: the
+    endpoint's method, and HEAD with GET)."""
+
+    allow_headers: list[str] = Field(default_factory=list)
+    """Request header names a page may send (`Access-Control-Allow-Headers`), such as
+    `Authorization` and `Content-Type` (a JSON body's `Content-Type` needs a preflight);
+    `["*"]` allows whatever a preflight asks for, echoing the names (so it works with
+    credentials too, where browsers take a `*` literally)."""
+
+    expose_headers: list[str] = Field(default_factory=list)
+    """Response header names a page may read besides the safelisted ones
+    (`Access-Control-Expose-Headers`), such as `X-Request-Id`, `X-Gateway-Complete`,
+    `X-Gateway-Backends`. `["*"]` exposes every one, but not with `allow_credentials`
+    (browsers then read it as a header named `*`)."""
+
+    allow_credentials: bool = False
+    """Let pages send cookies and `Authorization` (`fetch(..., {credentials: "include"})`)
+    and read the answer: `Access-Control-Allow-Credentials: true`, and the origin echoed,
+    never `*`."""
+
+    max_age: Duration | None = None
+    """How long a browser may reuse a preflight's answer (`Access-Control-Max-Age`, in
+    whole seconds). Browsers cap it: Chromium at 2h, Firefox at 24h. Without it, they ask
+    again after 5s."""
+
+
 class DefaultsConfig(_Model):
     """Values used where an upstream, endpoint or backend does not set its own."""
 
@@ -162,6 +206,10 @@ class DefaultsConfig(_Model):
     remove_headers: list[str] = Field(default_factory=list)
     """Fields removed from every response of every endpoint (such as an upstream's
     `Server` or `X-Powered-By` on passthrough); an endpoint's own list adds to this."""
+
+    cors: CorsConfig | None = None
+    """Cross-origin calls from browsers, for every endpoint that does not set its own
+    `cors` (see `defaults.cors`)."""
 
 
 def _percent(value: object) -> float:
@@ -597,6 +645,10 @@ class EndpointConfig(_Model):
     remove_headers: list[str] = Field(default_factory=list)
     """Fields removed from this endpoint's responses, with `defaults.remove_headers`."""
 
+    cors: CorsConfig | Literal[False] | None = None
+    """Cross-origin calls from browsers (see `defaults.cors`): this endpoint's own settings,
+    replacing the defaults' whole (not merged), or `false` for none. Unset: the defaults'."""
+
     backends: list[BackendConfig] = Field(min_length=1)
     """The upstream calls; their results merge in this order."""
 
@@ -676,6 +728,13 @@ def endpoint_auth(config: GatewayConfig, endpoint: EndpointConfig) -> list[str]:
     if ref is None:
         return []
     return [ref] if isinstance(ref, str) else list(ref)
+
+
+def endpoint_cors(config: GatewayConfig, endpoint: EndpointConfig) -> CorsConfig | None:
+    """An endpoint's CORS settings: its own, else the defaults'; None for none."""
+    if endpoint.cors is False:
+        return None
+    return endpoint.cors if endpoint.cors is not None else config.defaults.cors
 
 
 def json_schema() -> dict[str, Any]:
