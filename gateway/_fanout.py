@@ -28,6 +28,7 @@ from ._call.request import UpstreamRequest, build_requests
 from ._config.plan import BackendPlan, EndpointPlan
 from ._observability.tracing import CURRENT
 from ._rules.aggregate import Aggregate, BackendResult, Outcome, aggregate
+from ._rules.collect import FAIL, CollectionsPlan, ItemResults, Reader, failed_items, group_value
 from ._rules.graph import all_hold, skipped_by_condition
 from ._rules.template import UnresolvedReference
 
@@ -40,7 +41,9 @@ async def _each(
 ) -> BackendResult:
     """``for_each``: all calls concurrently, each through the whole stack; results in
     element order; the first failure (in element order) fails the backend and cancels the
-    other calls."""
+    other calls (unless its ``on_item_error`` says otherwise: :func:`_each_item`)."""
+    if backend.on_item_error != FAIL:
+        return await _each_item(stack, backend, requests)
     results: list[BackendResult | None] = [None] * len(requests)
 
     async def one(index: int, request: UpstreamRequest, nursery: trio.Nursery) -> None:
@@ -63,6 +66,38 @@ async def _each(
         [r.value for r in done],
         selected=[r.selected for r in done],
         headers=done[0].headers if done else (),
+        shareable=all(r.shareable for r in done),
+    )
+
+
+async def _each_item(
+    stack: Layer, backend: BackendPlan, requests: Sequence[UpstreamRequest]
+) -> BackendResult:
+    """``for_each`` with ``on_item_error: skip`` or ``"null"``: every call runs to its end
+    and a failed one fails only its element. The backend is ``ok`` with its
+    :class:`~gateway._rules.collect.ItemResults`, in element order whatever order the calls
+    finished in; a reference to it reads the list the body would show."""
+    results: list[BackendResult | None] = [None] * len(requests)
+
+    async def one(index: int, request: UpstreamRequest) -> None:
+        results[index] = shape(backend, await stack.send(request))
+
+    async with trio.open_nursery() as nursery:
+        for index, request in enumerate(requests):
+            nursery.start_soon(one, index, request)
+    failed = frozenset(i for i, r in enumerate(results) if r is None or r.outcome != Outcome.OK)
+    done = [r for r in results if r is not None]
+    good = [r for i, r in enumerate(done) if i not in failed]
+    mode = backend.on_item_error
+    return BackendResult(
+        Outcome.OK,
+        ItemResults(
+            tuple(None if i in failed else r.value for i, r in enumerate(done)), failed, mode
+        ),
+        selected=ItemResults(
+            tuple(None if i in failed else r.selected for i, r in enumerate(done)), failed, mode
+        ).as_list(),
+        headers=good[0].headers if good else (),
         shareable=all(r.shareable for r in done),
     )
 
@@ -184,10 +219,13 @@ async def fan_out(
     backends = endpoint.backends
     results: list[BackendResult | None] = [None] * len(backends)
     finished = [trio.Event() for _ in backends]
+    collections = endpoint.collections
+    readers = collections.readers if collections is not None else None
     skipped = (
         skipped_by_condition(
             [b.deps for b in backends],
             [all_hold(b.conditions, ctx.query, ctx.headers) for b in backends],
+            collections.skip_groups if collections is not None else None,
         )
         if endpoint.has_conditions
         else [False] * len(backends)
@@ -207,7 +245,15 @@ async def fan_out(
             for dep in backend.deps:
                 await finished[dep].wait()
             began = trio.current_time() - start
-            failed = [backends[d].name for d in backend.deps if _outcome(results[d]) != Outcome.OK]
+            reader = readers.get(index) if readers else None
+            view: Sequence[BackendResult | None] = results
+            if reader is None:
+                failed = [
+                    backends[d].name for d in backend.deps if _outcome(results[d]) != Outcome.OK
+                ]
+            else:
+                assert collections is not None
+                failed, view = _read_groups(endpoint, collections, reader, results)
             if failed:
                 result = BackendResult(
                     Outcome.DEPENDENCY_FAILED,
@@ -215,7 +261,7 @@ async def fan_out(
                     started_s=began,
                 )
             else:
-                result = await call_backend(sender, backend, ctx, results, began)
+                result = await call_backend(sender, backend, ctx, view, began)
             results[index] = result
         finally:
             finished[index].set()
@@ -251,14 +297,41 @@ async def fan_out(
                 hedges=stats.hedges if stats else 0,
             )
         final.append(result)
-    aggregate_ = aggregate(endpoint.placements, final, failed_required)
-    if endpoint.debug:
+    aggregate_ = aggregate(
+        endpoint.placements,
+        final,
+        failed_required,
+        None if collections is None else collections.body,
+    )
+    if endpoint.debug and isinstance(aggregate_.body, dict):
         aggregate_.body["_gateway"] = debug_block(endpoint, final)
     return aggregate_, final
 
 
 def _outcome(result: BackendResult | None) -> str | None:
     return result.outcome if result is not None else None
+
+
+def _read_groups(
+    endpoint: EndpointPlan,
+    collections: CollectionsPlan,
+    reader: Reader,
+    results: Sequence[BackendResult | None],
+) -> tuple[list[str], list[BackendResult | None]]:
+    """For a backend that reads groups, once every backend it waits for has finished: what
+    failed (a backend it references directly, or a group none of whose backends gave a
+    value), and the results its templates read, each group's merged value in its slot."""
+    backends = endpoint.backends
+    failed = [backends[d].name for d in reader.direct if _outcome(results[d]) != Outcome.OK]
+    view: list[BackendResult | None] = [*results, *(None for _ in collections.groups)]
+    for g in reader.groups:
+        group = collections.groups[g]
+        present, value = group_value(group, endpoint.placements, results, collections.concat_arrays)
+        if present:
+            view[collections.first_slot + g] = BackendResult(Outcome.OK, value, selected=value)
+        else:
+            failed.append(f"group {group.name!r}")  # none of its backends gave a value
+    return failed, view
 
 
 def backend_report(result: BackendResult) -> dict[str, Any]:
@@ -293,6 +366,7 @@ def debug_block(endpoint: EndpointPlan, results: Sequence[BackendResult]) -> dic
                 "hedges": result.hedges,
                 **({"host": result.host} if result.host else {}),
                 **({"cache": result.cache} if result.cache else {}),
+                **({"failed_items": n} if (n := failed_items(result)) else {}),
             }
             for backend, result in zip(endpoint.backends, results, strict=True)
         }

@@ -207,6 +207,7 @@ def check_client_values(
         skipped_by_condition(
             [b.deps for b in backends],
             [all_hold(b.conditions, ctx.query, ctx.headers) for b in backends],
+            endpoint.collections.skip_groups if endpoint.collections is not None else None,
         )
         if endpoint.has_conditions
         else None

@@ -49,6 +49,7 @@ from .._rules.urls import (
 )
 from .._state.limiter import parse_limit
 from .auth_compile import compile_policies, endpoint_auth
+from .collections_compile import GroupSlot, compile_collections, group_slots, link_group
 from .cors_compile import compile_cors
 from .load import format_path, load_document, read_config_file
 from .model import (
@@ -333,6 +334,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
         names: dict[str, int] = {}
         for bi, be in enumerate(ep.backends):
             names.setdefault(be.name, bi)
+        groups = group_slots(ep)
         for bi, be in enumerate(ep.backends):
             plan = _compile_backend(
                 be,
@@ -345,6 +347,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                 file,
                 problems,
                 left_out=_LeftOutNames(left_out, dropped),
+                groups=groups,
             )
             if names[be.name] != bi:
                 problems.append(
@@ -368,6 +371,10 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                     )
                 )
 
+        complete = len(backends) == len(ep.backends)
+        collections = compile_collections(
+            config, ep, backends if complete else None, groups, where, file, problems
+        )
         own_auth = "auth" in ep.model_fields_set
         auth_names = endpoint_auth_names(config, ep)
         auth = endpoint_auth(
@@ -412,6 +419,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                     rate_limits=_rate_limits(ep, route, auth, where, file, problems),
                     cache=cache,
                     auth=auth,
+                    collections=collections,
                     **_with_cors(
                         _response_fields(default_fields, ep, where, file, problems),
                         _endpoint_cors(config, ep, where, file, problems),
@@ -1035,6 +1043,7 @@ def _compile_backend(
     problems: list[ConfigProblem],
     *,
     left_out: _LeftOutNames | None = None,
+    groups: Mapping[str, GroupSlot] | None = None,
 ) -> BackendPlan | None:
     before = len(problems)
     left_out = left_out or _LeftOutNames(LeftOut(), frozenset())
@@ -1061,6 +1070,15 @@ def _compile_backend(
     wildcards: list[str] = []
 
     def link(ref: Ref, key: str | tuple[int | str, ...]) -> Ref:
+        grouped = link_group(ref, names.get(be.name, -1), names, groups or {})
+        if grouped is not None:  # the group's merged value: after every one of its backends
+            if isinstance(grouped, str):
+                problem(key, grouped)
+            else:
+                deps.extend(m for m in (groups or {})[ref.name].plan.members if m not in deps)
+            if ref.has_wildcard:
+                wildcards.append(ref.text)
+            return ref if isinstance(grouped, str) else grouped
         if ref.kind in ("param", "backend") and left_out.may_name(ref.name, names, route):
             # a backend left out for problems of its own: fine once they are fixed
             if ref.has_wildcard:
@@ -1078,6 +1096,7 @@ def _compile_backend(
             return ref
         if ref.name not in names:
             known = ", ".join(n for n in names if n != be.name) or "none"
+            known += f"; groups: {', '.join(groups)}" if groups else ""
             problem(key, f"unknown backend in {ref.text} (other backends: {known})")
             return ref
         if ref.name == be.name:
@@ -1234,6 +1253,7 @@ def _compile_backend(
         conditions=tuple(conditions),
         for_each=be.for_each,
         max_calls=be.max_calls,
+        on_item_error=be.on_item_error,
         body=body,
         return_headers=frozenset(return_headers),
         follow_redirects=be.follow_redirects,

@@ -169,6 +169,40 @@ class CorsConfig(_Model):
     again after 5s."""
 
 
+class MergeConfig(_Model):
+    """How the backends' results merge, in config order, beyond the rules in the README
+    ("Merging"). The merge stays shallow: only values meeting under one key of the body (or
+    of two objects sharing a `group`) are combined, never objects deeper down."""
+
+    arrays: Literal["concat", "replace"] = "replace"
+    """Two arrays under one key (two backends with one `group`, or one top-level key of two
+    merged objects): `concat` joins them, the earlier backend's elements first, whatever
+    order the answers arrive in; `replace` keeps the later backend's. An array meeting
+    anything else is always replaced by the later value."""
+
+
+class ShapeConfig(_Model):
+    """Transforms of the endpoint's merged body, after the merge and every `into`, in the
+    order `select`, `allow` or `deny`, `rename`; compiled at load. Paths are dot paths
+    whose segments may end in `[N]` or `[*]`, as in references (`orders[*].id`). The
+    `_gateway` block of `debug` and error bodies are not shaped."""
+
+    select: str | None = None
+    """The part of the merged body to answer with (`orders`, `orders[0]`). A `[*]`
+    projects: `orders[*].id` answers the list of the orders' ids, leaving out the elements
+    without one. Nothing there: 502 `shape_select_missing`."""
+
+    allow: list[str] | None = None
+    """Paths to keep (nesting kept; applied to each element of an array, with or without
+    `[*]`: `orders[*].id` is `orders.id`)."""
+
+    deny: list[str] | None = None
+    """Paths to remove (applied to each element of an array). Not with `allow`."""
+
+    rename: dict[str, str] = Field(default_factory=dict)
+    """`{path: new_key}`: renames a key in place (in each element of an array)."""
+
+
 class DefaultsConfig(_Model):
     """Values used where an upstream, endpoint or backend does not set its own."""
 
@@ -210,6 +244,9 @@ class DefaultsConfig(_Model):
     cors: CorsConfig | None = None
     """Cross-origin calls from browsers, for every endpoint that does not set its own
     `cors` (see `defaults.cors`)."""
+
+    merge: MergeConfig | None = None
+    """How the results of every endpoint that does not set its own `merge` are merged."""
 
 
 def _percent(value: object) -> float:
@@ -482,6 +519,12 @@ class ConditionConfig(_Model):
     """The value must be one of these."""
 
 
+def _item_errors(value: object) -> object:
+    if value is None:
+        raise ValueError('write "null" in quotes: a bare null is YAML\'s null, not the word')
+    return value
+
+
 class BodySelectConfig(_Model):
     """Send a part of the client's JSON body."""
 
@@ -535,6 +578,22 @@ class BackendConfig(_Model):
     max_calls: int = Field(default=32, ge=1, le=1024)
     """With `for_each`: the most calls one request may make; a longer array fails this
     backend with `invalid_reference`."""
+
+    into: str | None = None
+    """With `for_each`: put each call's result into the element its value came from
+    (`orders[*].product`), instead of a list of its own. The path names the array the
+    `for_each` reference walks (a group's or a backend's, as the reference names it), then
+    `[*]`, then the key to set. If the backend fails as a whole, its `default` (if any) goes
+    into every element; otherwise the elements stay as they were. Not with `group`."""
+
+    on_item_error: Annotated[Literal["fail", "skip", "null"], BeforeValidator(_item_errors)] = (
+        "fail"
+    )
+    """With `for_each`: what a failed call does. `fail`: fails the backend (its other calls
+    are cancelled); `skip`: its element is left out (of the list, or of the array `into`
+    fills); `"null"` (quoted: a bare `null` is YAML's): its element or key gets `null`.
+    With `skip` and `"null"` the backend's outcome stays `ok`; `debug` counts the failed
+    calls."""
 
     body: Literal["forward"] | BodySelectConfig | None = None
     """For a POST, PUT or PATCH call: `forward` sends the client's JSON body unchanged;
@@ -620,7 +679,9 @@ class EndpointConfig(_Model):
     """Add `"_gateway": {"backends": {NAME: {outcome, started_ms, duration_ms,
     depends_on, retries, hedges}}}` to the response body, to see the critical path; also
     `reason` for a backend that failed, `host` (the origin that answered) for upstreams
-    with several `urls`, and `cache` for a call the cache answered."""
+    with several `urls`, `cache` for a call the cache answered, and `failed_items` for a
+    `for_each` backend whose failed calls did not fail it (`on_item_error`). Not added to
+    a body that `shape.select` made something other than an object."""
 
     passthrough: bool = False
     """Stream one backend's response (status, headers, body) to the client unchanged,
@@ -648,6 +709,12 @@ class EndpointConfig(_Model):
     cors: CorsConfig | Literal[False] | None = None
     """Cross-origin calls from browsers (see `defaults.cors`): this endpoint's own settings,
     replacing the defaults' whole (not merged), or `false` for none. Unset: the defaults'."""
+
+    merge: MergeConfig | None = None
+    """How the backends' results merge (replacing `defaults.merge` whole)."""
+
+    shape: ShapeConfig | None = None
+    """Transforms of the merged body, with `[*]` in paths (not for passthrough endpoints)."""
 
     backends: list[BackendConfig] = Field(min_length=1)
     """The upstream calls; their results merge in this order."""
@@ -714,6 +781,11 @@ class GatewayConfig(_Model):
     auth: dict[Name, AuthPolicyConfig] = Field(default_factory=dict)
     """Named authentication policies (see docs/auth.md), referred to by `endpoints[].auth`
     and `defaults.auth`."""
+
+
+def endpoint_merge(config: GatewayConfig, endpoint: EndpointConfig) -> MergeConfig | None:
+    """An endpoint's merge settings: its own, else the defaults'."""
+    return endpoint.merge if endpoint.merge is not None else config.defaults.merge
 
 
 def backend_has_default(backend: BackendConfig) -> bool:

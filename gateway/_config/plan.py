@@ -19,6 +19,7 @@ from .._rules.admin import ADMIN_PREFIX as ADMIN_PREFIX
 from .._rules.admin import Listener
 from .._rules.aggregate import Placement
 from .._rules.balance import Balance, OutlierSettings
+from .._rules.collect import CollectionsPlan, ItemErrors
 from .._rules.cors import CorsPolicy
 from .._rules.forwarded import Network
 from .._rules.graph import Condition
@@ -187,6 +188,7 @@ class BackendPlan:
     conditions: tuple[Condition, ...] = ()
     for_each: bool = False
     max_calls: int = 32
+    on_item_error: ItemErrors = "fail"  # what one failed for_each call does
     body: tuple[str, ...] | None = None  # () forwards the client's body whole
     return_headers: frozenset[bytes] = frozenset()
     follow_redirects: bool = False
@@ -230,6 +232,9 @@ class EndpointPlan:
     # wildcard's); configured_fields: response_headers alone, what a preflight answer adds
     cors: CorsPolicy | None = None
     configured_fields: tuple[tuple[bytes, bytes], ...] = ()
+    # merge.arrays concat, group references, into, on_item_error, shape; None: none of
+    # them, and the body is aggregate.merge's alone (the hot path)
+    collections: CollectionsPlan | None = None
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:

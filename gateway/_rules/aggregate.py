@@ -7,12 +7,12 @@ the config order, never arrival order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from .cachecontrol import NO_STORE, VALIDATOR_FIELDS, combine_cache_control, is_freshness_field
-from .transform import JSON
+from .transform import JSON, SelectMissing
 
 # RFC 9111 section 5.2.2.5, on every response that is not a complete 200.
 NO_STORE_FIELD = (NO_STORE[0].decode("latin-1"), NO_STORE[1].decode("latin-1"))
@@ -87,7 +87,7 @@ class Aggregate:
 
     status: int
     complete: bool
-    body: dict[str, Any]
+    body: JSON  # an object, unless the endpoint's shape selects something else
     backends_header: str
     headers: tuple[tuple[str, str], ...] = ()  # returned by backends, merged in config order
 
@@ -141,10 +141,19 @@ def _counts(result: BackendResult) -> str:
     return out + (f";cache={result.cache}" if result.cache else "")
 
 
+BodyBuilder = Callable[[Sequence[Placement], Sequence[BackendResult]], JSON]
+"""Builds the body of a 200 in place of :func:`merge` (an endpoint's collections plan).
+
+Raises:
+    SelectMissing: the endpoint's ``shape.select`` found nothing.
+"""
+
+
 def aggregate(
     placements: Sequence[Placement],
     results: Sequence[BackendResult],
     failed_required: int | None = None,
+    build: BodyBuilder | None = None,
 ) -> Aggregate:
     """Apply the status rules, in order.
 
@@ -152,7 +161,8 @@ def aggregate(
        the first failed required one in config order): 504 if it timed out, else 502.
     2. No backend that was called succeeded: 504 if every one timed out, else 502.
     3. Otherwise 200; ``complete`` is false if any backend failed (``skipped`` is not a
-       failure).
+       failure). The body is :func:`merge`'s, or ``build``'s; when ``build``'s shape
+       selects nothing, 502 ``shape_select_missing``.
 
     Every answer but a complete 200, and every answer made of a reply that may not be
     shared (``BackendResult.shareable``), carries ``Cache-Control: no-store`` and none of
@@ -191,6 +201,23 @@ def aggregate(
             header,
             (NO_STORE_FIELD,),
         )
+    if build is None:
+        body = merge(placements, results)
+    else:
+        try:
+            body = build(placements, results)
+        except SelectMissing:
+            return Aggregate(
+                502,
+                False,
+                error_body(
+                    "shape_select_missing",
+                    "the endpoint's shape.select found nothing in the merged response",
+                    outcomes,
+                ),
+                header,
+                (NO_STORE_FIELD,),
+            )
     complete = all(r.ok for r in results)
     headers = merge_headers(results)
     # an answer made of a reply meant for one client is kept by no cache either, whether
@@ -199,7 +226,7 @@ def aggregate(
     return Aggregate(
         200,
         complete,
-        merge(placements, results),
+        body,
         header,
         headers if complete and shareable else not_to_be_kept(headers),
     )

@@ -41,17 +41,34 @@ def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
     return None
 
 
-def skipped_by_condition(deps: Sequence[Sequence[int]], holds: Sequence[bool]) -> list[bool]:
+def skipped_by_condition(
+    deps: Sequence[Sequence[int]],
+    holds: Sequence[bool],
+    groups: Mapping[int, tuple[Sequence[int], Sequence[Sequence[int]]]] | None = None,
+) -> list[bool]:
     """Which backends are skipped: their condition fails, or a dependency is skipped.
 
-    ``deps[i]`` are the indexes backend ``i`` depends on; the graph must be acyclic.
+    ``deps[i]`` are the indexes backend ``i`` depends on; the graph must be acyclic. A
+    backend that reads groups is in ``groups`` with ``(direct, members)``: the backends it
+    references directly, and the members of each group it reads. It is skipped when a
+    direct dependency is, or when every member of one group is (a group with one member
+    left still has a value).
     """
     skipped: list[bool | None] = [None] * len(deps)
 
     def decide(i: int) -> bool:
         known = skipped[i]
         if known is None:
-            known = not holds[i] or any(decide(d) for d in deps[i])
+            reads = groups.get(i) if groups else None
+            if reads is None:
+                known = not holds[i] or any(decide(d) for d in deps[i])
+            else:
+                direct, members = reads
+                known = (
+                    not holds[i]
+                    or any(decide(d) for d in direct)
+                    or any(all(decide(m) for m in group) for group in members)
+                )
             skipped[i] = known
         return known
 

@@ -1,16 +1,23 @@
-"""Shaping one backend's JSON result: select, then allow or deny, then rename (pure).
+"""Shaping a JSON value: select, then allow or deny, then rename (pure).
 
-Paths are dot paths (``data.items``); on ``select`` a segment of digits indexes an array.
-``allow``/``deny``/``rename`` apply to each element when they meet an array. No function
-here mutates its input or raises on arbitrary JSON, except :func:`select_path`, which
-raises :class:`SelectMissing` when the path is absent.
+Used for one backend's result and for an endpoint's merged body (``shape``), with one path
+syntax: dot paths (``data.items``) whose segments may end in ``[N]`` (an array index) or
+``[*]`` (every element), the way references in templates read (``orders[*].id``). On
+``select`` a segment of digits indexes an array too (``items.0`` is ``items[0]``), and
+``[*]`` projects: ``orders[*].id`` is the list of the elements' ``id``, leaving out the
+elements without one (as a JSONPath query does, RFC 9535 section 2.3.3). ``allow``,
+``deny`` and ``rename`` apply to each element whenever they meet an array, so ``[*]`` is
+allowed there to say so (``orders[*].id`` and ``orders.id`` are one path) and ``[N]`` is
+not. No function here mutates its input or raises on arbitrary JSON, except the select
+functions, which raise :class:`SelectMissing` when the path is absent.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 JSON: TypeAlias = Any
 """A value as parsed by orjson: dict, list, str, int, float, bool or None."""
@@ -21,6 +28,64 @@ PathTree: TypeAlias = Mapping[str, "PathTree | None"]
 
 class SelectMissing(LookupError):
     """The ``select`` path is not in the response body."""
+
+
+WILDCARD: Final = "[*]"
+"""A ``[*]`` segment of a parsed path (no parsed key can contain a bracket)."""
+
+# a key (anything but dots and brackets), then any number of [N] or [*]; or only brackets
+_PATH_SEGMENT = re.compile(r"([^.\[\]]*)((?:\[(?:[0-9]{1,9}|\*)\])*)")
+_BRACKET = re.compile(r"\[([0-9]{1,9}|\*)\]")
+
+
+def _segments(path: str) -> list[tuple[str, bool]]:
+    """``(part, bracketed)`` pairs: keys (False), then ``[N]`` digits or :data:`WILDCARD`
+    (True).
+
+    Raises:
+        ValueError: an empty path or segment, or a bracket that is not ``[N]`` or ``[*]``.
+    """
+    out: list[tuple[str, bool]] = []
+    for segment in path.split("."):
+        if not segment:
+            raise ValueError(f"invalid dot path {path!r}: segments must be non-empty")
+        match = _PATH_SEGMENT.fullmatch(segment)
+        if match is None:
+            raise ValueError(
+                f"invalid dot path {path!r}: {segment!r} is not a key that may end in [N] or [*]"
+            )
+        if match.group(1):
+            out.append((match.group(1), False))
+        out += ((WILDCARD if i == "*" else i, True) for i in _BRACKET.findall(match.group(2)))
+    return out
+
+
+def parse_path(path: str) -> tuple[str, ...]:
+    """Split a transform path into keys, digit strings (``[N]``) and :data:`WILDCARD`.
+
+    Raises:
+        ValueError: an empty path or segment, or a bracket that is not ``[N]`` or ``[*]``.
+    """
+    return tuple(part for part, _ in _segments(path))
+
+
+def _element_path(path: str) -> tuple[str, ...]:
+    """A path of ``allow``, ``deny`` or ``rename``: its keys, ``[*]`` left out (those apply to
+    every element of an array they meet anyway).
+
+    Raises:
+        ValueError: malformed, or with an ``[N]`` index.
+    """
+    parts = _segments(path)
+    if any(bracketed and part != WILDCARD for part, bracketed in parts):
+        raise ValueError(
+            f"invalid dot path {path!r}: [N] picks one element, and allow, deny and rename apply "
+            "to every element (write [*] or nothing)"
+        )
+    keys = tuple(part for part, bracketed in parts if not bracketed)
+    if not keys:
+        raise ValueError(f"invalid dot path {path!r}: name a key")
+    return keys
 
 
 def split_path(path: str) -> tuple[str, ...]:
@@ -40,7 +105,7 @@ def build_tree(paths: Sequence[str]) -> PathTree:
     root: dict[str, Any] = {}
     for path in paths:
         node = root
-        parts = split_path(path)
+        parts = _element_path(path)
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             if last:
@@ -73,6 +138,32 @@ def select_path(value: JSON, path: tuple[str, ...]) -> JSON:
         else:
             raise SelectMissing(part)
     return value
+
+
+def project_path(value: JSON, path: tuple[str, ...]) -> JSON:
+    """:func:`select_path` where ``path`` may hold :data:`WILDCARD`: a ``[*]`` needs an
+    array, and gives the list of what the rest of the path finds in each element, leaving
+    out the elements where it finds nothing (RFC 9535 section 2.3.3: a wildcard selects the
+    matches that exist).
+
+    Raises:
+        SelectMissing: the path is absent before its first ``[*]``, or a ``[*]`` meets
+            something other than an array.
+    """
+    if WILDCARD not in path:
+        return select_path(value, path)
+    cut = path.index(WILDCARD)
+    array = select_path(value, path[:cut])
+    if not isinstance(array, list):
+        raise SelectMissing(WILDCARD)
+    rest = path[cut + 1 :]
+    out = []
+    for item in array:
+        try:
+            out.append(project_path(item, rest))
+        except SelectMissing:
+            continue
+    return out
 
 
 def allow_paths(value: JSON, tree: PathTree) -> JSON:
@@ -135,6 +226,7 @@ class Transform:
     allow: PathTree | None = None
     deny: PathTree | None = None
     renames: tuple[tuple[tuple[str, ...], str, str], ...] = ()
+    projects: bool = False  # ``select`` holds a [*]
 
     @classmethod
     def compile(
@@ -153,15 +245,17 @@ class Transform:
             raise ValueError("use either allow or deny, not both")
         renames = []
         for source, target in (rename or {}).items():
-            parts = split_path(source)
-            if not target or "." in target:
+            parts = _element_path(source)
+            if not target or "." in target or "[" in target or "]" in target:
                 raise ValueError(f"rename target {target!r} must be a single non-empty key")
             renames.append((parts[:-1], parts[-1], target))
+        selected = parse_path(select) if select is not None else None
         return cls(
-            select=split_path(select) if select is not None else None,
+            select=selected,
             allow=build_tree(allow) if allow is not None else None,
             deny=build_tree(deny) if deny is not None else None,
             renames=tuple(renames),
+            projects=selected is not None and WILDCARD in selected,
         )
 
     @property
@@ -182,7 +276,11 @@ class Transform:
         Raises:
             SelectMissing: the ``select`` path is absent.
         """
-        return value if self.select is None else select_path(value, self.select)
+        if self.select is None:
+            return value
+        if self.projects:
+            return project_path(value, self.select)
+        return select_path(value, self.select)
 
     def shape(self, value: JSON) -> JSON:
         """The steps after ``select``: allow or deny, then rename."""
