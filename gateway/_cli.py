@@ -59,8 +59,13 @@ def summary(plan: GatewayPlan) -> str:
         ]
         if ep.cache is not None:
             extras.append(f"cache {format_duration(ep.cache.ttl_s)}")
+        if ep.collections is not None and ep.collections.concat_arrays:
+            extras.append("arrays concat")
+        if ep.collections is not None and ep.collections.shape is not None:
+            extras.append("shape")
         lines.append(f"  {ep.method} {ep.path}  ({', '.join([kind, *extras])})")
-        for be in ep.backends:
+        configs = plan.config.endpoints[ep.index].backends
+        for be, be_config in zip(ep.backends, configs, strict=True):
             flags = []
             if be.required:
                 flags.append("required")
@@ -72,6 +77,10 @@ def summary(plan: GatewayPlan) -> str:
                 flags.append("after " + ", ".join(ep.backends[d].name for d in be.deps))
             if be.for_each:
                 flags.append(f"for_each (max {be.max_calls})")
+            if be_config.into is not None:
+                flags.append(f"into {be_config.into}")
+            if be.on_item_error != "fail":
+                flags.append(f"on_item_error {be.on_item_error}")
             if be.conditions:
                 flags.append("when " + " and ".join(c.describe() for c in be.conditions))
             if be.cache is not None:

@@ -269,7 +269,8 @@ def demo_banner(url: str, token: str) -> str:
             f"  curl -i {url}/api/users/1/dashboard -H 'Accept-Language: de'"
             "   # forwarded: the greeting in German",
             f"  curl -i {url}/api/users/1            # passthrough: the upstream's body, unfiltered",
-            f"  curl -i {url}/api/users/1/orders     # for_each + debug timings; 502 now and then",
+            f"  curl -i {url}/api/users/1/orders     # for_each into each order + debug timings;"
+            " 502 now and then",
             f"  curl -i {url}/api/users/42/dashboard # required backend 404: 502",
             f"  curl -i {url}/api/users/..%2Fadmin/dashboard  # refused: 400",
             f"  curl -i {url}/__gateway/health",

@@ -166,3 +166,34 @@ def test_demo_config_option_with_a_bad_config_exits_2_with_its_problems(tmp_path
     lines = out.stderr.strip().splitlines()
     assert any("DEMO_NOPE_URL" in line for line in lines), lines
     assert all(line.startswith(str(file)) for line in lines), lines
+
+
+async def test_the_demo_puts_each_orders_tracking_into_that_order(
+    nursery: trio.Nursery,
+) -> None:
+    """`/api/users/1/orders` uses `into`: every order carries the tracking answer made for
+    its own id. The orders service answers 503 now and then (its backend is required, so
+    that is a 502): asked until it answers."""
+    with trio.fail_after(30):
+        stop = trio.Event()
+        url = await nursery.start(partial(run_demo, "127.0.0.1:0", shutdown_trigger=stop.wait))
+        async with httpx.AsyncClient(trust_env=False) as client:
+            for _ in range(40):
+                r = await client.get(url + "/api/users/1/orders")
+                if r.status_code == 200:
+                    break
+                assert r.status_code == 502, r.text
+        stop.set()
+    assert r.status_code == 200, r.text
+    assert r.headers["x-gateway-backends"] == "orders=ok, tracking=ok"
+    body = r.json()
+    assert body["_gateway"]["backends"]["tracking"]["depends_on"] == ["orders"]
+    assert "tracking" not in body  # no list of its own: each result is in its order
+    items = body["items"]
+    assert len(items) >= 2
+    for item in items:
+        assert item["tracking"] == {
+            "order": item["id"],
+            "carrier": "trio-express",
+            "eta_days": len(item["id"]) % 4 + 1,
+        }

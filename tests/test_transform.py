@@ -10,11 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway._rules.transform import (
+    WILDCARD,
     SelectMissing,
     Transform,
     allow_paths,
     build_tree,
     deny_paths,
+    parse_path,
+    project_path,
     rename_key,
     select_path,
     split_path,
@@ -345,3 +348,96 @@ def test_deny_paths_is_idempotent(value: Any, paths: list[str]) -> None:
     tree = build_tree(paths)
     denied = deny_paths(value, tree)
     assert deny_paths(denied, tree) == denied
+
+
+# --- [N] and [*] in paths -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "parts"),
+    [
+        ("a", ("a",)),
+        ("a.b", ("a", "b")),
+        ("orders[*].id", ("orders", WILDCARD, "id")),
+        ("orders[0].id", ("orders", "0", "id")),
+        ("[*].id", (WILDCARD, "id")),
+        ("a[1][*]", ("a", "1", WILDCARD)),
+        ("items.0", ("items", "0")),
+    ],
+)
+def test_paths_read_like_references(path: str, parts: tuple[str, ...]) -> None:
+    assert parse_path(path) == parts
+
+
+@pytest.mark.parametrize("path", ["a[x]", "a]", "a[-1]", "a[*", "a..b", "", "a[*]b"])
+def test_a_malformed_bracket_or_segment_is_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="invalid dot path"):
+        parse_path(path)
+
+
+def test_select_with_an_index_is_the_digit_segment() -> None:
+    value = {"items": [{"id": 1}, {"id": 2}]}
+    assert Transform.compile(select="items[1].id").apply(value) == 2
+    assert Transform.compile(select="items.1.id").apply(value) == 2
+
+
+def test_select_with_a_wildcard_projects_and_leaves_out_elements_without_the_rest() -> None:
+    value = {"orders": [{"id": 1}, {"x": 2}, "scalar", {"id": None}]}
+    assert Transform.compile(select="orders[*].id").apply(value) == [1, None]
+    assert Transform.compile(select="orders[*]").apply(value) == value["orders"]
+    nested = {"a": [{"b": [1, 2]}, {"b": [3]}]}
+    assert project_path(nested, ("a", WILDCARD, "b", WILDCARD)) == [[1, 2], [3]]
+
+
+@pytest.mark.parametrize("value", [{}, {"orders": {"id": 1}}, {"orders": "x"}, [], {"other": [1]}])
+def test_a_projection_without_its_array_is_missing(value: Any) -> None:
+    with pytest.raises(SelectMissing):
+        Transform.compile(select="orders[*].id").apply(value)
+
+
+def test_allow_deny_and_rename_read_a_wildcard_as_every_element() -> None:
+    value = {"orders": [{"id": 1, "p": {"n": "a", "x": 1}}, {"id": 2, "p": {"n": "b"}}], "z": 0}
+    with_wildcards = Transform.compile(
+        allow=["orders[*].id", "orders[*].p.n"], rename={"orders[*].p": "product"}
+    )
+    without = Transform.compile(allow=["orders.id", "orders.p.n"], rename={"orders.p": "product"})
+    assert with_wildcards.apply(value) == without.apply(value)
+    assert with_wildcards.apply(value) == {
+        "orders": [{"id": 1, "product": {"n": "a"}}, {"id": 2, "product": {"n": "b"}}]
+    }
+    assert Transform.compile(deny=["orders[*].p"]).apply(value) == {
+        "orders": [{"id": 1}, {"id": 2}],
+        "z": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"allow": ["a[0].b"]}, {"deny": ["a[1]"]}, {"rename": {"a[0].b": "c"}}, {"allow": ["[*]"]}],
+)
+def test_allow_deny_and_rename_refuse_an_index(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="invalid dot path"):
+        Transform.compile(**kwargs)
+
+
+def test_a_rename_target_with_a_bracket_is_refused() -> None:
+    with pytest.raises(ValueError, match="single non-empty key"):
+        Transform.compile(rename={"a": "b[*]"})
+
+
+@settings(max_examples=200, deadline=None)
+@given(_JSON, st.lists(st.lists(_KEYS.filter(str.isalpha), min_size=1, max_size=3), max_size=3))
+def test_a_wildcard_after_any_key_changes_nothing_for_allow_and_deny(
+    value: Any, paths: list[list[str]]
+) -> None:
+    plain = [".".join(p) for p in paths]
+    starred = ["[*].".join(p) for p in paths]
+    assert allow_paths(value, build_tree(plain)) == allow_paths(value, build_tree(starred))
+    assert deny_paths(value, build_tree(plain)) == deny_paths(value, build_tree(starred))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_JSON, max_size=5), _KEYS.filter(str.isalpha))
+def test_a_projection_takes_what_each_element_has(elements: list[Any], key: str) -> None:
+    expected = [e[key] for e in elements if isinstance(e, dict) and key in e]
+    assert project_path({"a": elements}, ("a", WILDCARD, key)) == expected
