@@ -184,15 +184,15 @@ def deny_paths(value: JSON, tree: PathTree) -> JSON:
     if isinstance(value, list):
         return [deny_paths(item, tree) for item in value]
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key in tree:
-                sub = tree[key]
+        # a copy of the whole object (one C call), then only the keys the tree names: the
+        # tree is small, the object need not be (key order is kept either way)
+        out = dict(value)
+        for key, sub in tree.items():
+            if key in out:
                 if sub is None:
-                    continue
-                out[key] = deny_paths(item, sub)
-            else:
-                out[key] = item
+                    del out[key]
+                else:
+                    out[key] = deny_paths(out[key], sub)
         return out
     return value
 
