@@ -394,3 +394,84 @@ async def test_shape_with_wildcards_shapes_the_merged_body_but_not_the_debug_blo
         assert r.status_code == 502
         assert r.json()["error"]["code"] == "shape_select_missing"
         assert r.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("skip", ["p1", "p3"]), ("null", ["p1", None, "p3"])]
+)
+async def test_on_item_error_without_into_shapes_the_backends_own_list(
+    nursery: trio.Nursery, mode: str, expected: list[str | None]
+) -> None:
+    with trio.fail_after(10):
+
+        async def handler(req: RecordedRequest) -> Reply:
+            if req.path == "/list":
+                return Reply(json=[{"id": "p1"}, {"id": "p2"}, {"id": "p3"}])
+            return await shop(failing=frozenset({"p2"}))(req)
+
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(
+            nursery,
+            config(
+                up,
+                {
+                    "path": "/api/{id}",
+                    "backends": [
+                        b("list", "/list", group="list"),
+                        b(
+                            "products",
+                            "/products/{list[*].id}",
+                            for_each=True,
+                            on_item_error=mode,
+                            select="id",
+                            group="products",
+                        ),
+                    ],
+                },
+            ),
+        )
+        r = await gw.get("/api/1")
+        assert r.headers["x-gateway-backends"] == "list=ok, products=ok"
+        assert r.json()["products"] == expected
+
+
+async def test_a_group_reference_runs_while_one_backend_of_the_group_is_skipped(
+    nursery: trio.Nursery,
+) -> None:
+    """archived is only called with ?archive=1: without it, product walks recent's orders
+    alone; when every backend of the group is skipped, so is product."""
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, shop())
+        recent, archived = orders_backends()
+        gw = await start_gateway(
+            nursery,
+            config(
+                up,
+                {
+                    "path": "/api/{id}",
+                    "merge": {"arrays": "concat"},
+                    "backends": [
+                        {**recent, "when": {"query": "recent"}},
+                        {**archived, "when": {"query": "archive"}},
+                        b(
+                            "product",
+                            "/products/{orders[*].product_id}",
+                            for_each=True,
+                            into="orders[*].product",
+                            select="id",
+                        ),
+                    ],
+                },
+            ),
+        )
+        r = await gw.get("/api/7?recent=1")
+        assert r.headers["x-gateway-backends"] == "recent=ok, archived=skipped, product=ok"
+        assert placed(r.json()) == [("o1", "p1"), ("o2", "p2")]
+        r = await gw.get("/api/7?recent=1&archive=1")
+        assert [p for _, p in placed(r.json())] == ["p1", "p2", "p3", "p4"]
+        r = await gw.get("/api/7")
+        assert r.headers["x-gateway-backends"] == (
+            "recent=skipped, archived=skipped, product=skipped"
+        )
+        assert r.status_code == 200
+        assert r.json() == {}

@@ -10,7 +10,9 @@ A template is literal text with references in braces:
 - ``{apikey.name}``: the name of the request's API key (endpoints with an API key policy);
 - ``{profile.segment}``: a value from another backend's result, after its ``select`` and
   before its other transforms (``{profile}`` alone is the whole selected value; ``[N]``
-  or a digits segment indexes an array; ``[*]`` walks every element, for ``for_each``).
+  or a digits segment indexes an array; ``[*]`` walks every element, for ``for_each``);
+- ``{orders[*].product_id}`` where ``orders`` is a ``group``: the group's merged value
+  (:func:`gateway._rules.collect.group_value`), read like a backend's result.
 
 ``{{`` and ``}}`` are literal braces. A value must be a string or a number; in a path or
 query it must pass the same rules as a path parameter (not empty, ``.`` or ``..``; no
@@ -68,7 +70,8 @@ class Ref:
     path: tuple[Segment, ...] = ()
     text: str = ""
     index: int = -1
-    """For ``backend`` references: the referenced backend's position in the endpoint."""
+    """For ``backend`` references: the position of the result read: the referenced
+    backend's in the endpoint, or past the backends a group's (``CollectionsPlan``)."""
 
     @property
     def has_wildcard(self) -> bool:
