@@ -86,19 +86,18 @@ async def _each_item(
         for index, request in enumerate(requests):
             nursery.start_soon(one, index, request)
     failed = frozenset(i for i, r in enumerate(results) if r is None or r.outcome != Outcome.OK)
-    done = [r for r in results if r is not None]
-    good = [r for i, r in enumerate(done) if i not in failed]
+    good = [(i, r) for i, r in enumerate(results) if r is not None and i not in failed]
+    values: list[Any] = [None] * len(results)
+    selected: list[Any] = [None] * len(results)
+    for i, r in good:
+        values[i], selected[i] = r.value, r.selected
     mode = backend.on_item_error
     return BackendResult(
         Outcome.OK,
-        ItemResults(
-            tuple(None if i in failed else r.value for i, r in enumerate(done)), failed, mode
-        ),
-        selected=ItemResults(
-            tuple(None if i in failed else r.selected for i, r in enumerate(done)), failed, mode
-        ).as_list(),
-        headers=good[0].headers if good else (),
-        shareable=all(r.shareable for r in done),
+        ItemResults(tuple(values), failed, mode),
+        selected=ItemResults(tuple(selected), failed, mode).as_list(),
+        headers=good[0][1].headers if good else (),
+        shareable=all(r.shareable for r in results if r is not None),
     )
 
 
