@@ -649,6 +649,22 @@ class EndpointConfig(_Model):
     """Cross-origin calls from browsers (see `defaults.cors`): this endpoint's own settings,
     replacing the defaults' whole (not merged), or `false` for none. Unset: the defaults'."""
 
+    request_schema: str | dict[str, JsonValue] | None = None
+    """A JSON Schema the client's JSON body must satisfy (see docs/validation.md): inline,
+    or the path of a JSON (`.json`) or YAML file, relative to the config file's directory.
+    Checked against its metaschema at load (draft 2020-12 unless `$schema` names 2019-09,
+    7, 6 or 4); `$ref` within the schema only; `format` is asserted. A body that fails is
+    answered 400 `schema_violation` with the JSONPath of the failing value
+    (`"path": "$.items[0].qty"`) and the keyword, after authentication and rate limits and
+    before any upstream is called. POST, PUT and PATCH endpoints; not passthrough."""
+
+    query_schema: str | dict[str, JsonValue] | None = None
+    """A JSON Schema the client's query parameters must satisfy, inline or a file (as
+    `request_schema`). The instance is an object with one member per parameter: its first
+    value as a string, or the list of all its values where the schema's top-level
+    `properties` give it `type: array`. Values stay strings: match numbers with `pattern`.
+    A failure is 400 `schema_violation` naming the `parameter`."""
+
     backends: list[BackendConfig] = Field(min_length=1)
     """The upstream calls; their results merge in this order."""
 
