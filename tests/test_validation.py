@@ -359,3 +359,21 @@ def test_gateway_check_reports_a_ref_to_another_document_and_exits_2(
         "document: only references within the schema are resolved (put shared parts under "
         "$defs)\n"
     )
+
+
+def test_a_yaml_value_that_is_not_json_in_an_inline_schema_is_named() -> None:
+    text = (
+        "version: 1\n"
+        "upstreams: {u: {url: 'http://127.0.0.1:9'}}\n"
+        "endpoints:\n"
+        "  - path: /a\n"
+        "    query_schema: {properties: {since: {default: 2024-01-01}}}\n"
+        "    backends: [{name: a, upstream: u, path: /x}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config("gw.yaml", {}, text=text)
+    assert [str(p) for p in caught.value.problems] == [
+        "gw.yaml: endpoints[0].query_schema: properties.since.default: a date is not a JSON "
+        "value (quote it)"
+    ]
+    load_config("gw.yaml", {}, text=text.replace("2024-01-01", "'2024-01-01'"))
