@@ -20,7 +20,7 @@ import trio
 from ._auth.rules import Identity
 from ._call.context import CallContext
 from ._call.exchange import ByteBudget, Sender
-from ._call.request import check_client_values
+from ._call.request import check_client_values, check_schemas
 from ._config.plan import EndpointPlan, GatewayPlan
 from ._errors import (
     AuthError,
@@ -82,6 +82,8 @@ def build_context(
         InvalidHeader: a header field a template reads is missing or unsafe.
         InvalidRequestBody: a backend sends the body and the request has none (or lacks
             the part it sends).
+        SchemaViolation: the query or the body fails the endpoint's ``query_schema`` or
+            ``request_schema`` (:func:`check_schemas`).
     """
     client = scope.get("client")
     info = client_info(
@@ -135,6 +137,11 @@ def build_context(
             raise InvalidRequestBody(
                 "the request body is not valid JSON", fields={"in": "body"}
             ) from None
+    if endpoint.query_schema is not None or endpoint.request_schema is not None:
+        if not endpoint.reads_request_values:  # else ``query`` holds them already
+            for pair in pairs:
+                query.setdefault(pair.name, []).append(pair.value)
+        check_schemas(endpoint, query, json_body, bool(body))
     ctx = CallContext(
         params,
         forward,

@@ -31,6 +31,10 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         │                             template reads is missing or unsafe
         ├── InvalidRequestBody        400 invalid_request_body: a backend sends the client's
         │                             body (``body:``) and the request has none, or lacks the part
+        ├── SchemaViolation           400 schema_violation: the JSON body or the query fails the
+        │                             endpoint's request_schema or query_schema; .fields name
+        │                             ``in`` (body, query), the JSONPath ``path`` of the failing
+        │                             value, the schema ``keyword`` (and the query ``parameter``)
         ├── InvalidRequest            400 invalid_request: another malformed part of the request
         ├── AuthError                 the endpoint's auth policies refused the request; carries
         │   │                         the WWW-Authenticate challenge (RFC 6750 section 3)
@@ -217,6 +221,17 @@ class InvalidRequestBody(RequestError):
 
     status = 400
     code = "invalid_request_body"
+
+
+class SchemaViolation(RequestError):
+    """The request's JSON body or query parameters fail the endpoint's ``request_schema``
+    or ``query_schema`` (see :mod:`gateway._rules.validation`). ``fields``: ``in`` (``body``
+    or ``query``), ``path`` (a JSONPath, RFC 9535, of the failing value: ``$.items[0].qty``),
+    ``keyword`` (the schema keyword that failed: ``minimum``, ``required``...) and, for the
+    query, ``parameter``. The message names the place, never the client's value."""
+
+    status = 400
+    code = "schema_violation"
 
 
 class InvalidRequest(RequestError):

@@ -10,7 +10,7 @@ the transport sends them as they are.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -35,6 +35,7 @@ from .._rules.template import (
 )
 from .._rules.transform import JSON
 from .._rules.urls import BaseUrl
+from .._rules.validation import check_body, check_query
 
 if TYPE_CHECKING:
     from .context import CallContext
@@ -234,6 +235,33 @@ def check_client_values(
                     f"backend {backend.name!r} sends {pointer!r} of the request body: {exc}",
                     fields={"parameter": pointer, "in": "body"},
                 ) from None
+
+
+def check_schemas(
+    endpoint: EndpointPlan,
+    query: Mapping[str, Sequence[str]],
+    json_body: JSON,
+    has_body: bool,
+) -> None:
+    """Check the request against the endpoint's ``query_schema`` (its query parameters)
+    and ``request_schema`` (its parsed JSON body), in that order, when the request
+    arrives: like a missing value a template needs, a failure is the client's mistake
+    (RFC 9110 section 15.5.1) and no upstream is called. Called only for an endpoint that
+    has one of them.
+
+    Raises:
+        SchemaViolation: the query or the body fails its schema.
+        InvalidRequestBody: a ``request_schema`` is set and the request has no body.
+    """
+    if endpoint.query_schema is not None:
+        check_query(endpoint.query_schema, query)
+    if endpoint.request_schema is not None:
+        if not has_body:
+            raise InvalidRequestBody(
+                "the request has no JSON body, and this endpoint checks one against a schema",
+                fields={"in": "body"},
+            )
+        check_body(endpoint.request_schema, json_body)
 
 
 def _check_template(

@@ -84,6 +84,7 @@ from .plan import (
     request_reads,
 )
 from .salvage import LeftOut
+from .schema_compile import endpoint_schemas
 from .tls import ca_file_problems, cert_pair_problems
 from .units import format_duration
 
@@ -389,6 +390,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
         # {jwt.*} or {apikey.name} could be filled
         if not any(name not in policies and known_policies(name) for name in auth_names):
             _identity_refs(backends, auth, where, file, problems)
+        schemas = endpoint_schemas(ep, where, file, problems)  # reported even without a plan
         if len(backends) == len(ep.backends):
             cache = _endpoint_cache(
                 ep,
@@ -424,6 +426,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                         _response_fields(default_fields, ep, where, file, problems),
                         _endpoint_cors(config, ep, where, file, problems),
                     ),
+                    **schemas,
                 )
             )
 

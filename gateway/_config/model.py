@@ -8,6 +8,7 @@ byte counts or strings with a unit (``512KiB``, ``16MiB``).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -123,6 +124,32 @@ class ServerConfig(_Model):
     """Addresses or CIDRs of proxies in front of the gateway whose `X-Forwarded-For`/
     `-Proto` are believed (walking from the right). From anyone else those headers are
     replaced."""
+
+
+def _schema_source(value: object) -> object:
+    """A schema is a file path or a JSON object. YAML can say more than JSON (dates,
+    keys that are not strings, `.nan`): name where, rather than a union's error."""
+
+    def walk(node: object, at: str) -> None:
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"{at or 'the schema'}: the key {key!r} is not a string")
+                walk(item, f"{at}.{key}" if at else key)
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{at}[{index}]")
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError(f"{at}: {node} is not a JSON number")
+        elif node is not None and not isinstance(node, str | int | float | bool):
+            raise ValueError(f"{at}: a {type(node).__name__} is not a JSON value (quote it)")
+
+    if isinstance(value, dict):
+        walk(value, "")
+    return value
+
+
+SchemaSource = Annotated[str | dict[str, JsonValue] | None, BeforeValidator(_schema_source)]
 
 
 class CorsConfig(_Model):
@@ -715,6 +742,21 @@ class EndpointConfig(_Model):
 
     shape: ShapeConfig | None = None
     """Transforms of the merged body, with `[*]` in paths (not for passthrough endpoints)."""
+    request_schema: SchemaSource = None
+    """A JSON Schema the client's JSON body must satisfy (see docs/validation.md): inline,
+    or the path of a JSON (`.json`) or YAML file, relative to the config file's directory.
+    Checked against its metaschema at load (draft 2020-12 unless `$schema` names 2019-09,
+    7, 6 or 4); `$ref` within the schema only; `format` is asserted. A body that fails is
+    answered 400 `schema_violation` with the JSONPath of the failing value
+    (`"path": "$.items[0].qty"`) and the keyword, after authentication and rate limits and
+    before any upstream is called. POST, PUT and PATCH endpoints; not passthrough."""
+
+    query_schema: SchemaSource = None
+    """A JSON Schema the client's query parameters must satisfy, inline or a file (as
+    `request_schema`). The instance is an object with one member per parameter: its first
+    value as a string, or the list of all its values where the schema's top-level
+    `properties` give it `type: array`. Values stay strings: match numbers with `pattern`.
+    A failure is 400 `schema_violation` naming the `parameter`."""
 
     backends: list[BackendConfig] = Field(min_length=1)
     """The upstream calls; their results merge in this order."""

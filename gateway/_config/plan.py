@@ -27,6 +27,7 @@ from .._rules.resilience import GuardSettings
 from .._rules.template import Template
 from .._rules.transform import Transform
 from .._rules.urls import BaseUrl, RoutePattern, Router
+from .._rules.validation import CompiledSchema
 from .._state.limiter import Limit
 from .model import DEFAULT_MAX_TOTAL_RESPONSE_BYTES, GatewayConfig
 
@@ -235,6 +236,9 @@ class EndpointPlan:
     # merge.arrays concat, group references, into, on_item_error, shape; None: none of
     # them, and the body is aggregate.merge's alone (the hot path)
     collections: CollectionsPlan | None = None
+    # request_schema and query_schema, compiled (None: not configured, nothing is checked)
+    request_schema: CompiledSchema | None = None
+    query_schema: CompiledSchema | None = None
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:
@@ -248,8 +252,9 @@ class EndpointPlan:
 
     @cached_property
     def reads_body(self) -> bool:
-        """Whether any backend sends (part of) the client's JSON body."""
-        return any(b.body is not None for b in self.backends)
+        """Whether any backend sends (part of) the client's JSON body, or a
+        ``request_schema`` checks it."""
+        return self.request_schema is not None or any(b.body is not None for b in self.backends)
 
     @cached_property
     def reads_request_values(self) -> bool:
