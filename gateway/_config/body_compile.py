@@ -19,7 +19,7 @@ problem (one call cannot carry many values there), while in a body it gives an a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from .._errors import ConfigProblem
@@ -76,6 +76,7 @@ class RequestShape:
 def compile_request_shape(
     be: BackendConfig,
     endpoint: EndpointConfig,
+    params: Collection[str],
     url: Template,
     header_templates: Sequence[tuple[str, Template]],
     link: Link,
@@ -128,7 +129,7 @@ def compile_request_shape(
     if payload is not None:
         root = ("graphql", "variables") if graphql is not None else ("body", "template")
         located += [((*root, *use.location), use.ref) for use in payload.uses]
-    _check_body_refs(located, endpoint, problem)
+    _check_body_refs(located, endpoint, params, problem)
     _check_wildcards(be.for_each, located, problem)
     return RequestShape(method, body, payload, graphql)
 
@@ -164,12 +165,21 @@ def _compile_graphql(
 
 
 def _check_body_refs(
-    located: Sequence[tuple[Key, Ref]], endpoint: EndpointConfig, problem: Problem
+    located: Sequence[tuple[Key, Ref]],
+    endpoint: EndpointConfig,
+    params: Collection[str],
+    problem: Problem,
 ) -> None:
     for key, ref in located:
         if ref.kind != "body":
             continue
-        if endpoint.passthrough:
+        if not ref.path and "body" in params:
+            problem(
+                key,
+                "{body} is the client's JSON body, not the path parameter {body}: rename the "
+                "parameter",
+            )
+        elif endpoint.passthrough:
             problem(key, f"{ref.text}: a passthrough endpoint streams the client's body unread")
         elif endpoint.method not in BODY_METHODS:
             problem(

@@ -381,7 +381,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
         # a policy left out for problems of its own (reported there) cannot tell whether
         # {jwt.*} or {apikey.name} could be filled
         if not any(name not in policies and known_policies(name) for name in auth_names):
-            _identity_refs(backends, auth, where, file, problems)
+            _identity_refs(backends, names, auth, where, file, problems)
         if len(backends) == len(ep.backends):
             cache = _endpoint_cache(
                 ep,
@@ -609,28 +609,27 @@ def _with_cors(fields: dict[str, Any], cors: CorsPolicy | None) -> dict[str, Any
 
 def _identity_refs(
     backends: list[BackendPlan],
+    names: Mapping[str, int],
     auth: EndpointAuth | None,
     where: tuple[int | str, ...],
     file: str,
     problems: list[ConfigProblem],
 ) -> None:
     """``{jwt.*}`` needs a JWT policy on the endpoint, ``{apikey.name}`` an API key one:
-    otherwise the reference could never be filled."""
-    for bi, backend in enumerate(backends):
-        templates = [(("path",), backend.url)] + [
-            (("headers", name), template) for name, template in backend.header_templates
-        ]
-        for key, template in templates:
-            for ref in template.refs:
-                if ref.kind == "jwt" and (auth is None or not auth.has_jwt):
-                    message = f"{ref.text} needs a jwt policy in the endpoint's auth"
-                elif ref.kind == "apikey" and (auth is None or not auth.has_api_key):
-                    message = f"{ref.text} needs an api_key policy in the endpoint's auth"
-                else:
-                    continue
-                problems.append(
-                    ConfigProblem(file, format_path((*where, "backends", bi, *key)), message)
-                )
+    otherwise the reference could never be filled. ``names``: each backend's index in the
+    config (``backends`` leaves out those that did not compile)."""
+    for backend in backends:
+        bi = names[backend.name]
+        for key, ref in backend.located_refs:
+            if ref.kind == "jwt" and (auth is None or not auth.has_jwt):
+                message = f"{ref.text} needs a jwt policy in the endpoint's auth"
+            elif ref.kind == "apikey" and (auth is None or not auth.has_api_key):
+                message = f"{ref.text} needs an api_key policy in the endpoint's auth"
+            else:
+                continue
+            problems.append(
+                ConfigProblem(file, format_path((*where, "backends", bi, *key)), message)
+            )
 
 
 def _rate_limits(
@@ -1110,7 +1109,9 @@ def _compile_backend(
             (header_name, parsed.with_refs(lambda r, k=header_key: link(r, k)))  # type: ignore[misc]
         )
 
-    shape = compile_request_shape(be, endpoint, url or NO_PATH, header_templates, link, problem)
+    shape = compile_request_shape(
+        be, endpoint, route.param_names, url or NO_PATH, header_templates, link, problem
+    )
 
     conditions: list[Condition] = []
     whens = be.when if isinstance(be.when, list) else [be.when] if be.when else []

@@ -358,13 +358,15 @@ def compile_body(
         if isinstance(item, dict):
             keys = tuple(item)
             nodes = tuple(build(item[k], (*at, k)) for k in keys)
-            if all(isinstance(n, Const) for n in nodes):
-                return Const(item)
+            consts = [n for n in nodes if isinstance(n, Const)]
+            if len(consts) == len(nodes):  # built once (literal braces unescaped), shared
+                return Const({k: c.value for k, c in zip(keys, consts, strict=True)})
             return Obj(keys, nodes)
         if isinstance(item, list):
             nodes = tuple(build(v, (*at, i)) for i, v in enumerate(item))
-            if all(isinstance(n, Const) for n in nodes):
-                return Const(item)
+            consts = [n for n in nodes if isinstance(n, Const)]
+            if len(consts) == len(nodes):
+                return Const([c.value for c in consts])
             return Arr(nodes)
         if not isinstance(item, str) or ("{" not in item and "}" not in item):
             return Const(item)
