@@ -17,9 +17,9 @@ from gateway._rules.body import (
     BodyTemplate,
     Location,
     UnresolvedAt,
+    check_values,
     compile_body,
     convert,
-    located_values,
     pointer,
     to_bool,
     to_float,
@@ -378,21 +378,46 @@ def test_a_pointer_escapes_tilde_and_slash() -> None:
     assert pointer(("a/b", "c~d", 0)) == "/a~1b/c~0d/0"
 
 
-def test_located_values_name_every_element_and_where_one_is_missing() -> None:
-    body = {"items": [{"sku": "a"}, {"sku": "b"}]}
-    assert list(located_values(body, ("items", "*", "sku"))) == [
-        ("/items/0/sku", "a"),
-        ("/items/1/sku", "b"),
-    ]
+def _failure(document: Any, path: tuple[Any, ...], check: Any = lambda v: v) -> tuple[str, str]:
     with pytest.raises(UnresolvedAt) as info:
-        list(located_values({"items": [{"sku": "a"}, {}]}, ("items", "*", "sku")))
-    assert info.value.at == "/items/1/sku"
-    with pytest.raises(UnresolvedAt) as info:
-        list(located_values({"items": {}}, ("items", "*", "sku")))
-    assert info.value.at == "/items"
-    with pytest.raises(UnresolvedAt) as info:
-        list(located_values({"a": [1]}, ("a", 3)))
-    assert info.value.at == "/a/3"
+        check_values(document, path, check)
+    return info.value.at, str(info.value)
+
+
+def test_check_values_checks_every_element_and_names_where_one_fails() -> None:
+    seen: list[Any] = []
+    check_values({"items": [{"sku": "a"}, {"sku": "b"}]}, ("items", "*", "sku"), seen.append)
+    assert seen == ["a", "b"]
+    assert _failure({"items": [{"sku": "a"}, {}]}, ("items", "*", "sku")) == (
+        "/items/1/sku",
+        "/items/1/sku is missing",
+    )
+    assert _failure({"items": {}}, ("items", "*", "sku")) == (
+        "/items",
+        "/items: [*] needs an array",
+    )
+    assert _failure({"a": [1]}, ("a", 3)) == ("/a/3", "/a/3 is missing")
+    assert _failure({"a": {"b": 1}}, ("a", "b", "c")) == ("/a/b/c", "/a/b/c is missing")
+    assert _failure({"n": "x"}, ("n",), to_int) == (
+        "/n",
+        "/n: cannot convert a string that is not an integer to int",
+    )
+    assert _failure("x", (), to_int)[0] == ""
+
+
+@given(json_values, st.lists(st.sampled_from(["a", "b", 0, 1, "*"]), max_size=4))
+def test_check_values_agrees_with_walk_and_expand(document: Any, path: list[Any]) -> None:
+    if path.count("*") > 1:
+        return
+    try:
+        expected = expand(document, path) if "*" in path else [walk(document, path)]
+    except UnresolvedReference:
+        with pytest.raises(UnresolvedAt):
+            check_values(document, path, lambda v: v)
+        return
+    seen: list[Any] = []
+    check_values(document, path, seen.append)
+    assert seen == expected
 
 
 def test_conversions_are_exact_about_integral_floats() -> None:

@@ -29,7 +29,7 @@ from .._errors import (
 )
 from .._observability.tracing import CURRENT
 from .._rules.aggregate import BackendResult, Outcome
-from .._rules.body import UnresolvedAt, located_values, place, pointer
+from .._rules.body import UnresolvedAt, check_values, place, pointer
 from .._rules.graph import all_hold, skipped_by_condition
 from .._rules.template import (
     WILDCARD,
@@ -332,17 +332,10 @@ def _check_body_ref(ref: Ref, encode: Callable[[JSON], object], ctx: CallContext
             fields={"in": "body", "path": ""},
         )
     try:
-        for at, value in located_values(ctx.json_body, ref.path):
-            try:
-                encode(value)
-            except UnresolvedReference as exc:
-                raise InvalidRequestBody(
-                    f"{ref.text}: the value at {at or '/'}: {exc}",
-                    fields={"in": "body", "path": at},
-                ) from None
+        check_values(ctx.json_body, ref.path, encode)
     except UnresolvedAt as exc:
         raise InvalidRequestBody(
-            f"{ref.text}: {exc.at or 'the body'} {exc}", fields={"in": "body", "path": exc.at}
+            f"{ref.text}: {exc}", fields={"in": "body", "path": exc.at}
         ) from None
 
 

@@ -46,9 +46,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeAlias
+from typing import Literal, NoReturn, Protocol, TypeAlias
 
 import orjson
 
@@ -59,6 +59,7 @@ from .template import (
     Segment,
     UnresolvedReference,
     parse_template,
+    walk,
 )
 from .transform import JSON
 from .urls import TemplateError
@@ -238,16 +239,21 @@ class Whole:
 
     ref: Ref
     each: bool = False  # a [*] outside for_each: the list of values
+    conv: Callable[[JSON], JSON] | None = None  # the ref's conversion, looked up once
 
     def render(self, resolve: Resolve) -> JSON:
-        ref = self.ref
         try:
-            value = resolve(ref)
-            if ref.convert is None and not self.each:
+            value = resolve(self.ref)
+            conv = self.conv
+            if conv is None:
                 return value
-            return place(ref, value, "json", self.each)
+            if self.each:
+                if not isinstance(value, list):  # the resolver gives a list for such a ref
+                    raise UnresolvedReference("[*] needs an array")
+                return [conv(item) for item in value]
+            return conv(value)
         except UnresolvedReference as exc:
-            raise UnresolvedReference(f"{ref.text}: {exc}") from None
+            raise UnresolvedReference(f"{self.ref.text}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +269,10 @@ class Text:
                 out.append(part)
                 continue
             try:
-                out.append(text_of(convert(resolve(part), part.convert)))
+                value = resolve(part)
+                if part.convert is not None:
+                    value = CONVERTERS[part.convert](value)
+                out.append(value if isinstance(value, str) else text_of(value))
             except UnresolvedReference as exc:
                 raise UnresolvedReference(f"{part.text}: {exc}") from None
         return "".join(out)
@@ -380,7 +389,7 @@ def compile_body(
             ref = parts[0]
             each = ref.has_wildcard and not for_each
             uses.append(Use(at, ref, "json", each))
-            return Whole(ref, each)
+            return Whole(ref, each, CONVERTERS[ref.convert] if ref.convert else None)
         refs = [p for p in parts if isinstance(p, Ref)]
         if not refs:
             return Const("".join(p for p in parts if isinstance(p, str)))
@@ -410,42 +419,62 @@ def pointer(path: Sequence[Segment]) -> str:
     return "".join("/" + str(s).replace("~", "~0").replace("/", "~1") for s in path)
 
 
-def located_values(document: JSON, path: Sequence[Segment]) -> Iterator[tuple[str, JSON]]:
-    """The value at ``path`` (or, with a ``[*]``, at every element), each with its JSON
-    Pointer.
+def check_values(document: JSON, path: Sequence[Segment], check: Callable[[JSON], object]) -> None:
+    """Apply ``check`` to the value at ``path`` (with a ``[*]``: at every element). Where
+    is computed only for a failure: the check runs when each request arrives.
 
     Raises:
-        UnresolvedAt: a key or index is missing, or the ``[*]`` does not meet an array.
+        UnresolvedAt: a key or index is missing, the ``[*]`` does not meet an array, or
+            ``check`` raised (its message kept); ``at`` is the JSON Pointer of the value.
     """
     if WILDCARD not in path:
-        yield pointer(path), _walk_at(document, path, ())
+        try:
+            value = walk(document, path)
+        except UnresolvedReference:
+            _missing(document, path, ())
+        _checked(check, value, path)
         return
     cut = list(path).index(WILDCARD)
-    head = tuple(path[:cut])
-    array = _walk_at(document, head, ())
+    head, tail = tuple(path[:cut]), tuple(path[cut + 1 :])
+    try:
+        array = walk(document, head)
+    except UnresolvedReference:
+        _missing(document, head, ())
     if not isinstance(array, list):
-        raise UnresolvedAt(pointer(head), "[*] needs an array")
+        raise UnresolvedAt(pointer(head), f"{pointer(head)}: [*] needs an array")
     for i, item in enumerate(array):
-        concrete = (*head, i)
-        yield pointer((*concrete, *path[cut + 1 :])), _walk_at(item, path[cut + 1 :], concrete)
+        try:
+            value = walk(item, tail)
+        except UnresolvedReference:
+            _missing(item, tail, (*head, i))
+        _checked(check, value, (*head, i, *tail))
+
+
+def _checked(check: Callable[[JSON], object], value: JSON, path: Sequence[Segment]) -> None:
+    try:
+        check(value)
+    except UnresolvedReference as exc:
+        at = pointer(path)
+        raise UnresolvedAt(at, f"{at or 'the body'}: {exc}") from None
 
 
 class UnresolvedAt(UnresolvedReference):
-    """A value of a document is missing: ``at`` is the JSON Pointer of where it should be."""
+    """A value of a document is missing or unusable: ``at`` is the JSON Pointer of where
+    it is (or should be)."""
 
     def __init__(self, at: str, message: str) -> None:
         super().__init__(message)
         self.at = at
 
 
-def _walk_at(value: JSON, path: Sequence[Segment], before: tuple[Segment, ...]) -> JSON:
+def _missing(value: JSON, path: Sequence[Segment], before: tuple[Segment, ...]) -> NoReturn:
+    """Raise for the first segment of ``path`` that ``value`` lacks."""
     for i, seg in enumerate(path):
-        if isinstance(seg, int) and isinstance(value, list):
-            if seg >= len(value):
-                raise UnresolvedAt(pointer((*before, *path[: i + 1])), "is missing")
+        if isinstance(seg, int) and isinstance(value, list) and seg < len(value):
             value = value[seg]
         elif isinstance(value, dict) and str(seg) in value:
             value = value[str(seg)]
         else:
-            raise UnresolvedAt(pointer((*before, *path[: i + 1])), "is missing")
-    return value
+            at = pointer((*before, *path[: i + 1]))
+            raise UnresolvedAt(at, f"{at} is missing")
+    raise AssertionError("the path was there")

@@ -269,7 +269,8 @@ def expand(value: Any, path: Sequence[Segment]) -> list[Any]:
     array = walk(value, path[:cut])
     if not isinstance(array, list):
         raise UnresolvedReference("[*] needs an array")
-    return [walk(item, path[cut + 1 :]) for item in array]
+    tail = path[cut + 1 :]
+    return [walk(item, tail) for item in array]
 
 
 def scalar_text(value: Any) -> str:
