@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from gateway._rules.body import (
@@ -423,3 +423,114 @@ def test_check_values_agrees_with_walk_and_expand(document: Any, path: list[Any]
 def test_conversions_are_exact_about_integral_floats() -> None:
     assert to_int(1e15) == 10**15
     assert math.isclose(to_float("1e-300"), 1e-300)
+
+
+# --- the client's values: checked exactly as strictly as they are used -------------------
+
+_SHAPED = {
+    "version": 1,
+    "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+    "endpoints": [
+        {
+            "path": "/api",
+            "method": "POST",
+            "backends": [
+                {
+                    "name": "b",
+                    "upstream": "u",
+                    "method": "POST",
+                    "path": "/x/{body.s}",
+                    "headers": {"X-H": "{body.h}"},
+                    "body": {
+                        "template": {
+                            "n": "{body.n:int}",
+                            "skus": "{body.items[*].sku}",
+                            "qs": "{body.items[*].q:float}",
+                            "flag": "{body.flag:bool}",
+                            "text": "s={body.s} n={body.n}",
+                            "o": "{body.o}",
+                        }
+                    },
+                }
+            ],
+        }
+    ],
+}
+
+client_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(MIN_INT, MAX_INT)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["", "a", "..", "a/b", "42", "-7", "4.5", "1e3", "true", "false", "\n"])
+    | st.text(max_size=4)
+)
+client_values = st.recursive(
+    client_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["sku", "q", "x"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+numberish = st.integers(-(10**6), 10**6) | st.sampled_from(["42", "-7", "4.5", "x", 2.5, True])
+# mostly well-formed bodies, so that both answers are seen often (a mix of both kinds)
+plausible_bodies = st.fixed_dictionaries(
+    {
+        "n": numberish,
+        "items": st.lists(
+            st.fixed_dictionaries({"sku": client_scalars, "q": numberish}), max_size=3
+        ),
+        "flag": st.sampled_from([True, False, "true", "false", "no", 1]),
+        "s": st.sampled_from(["a", "b c", "..", "", "?", 3]),
+        "o": client_values,
+        "h": st.sampled_from(["v", "a\nb", 1]),
+    }
+)
+client_bodies = st.one_of(
+    plausible_bodies,
+    client_values,
+    st.dictionaries(st.sampled_from(["n", "items", "flag", "s", "o", "h"]), client_values),
+)
+
+
+@settings(max_examples=300)
+@given(client_bodies)
+@example(
+    {"n": "3", "items": [{"sku": "a", "q": "1.5"}], "flag": "true", "s": "x", "o": [], "h": "v"}
+)
+def test_a_body_the_check_lets_through_always_builds_and_one_it_refuses_never_does(
+    body: Any,
+) -> None:
+    import orjson
+
+    from gateway import load_config
+    from gateway._call.context import CallContext
+    from gateway._call.request import build_request, check_client_values
+    from gateway._errors import RequestError
+
+    plan = _shaped_plan(load_config, json.dumps(_SHAPED))
+    (endpoint,) = plan.endpoints
+    ctx = CallContext({}, body=orjson.dumps(body), json_body=body)
+    try:
+        check_client_values(endpoint, ctx)
+    except RequestError as exc:
+        assert exc.status == 400 and exc.fields["in"] == "body"
+        with pytest.raises(UnresolvedReference):
+            build_request(endpoint.backends[0], ctx)
+        event("refused")
+        return
+    event("built")
+    request = build_request(endpoint.backends[0], ctx)
+    sent = json.loads(request.body or b"")
+    assert sent["skus"] == [item["sku"] for item in body["items"]]
+    assert type(sent["n"]) is int and type(sent["flag"]) is bool
+
+
+_PLANS: dict[str, Any] = {}
+
+
+def _shaped_plan(load: Any, text: str) -> Any:
+    if text not in _PLANS:
+        _PLANS[text] = load("b.yaml", {}, text=text)
+    return _PLANS[text]

@@ -2,9 +2,15 @@
 
 Everything that addresses the upstream comes from config (origin, base path, the parsed
 templates); the client request contributes only the values the config references
-(``{param}``, ``{query.NAME}``, ``{header.NAME}``, the JSON body) and the fields it lists
-(``forward_headers``, ``forward_query``). Targets are percent-encoded and checked here, so
-the transport sends them as they are.
+(``{param}``, ``{query.NAME}``, ``{header.NAME}``, ``{body.PATH}``, the JSON body) and the
+fields it lists (``forward_headers``, ``forward_query``). Targets are percent-encoded and
+checked here, so the transport sends them as they are. A JSON body the backend builds (a
+body template, a GraphQL request: :mod:`gateway._rules.body`) is rendered from the same
+references, with their JSON types.
+
+:func:`_resolver` is the one place a reference's kind decides where its value is read;
+:func:`check_client_values` checks every value the client supplies before any upstream is
+called, as the request will use it (encoded, converted).
 """
 
 from __future__ import annotations

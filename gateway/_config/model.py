@@ -523,7 +523,8 @@ class GraphQLConfig(_Model):
 
 
 class BackendConfig(_Model):
-    """One upstream call of an endpoint, and how its JSON result is shaped and placed."""
+    """One upstream call of an endpoint (or a static value), and how its JSON result is
+    shaped and placed."""
 
     name: Name
     """Unique within the endpoint; used in `X-Gateway-Backends` and error bodies."""
@@ -565,12 +566,14 @@ class BackendConfig(_Model):
     Otherwise its outcome is `skipped`: left out of the body, not a failure."""
 
     for_each: bool = False
-    """With a `[*]` reference (`{orders.items[*].product_id}`): call once per array
-    element, concurrently, and return the results as a list in element order."""
+    """With a `[*]` reference (`{orders.items[*].product_id}`, or the client's
+    `{body.items[*].sku}`): call once per array element, concurrently, and return the
+    results as a list in element order. Every `[*]` reference of the backend (path,
+    headers, body template) walks that one array and reads this call's element."""
 
     max_calls: int = Field(default=32, ge=1, le=1024)
     """With `for_each`: the most calls one request may make; a longer array fails this
-    backend with `invalid_reference`."""
+    backend with `invalid_reference` (a longer array in the client's body is a 400)."""
 
     body: Literal["forward"] | BodyConfig | None = None
     """For a POST, PUT or PATCH call: `forward` sends the client's JSON body unchanged;
