@@ -30,7 +30,7 @@ from .._rules.template import WILDCARD, Ref, Template
 from .._rules.transform import SelectMissing, Transform, split_path
 from .load import format_path
 from .model import BackendConfig, BodyConfig, EndpointConfig
-from .plan import BackendPlan
+from .plan import BackendPlan, locate_refs
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 """Methods whose requests carry a body the gateway reads or sends (RFC 9110 section 9.3:
@@ -124,11 +124,7 @@ def compile_request_shape(
         else:
             body = ()
 
-    located: list[tuple[Key, Ref]] = [(("path",), ref) for ref in url.refs]
-    located += [(("headers", n), ref) for n, t in header_templates for ref in t.refs]
-    if payload is not None:
-        root = ("graphql", "variables") if graphql is not None else ("body", "template")
-        located += [((*root, *use.location), use.ref) for use in payload.uses]
+    located = locate_refs(url, header_templates, payload, graphql is not None)
     _check_body_refs(located, endpoint, params, problem)
     _check_wildcards(be.for_each, located, problem)
     return RequestShape(method, body, payload, graphql)

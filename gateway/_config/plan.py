@@ -148,6 +148,22 @@ Located = tuple[tuple[int | str, ...], Ref]
 """A reference with where it is in the backend's config (``("headers", "X-A")``)."""
 
 
+def locate_refs(
+    url: Template,
+    header_templates: Iterable[tuple[str, Template]],
+    payload: Payload | None,
+    graphql: bool,
+) -> tuple[Located, ...]:
+    """Every reference of a backend's call (path, headers, the body it builds), with where
+    it is in the backend's config."""
+    found: list[Located] = [(("path",), ref) for ref in url.refs]
+    found += [(("headers", n), ref) for n, t in header_templates for ref in t.refs]
+    if payload is not None:
+        root = ("graphql", "variables") if graphql else ("body", "template")
+        found += [((*root, *use.location), use.ref) for use in payload.uses]
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class BackendPlan:
     name: str
@@ -215,14 +231,8 @@ class BackendPlan:
 
     @cached_property
     def located_refs(self) -> tuple[Located, ...]:
-        """Every reference of the call (path, headers, the body it builds), with where it
-        is in the backend's config."""
-        found: list[Located] = [(("path",), ref) for ref in self.url.refs]
-        found += [(("headers", n), ref) for n, t in self.header_templates for ref in t.refs]
-        if self.payload is not None:
-            root = ("graphql", "variables") if self.graphql is not None else ("body", "template")
-            found += [((*root, *use.location), use.ref) for use in self.payload.uses]
-        return tuple(found)
+        """Every reference of the call (see :func:`locate_refs`)."""
+        return locate_refs(self.url, self.header_templates, self.payload, self.graphql is not None)
 
     @cached_property
     def refs(self) -> tuple[Ref, ...]:
