@@ -100,17 +100,17 @@ def to_int(value: JSON) -> int:
     Raises:
         UnresolvedReference: the value does not convert.
     """
-    if isinstance(value, bool):
-        raise UnresolvedReference("cannot convert a boolean to int")
-    if isinstance(value, int):
+    kind = type(value)  # parsed JSON: exact types (a bool is not an int here)
+    result: int
+    if kind is int:
         result = value
-    elif isinstance(value, float):
-        if not value.is_integer():
-            raise UnresolvedReference("cannot convert a number with a fractional part to int")
-        result = int(value)
-    elif isinstance(value, str):
+    elif kind is str:
         if len(value) > _MAX_NUMBER_TEXT or not _INT_TEXT.fullmatch(value):
             raise UnresolvedReference("cannot convert a string that is not an integer to int")
+        result = int(value)
+    elif kind is float:
+        if not value.is_integer():
+            raise UnresolvedReference("cannot convert a number with a fractional part to int")
         result = int(value)
     else:
         raise UnresolvedReference(f"cannot convert {_kind(value)} to int")

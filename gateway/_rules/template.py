@@ -248,12 +248,15 @@ def walk(value: Any, path: Sequence[Segment]) -> Any:
         UnresolvedReference: a key or index is missing.
     """
     for seg in path:
-        if isinstance(seg, int) and isinstance(value, list):
+        if isinstance(value, dict):
+            key = seg if type(seg) is str else str(seg)
+            if key not in value:
+                raise UnresolvedReference(f"{seg!r} is missing")
+            value = value[key]
+        elif isinstance(seg, int) and isinstance(value, list):
             if seg >= len(value):
                 raise UnresolvedReference(f"index {seg} is out of range")
             value = value[seg]
-        elif isinstance(value, dict) and str(seg) in value:
-            value = value[str(seg)]
         else:
             raise UnresolvedReference(f"{seg!r} is missing")
     return value
