@@ -170,3 +170,50 @@ def test_gateway_check_shows_a_static_backend(
     assert main(["check", str(file)]) == 0
     out = capsys.readouterr().out
     assert "    flags            static  [group g]" in out
+
+
+def test_a_reference_to_a_static_value_that_would_always_fail_is_found_at_load() -> None:
+    config = {
+        "version": 1,
+        "upstreams": {"u": {"url": "http://127.0.0.1:1"}},
+        "endpoints": [
+            {
+                "path": "/api",
+                "method": "POST",
+                "backends": [
+                    {"name": "flags", "static": {"n": "x", "path": "a/b", "ids": [1, {}]}},
+                    {"name": "whole", "static": [1]},
+                    {"name": "a", "upstream": "u", "path": "/a/{flags.nope}"},
+                    {"name": "b", "upstream": "u", "path": "/b/{flags.path}"},
+                    {
+                        "name": "c",
+                        "upstream": "u",
+                        "path": "/c",
+                        "method": "POST",
+                        "body": {
+                            "template": {
+                                "n": "{flags.n:int}",
+                                "ids": "{flags.ids[*]:str}",
+                                "w": "{whole:bool}",
+                                "fine": "{flags.n}",
+                            }
+                        },
+                    },
+                ],
+            }
+        ],
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config("s.yaml", {}, text=json.dumps(config))
+    assert [str(p) for p in info.value.problems] == [
+        "s.yaml: endpoints[0].backends[2].path: {flags.nope}: static backend 'flags' has "
+        "nothing at /nope",
+        "s.yaml: endpoints[0].backends[3].path: {flags.path}: the value of static backend "
+        "'flags' at /path: '/' is not allowed",
+        "s.yaml: endpoints[0].backends[4].body.template.n: {flags.n:int}: the value of static "
+        "backend 'flags' at /n: cannot convert a string that is not an integer to int",
+        "s.yaml: endpoints[0].backends[4].body.template.ids: {flags.ids[*]:str}: the value of "
+        "static backend 'flags' at /ids/1: cannot convert an object to str",
+        "s.yaml: endpoints[0].backends[4].body.template.w: {whole:bool}: the value of static "
+        "backend 'whole': cannot convert an array to bool",
+    ]

@@ -19,15 +19,23 @@ problem (one call cannot carry many values there), while in a body it gives an a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from .._errors import ConfigProblem
 from .._rules.aggregate import BackendResult, Outcome
-from .._rules.body import BodyTemplate, Payload, compile_body
+from .._rules.body import BodyTemplate, Payload, check_values, compile_body, place
 from .._rules.graphql import GraphQLPlan, check_operation
-from .._rules.template import WILDCARD, Ref, Template
-from .._rules.transform import SelectMissing, Transform, split_path
+from .._rules.template import (
+    WILDCARD,
+    Ref,
+    Template,
+    UnresolvedReference,
+    header_value,
+    url_value,
+)
+from .._rules.transform import JSON, SelectMissing, Transform, split_path
 from .load import format_path
 from .model import BackendConfig, BodyConfig, EndpointConfig
 from .plan import BackendPlan, locate_refs
@@ -220,6 +228,63 @@ def static_result(value: object, transform: Transform, problem: Problem) -> Back
         problem(("select",), f"the static value has no {exc.args[0]!r}")
         return BackendResult(Outcome.OK)
     return BackendResult(Outcome.OK, transform.shape(selected), selected=selected)
+
+
+def static_ref_problems(
+    backends: Sequence[BackendPlan],
+    names: Mapping[str, int],
+    where: Key,
+    file: str,
+    problems: list[ConfigProblem],
+) -> None:
+    """A reference to a static backend reads a value known at load: one that is missing,
+    does not convert or is unsafe where it goes would fail every request, so it is a
+    config problem (``names``: each backend's index in the config)."""
+    by_name = {b.name: b for b in backends}
+    for backend in backends:
+        uses: list[tuple[Key, Ref, Callable[[JSON], object]]] = [
+            (("path",), ref, url_value) for ref in backend.url.refs
+        ]
+        uses += [
+            (("headers", n), ref, header_value)
+            for n, t in backend.header_templates
+            for ref in t.refs
+        ]
+        if backend.payload is not None:
+            root = ("graphql", "variables") if backend.graphql is not None else ("body", "template")
+            uses += [
+                ((*root, *use.location), use.ref, partial(place, use.ref, sink=use.sink))
+                for use in backend.payload.uses
+            ]
+        for key, ref, check in uses:
+            target = by_name.get(ref.name) if ref.kind == "backend" else None
+            if target is None or target.static is None:
+                continue
+            try:
+                check_values(target.static.selected, ref.path, check, ROOT)
+            except UnresolvedReference as exc:
+                at = (*where, "backends", names[backend.name], *key)
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        format_path(at),
+                        f"{ref.text}: {_static_words(ref.name, exc)}",
+                    )
+                )
+
+
+def _static_words(name: str, exc: UnresolvedReference) -> str:
+    """What is wrong with a static backend's value, from :func:`check_values`' message
+    (``/a is missing``, ``/a: cannot ...``, ``the whole value: cannot ...``)."""
+    text = str(exc)
+    if text.endswith(" is missing"):
+        return f"static backend {name!r} has nothing at {text.removesuffix(' is missing')}"
+    where, _, what = text.partition(": ")
+    at = "" if where == ROOT else f" at {where}"
+    return f"the value of static backend {name!r}{at}: {what}"
+
+
+ROOT = "the whole value"
 
 
 def graphql_warnings(

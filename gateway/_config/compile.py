@@ -49,7 +49,12 @@ from .._rules.urls import (
 )
 from .._state.limiter import parse_limit
 from .auth_compile import compile_policies, endpoint_auth
-from .body_compile import compile_request_shape, graphql_warnings, static_result
+from .body_compile import (
+    compile_request_shape,
+    graphql_warnings,
+    static_ref_problems,
+    static_result,
+)
 from .cors_compile import compile_cors
 from .load import format_path, load_document, read_config_file
 from .model import (
@@ -357,6 +362,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                 plan = None
             if plan is not None:
                 backends.append(plan)
+        static_ref_problems(backends, names, where, file, problems)
         if len(backends) == len(ep.backends):
             cycle = find_cycle({b.name: [backends[d].name for d in b.deps] for b in backends})
             if cycle:

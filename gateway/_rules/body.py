@@ -419,9 +419,15 @@ def pointer(path: Sequence[Segment]) -> str:
     return "".join("/" + str(s).replace("~", "~0").replace("/", "~1") for s in path)
 
 
-def check_values(document: JSON, path: Sequence[Segment], check: Callable[[JSON], object]) -> None:
+def check_values(
+    document: JSON,
+    path: Sequence[Segment],
+    check: Callable[[JSON], object],
+    root: str = "the body",
+) -> None:
     """Apply ``check`` to the value at ``path`` (with a ``[*]``: at every element). Where
-    is computed only for a failure: the check runs when each request arrives.
+    is computed only for a failure: the check runs when each request arrives. ``root``
+    names the whole document in a message.
 
     Raises:
         UnresolvedAt: a key or index is missing, the ``[*]`` does not meet an array, or
@@ -432,7 +438,7 @@ def check_values(document: JSON, path: Sequence[Segment], check: Callable[[JSON]
             value = walk(document, path)
         except UnresolvedReference:
             _missing(document, path, ())
-        _checked(check, value, path)
+        _checked(check, value, path, root)
         return
     cut = list(path).index(WILDCARD)
     head, tail = tuple(path[:cut]), tuple(path[cut + 1 :])
@@ -447,15 +453,17 @@ def check_values(document: JSON, path: Sequence[Segment], check: Callable[[JSON]
             value = walk(item, tail)
         except UnresolvedReference:
             _missing(item, tail, (*head, i))
-        _checked(check, value, (*head, i, *tail))
+        _checked(check, value, (*head, i, *tail), root)
 
 
-def _checked(check: Callable[[JSON], object], value: JSON, path: Sequence[Segment]) -> None:
+def _checked(
+    check: Callable[[JSON], object], value: JSON, path: Sequence[Segment], root: str
+) -> None:
     try:
         check(value)
     except UnresolvedReference as exc:
         at = pointer(path)
-        raise UnresolvedAt(at, f"{at or 'the body'}: {exc}") from None
+        raise UnresolvedAt(at, f"{at or root}: {exc}") from None
 
 
 class UnresolvedAt(UnresolvedReference):
