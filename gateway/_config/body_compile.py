@@ -15,6 +15,11 @@ PATCH) and that is not passthrough (its body is streamed, never read); and the
 ``for_each`` rules: a ``for_each`` backend has a ``[*]`` reference and all of its ``[*]``
 references walk one array; outside ``for_each``, a ``[*]`` in a path or a header is a
 problem (one call cannot carry many values there), while in a body it gives an array.
+
+Once every backend of the endpoint is compiled, a reference to a static backend is
+checked against its value (:func:`static_ref_problems`): it is known at load, so a value
+the reference would never find, convert or place safely is a config problem, not a
+failure of every request.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ from .model import BackendConfig, BodyConfig, EndpointConfig
 from .plan import BackendPlan, locate_refs
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-"""Methods whose requests carry a body the gateway reads or sends (RFC 9110 section 9.3:
-content in a GET, HEAD or DELETE request has no defined semantics)."""
+"""Methods whose requests carry a body the gateway reads or sends (RFC 9110 sections
+9.3.1, 9.3.2 and 9.3.5: content in a GET, HEAD or DELETE request has no generally defined
+semantics)."""
 
 Key = tuple[int | str, ...]
 Problem = Callable[[Key, str], None]
