@@ -99,6 +99,8 @@ async def test_values_from_other_backends_arrive_typed_and_convert(nursery: trio
             "codes": "{price.codes}",
             "live": "{price.live}",
             "as_text": "{price.live:str}",
+            "order_ids": "{orders.orders[*].id}",
+            "quantities": "{orders.orders[*].qty:int}",
         }
         gw = await start_gateway(
             nursery,
@@ -106,14 +108,22 @@ async def test_values_from_other_backends_arrive_typed_and_convert(nursery: trio
                 up.url,
                 [
                     be("price", "/price", group="price"),
+                    be("orders", "/orders", group="orders"),
                     be("charge", "/charge", method="POST", body={"template": template}),
                 ],
             ),
         )
         r = await gw.request("POST", "/api/1", json={})
         assert r.status_code == 200, r.text
-        assert r.json()["_gateway"]["backends"]["charge"]["depends_on"] == ["price"]
-    assert sent(seen, "/charge") == {"total": 12, "codes": [3, 4], "live": True, "as_text": "true"}
+        assert r.json()["_gateway"]["backends"]["charge"]["depends_on"] == ["price", "orders"]
+    assert sent(seen, "/charge") == {
+        "total": 12,
+        "codes": [3, 4],
+        "live": True,
+        "as_text": "true",
+        "order_ids": ["o1", "o2"],
+        "quantities": [2, 5],
+    }
 
 
 async def test_an_upstream_value_that_does_not_convert_is_invalid_reference(
@@ -157,36 +167,36 @@ async def test_an_upstream_value_that_does_not_convert_is_invalid_reference(
     ("target", "headers", "body", "code", "fields"),
     [
         (
-            "/api/1",
+            "/api/1?n=4",
             {},
             {"count": "three", "items": []},
             "invalid_request_body",
             {"in": "body", "path": "/count"},
         ),
         (
-            "/api/1",
+            "/api/1?n=4",
             {},
             {"count": 2.5, "items": []},
             "invalid_request_body",
             {"in": "body", "path": "/count"},
         ),
-        ("/api/1", {}, {"items": []}, "invalid_request_body", {"in": "body", "path": "/count"}),
+        ("/api/1?n=4", {}, {"items": []}, "invalid_request_body", {"in": "body", "path": "/count"}),
         (
-            "/api/1",
+            "/api/1?n=4",
             {},
             {"count": 1, "items": [{"sku": "a"}, {}]},
             "invalid_request_body",
             {"in": "body", "path": "/items/1/sku"},
         ),
         (
-            "/api/1",
+            "/api/1?n=4",
             {},
             {"count": 1, "items": {"sku": "a"}},
             "invalid_request_body",
             {"in": "body", "path": "/items"},
         ),
         (
-            "/api/x",
+            "/api/x?n=4",
             {},
             {"count": 1, "items": []},
             "invalid_path_parameter",
@@ -200,7 +210,7 @@ async def test_an_upstream_value_that_does_not_convert_is_invalid_reference(
             {"in": "query", "parameter": "n"},
         ),
         (
-            "/api/1",
+            "/api/1?n=4",
             {"X-Rush": "maybe"},
             {"count": 1, "items": []},
             "invalid_header",
@@ -238,7 +248,7 @@ async def test_a_client_value_that_is_missing_or_does_not_convert_is_a_400_befor
         )
         r = await gw.request(
             "POST",
-            target.replace("/api/1", "/api/1?n=4") if "?" not in target else target,
+            target,
             headers={"X-Rush": "true", **headers},
             json=body,
         )

@@ -354,3 +354,29 @@ async def test_a_client_value_a_graphql_variable_cannot_convert_is_a_400_and_no_
         r = await gw.get("/api/stock?first=3")
         assert r.status_code == 200
         assert json.loads(seen[0].body)["variables"] == {"first": 3}
+
+
+def test_gateway_check_shows_a_graphql_backend(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway._cli import main
+
+    file = tmp_path / "g.yaml"
+    file.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "upstreams": {"g": {"url": "http://127.0.0.1:1/graphql"}},
+                "endpoints": [
+                    {
+                        "path": "/s",
+                        "backends": [
+                            {"name": "stock", "upstream": "g", "graphql": {"query": "{ a }"}}
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    assert main(["check", str(file)]) == 0
+    assert "    stock            POST g  timeout 2s  [graphql]" in capsys.readouterr().out
