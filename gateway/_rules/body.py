@@ -201,17 +201,13 @@ def text_of(value: JSON) -> str:
     raise UnresolvedReference(f"{_kind(value)} cannot be part of a string")
 
 
-def place(ref: Ref, value: JSON, sink: Sink, each: bool = False) -> JSON:
-    """A resolved value as the template uses it: converted (each value of a ``[*]``
-    outside ``for_each``), and as text for a ``text`` sink.
+def place(ref: Ref, value: JSON, sink: Sink) -> JSON:
+    """One value as the template uses it: converted, and as text for a ``text`` sink (a
+    ``[*]`` outside ``for_each`` places each of its values so).
 
     Raises:
         UnresolvedReference: the value does not convert, or cannot be text.
     """
-    if each:
-        if not isinstance(value, list):  # the resolver gives a list for such a reference
-            raise UnresolvedReference("[*] needs an array")
-        return [convert(item, ref.convert) for item in value]
     value = convert(value, ref.convert)
     return text_of(value) if sink == "text" else value
 
@@ -302,7 +298,6 @@ class Use:
     location: Location
     ref: Ref
     sink: Sink
-    each: bool = False  # a [*] outside for_each
 
 
 @dataclass(frozen=True)
@@ -388,7 +383,7 @@ def compile_body(
         if len(parts) == 1 and isinstance(parts[0], Ref):
             ref = parts[0]
             each = ref.has_wildcard and not for_each
-            uses.append(Use(at, ref, "json", each))
+            uses.append(Use(at, ref, "json"))
             return Whole(ref, each, CONVERTERS[ref.convert] if ref.convert else None)
         refs = [p for p in parts if isinstance(p, Ref)]
         if not refs:
