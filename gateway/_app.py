@@ -145,7 +145,7 @@ def build_guards(plan: GatewayPlan, previous: dict[str, UpstreamGuard]) -> dict[
             guards[name] = UpstreamGuard.build(up.guard, host_set, hosts if host_set else ())
     for endpoint in plan.endpoints:
         for backend in endpoint.backends:
-            if backend.guard is None:
+            if backend.guard is None or backend.upstream is None:
                 continue
             base = guards.get(backend.upstream.name) or UpstreamGuard.build(GuardSettings())
             old = previous.get(backend.guard_key)
@@ -749,7 +749,9 @@ class GatewayApp(QuartTrio):
                 backend.guard_key.partition("@")[2]: self.guards[backend.guard_key].statistics(now)
                 for endpoint in self.plan.endpoints
                 for backend in endpoint.backends
-                if backend.upstream.name == name and backend.guard_key in self.guards
+                if backend.guard_key in self.guards
+                and backend.upstream is not None
+                and backend.upstream.name == name
             }
             body[name] = entry
         return json_response(body)

@@ -85,11 +85,15 @@ def summary(plan: GatewayPlan) -> str:
                 flags.append("when " + " and ".join(c.describe() for c in be.conditions))
             if be.cache is not None:
                 flags.append("cache")
-            lines.append(
-                f"    {be.name:<16} {be.method} {be.upstream.name}{be.url.text}"
+            if be.graphql is not None:
+                flags.append("graphql")
+            call = (
+                f"{be.method} {be.upstream.name}{be.url.text}"
                 f"  timeout {format_duration(be.timeout_s)}"
-                + (f"  [{', '.join(flags)}]" if flags else "")
+                if be.upstream is not None
+                else "static"
             )
+            lines.append(f"    {be.name:<16} {call}" + (f"  [{', '.join(flags)}]" if flags else ""))
     return "\n".join(lines)
 
 

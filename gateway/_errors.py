@@ -23,14 +23,17 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
     └── RequestError                  one client request; .status, .code, .message, .fields
         ├── NotFound                  404 not_found: no endpoint has this path
         ├── MethodNotAllowed          405 method_not_allowed: the path exists, the method does not
-        ├── InvalidPathParameter      400 invalid_path_parameter: unsafe or malformed {param} value
+        ├── InvalidPathParameter      400 invalid_path_parameter: unsafe or malformed {param} value,
+        │                             or one a body template converts ({id:int}) that does not
         ├── InvalidQueryParameter     400 invalid_query_parameter: a query parameter the config
-        │                             reads ({query.NAME}, forward_query) is missing, unsafe or
-        │                             malformed
+        │                             reads ({query.NAME}, forward_query) is missing, unsafe,
+        │                             malformed or does not convert
         ├── InvalidHeader             400 invalid_header: a header field a {header.NAME}
-        │                             template reads is missing or unsafe
+        │                             template reads is missing, unsafe or does not convert
         ├── InvalidRequestBody        400 invalid_request_body: a backend sends the client's
-        │                             body (``body:``) and the request has none, or lacks the part
+        │                             body (``body:``) and the request has none, or lacks the
+        │                             part; a {body.PATH} value is missing, unsafe or does not
+        │                             convert (.fields["path"]: its JSONPath)
         ├── SchemaViolation           400 schema_violation: the JSON body or the query fails the
         │                             endpoint's request_schema or query_schema; .fields name
         │                             ``in`` (body, query), the JSONPath ``path`` of the failing
@@ -217,7 +220,9 @@ class InvalidHeader(RequestError):
 
 class InvalidRequestBody(RequestError):
     """The request body is not valid JSON, or a backend sends the client's JSON body, or a
-    part of it (``body:``), and the request has no body or lacks that part."""
+    part of it (``body:``), and the request has no body or lacks that part, or a
+    ``{body.PATH}`` reference finds nothing there, or a value that does not convert or is
+    unsafe where it goes. ``fields["path"]`` is the value's JSONPath (RFC 9535, ``$.items[0].sku``)."""
 
     status = 400
     code = "invalid_request_body"

@@ -112,8 +112,11 @@ async def call_backend(
     ``started_s`` is when it started, since the request did (for the result).
 
     Cancellation from outside (deadline, a failed required sibling, a client that left)
-    is not caught: it propagates, and the caller records the outcome.
+    is not caught: it propagates, and the caller records the outcome. A static backend
+    calls nothing: its result, made at load, is the answer.
     """
+    if backend.static is not None:
+        return _finished(backend.static, 0.0, started_s)
     trace = CURRENT.get()
     if trace is None or trace.span is None:
         return await _call_backend(sender, backend, ctx, results, started_s)
@@ -188,6 +191,7 @@ def _finished(
         result.cache,
         result.host,
         result.shareable,
+        result.errors,
     )
 
 
@@ -348,7 +352,8 @@ def backend_report(result: BackendResult) -> dict[str, Any]:
 
 def debug_block(endpoint: EndpointPlan, results: Sequence[BackendResult]) -> dict[str, Any]:
     """``{"backends": {NAME: {outcome, started_ms, duration_ms, depends_on, retries,
-    hedges[, reason][, host][, cache]}}}``."""
+    hedges[, reason][, host][, cache][, errors]}}}``; ``errors``: a GraphQL response's own
+    (the upstream's words, which the access log never carries)."""
     return {
         "backends": {
             backend.name: {
@@ -366,6 +371,7 @@ def debug_block(endpoint: EndpointPlan, results: Sequence[BackendResult]) -> dic
                 **({"host": result.host} if result.host else {}),
                 **({"cache": result.cache} if result.cache else {}),
                 **({"failed_items": n} if (n := failed_items(result)) else {}),
+                **({"errors": result.errors} if result.errors is not None else {}),
             }
             for backend, result in zip(endpoint.backends, results, strict=True)
         }

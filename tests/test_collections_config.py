@@ -149,7 +149,6 @@ def test_an_unknown_name_lists_the_groups_too() -> None:
     assert problems(cfg(*ORDERS, b("p", "/p/{order[*].id}", for_each=True))) == [
         f"{AT}.path: unknown backend in {{order[*].id}} (other backends: recent, archived; "
         "groups: orders)",
-        f"{AT}.for_each: needs a reference with [*], like {{orders.items[*].id}}",
     ]
 
 

@@ -6,7 +6,8 @@ follows them) and the size limits (``max_response_bytes`` per body, the request'
 :class:`ByteBudget` for all its backends) are applied inside; every failure but
 cancellation becomes a reply with an outcome. :func:`shape` turns a reply into the
 backend's :class:`BackendResult`: parse the JSON, select, transform, and copy the
-``return_headers``. The cache layer stores replies, not results, so a stored body is
+``return_headers`` (for a GraphQL backend, its response read first: ``data`` is the body
+to shape, ``errors`` make the outcome ``graphql_error``). The cache layer stores replies, not results, so a stored body is
 shaped anew for whichever backend reads it.
 """
 
@@ -23,6 +24,7 @@ import orjson
 from .._config.plan import BackendPlan
 from .._rules.aggregate import BackendResult, Outcome, http_outcome
 from .._rules.cachecontrol import may_share
+from .._rules.graphql import read_response
 from .._rules.headers import HOP_BY_HOP, connection_named
 from .._rules.transform import SelectMissing
 from .._upstream.transport import PoolKey, UpstreamResponse
@@ -249,6 +251,13 @@ def _shape(backend: BackendPlan, reply: Reply) -> BackendResult:
         return BackendResult(reply.outcome, detail=reply.detail, cache=reply.cache, host=reply.host)
     headers = returned_headers(backend, reply.headers)
     if reply.body is None:
+        if backend.graphql is not None:
+            return BackendResult(
+                Outcome.INVALID_RESPONSE,
+                detail="not a GraphQL response (no body)",
+                cache=reply.cache,
+                host=reply.host,
+            )
         return BackendResult(Outcome.OK, None, headers=headers, cache=reply.cache, host=reply.host)
     try:
         value = orjson.loads(reply.body)
@@ -259,6 +268,12 @@ def _shape(backend: BackendPlan, reply: Reply) -> BackendResult:
             cache=reply.cache,
             host=reply.host,
         )
+    if backend.graphql is not None:
+        outcome, value, errors, detail = read_response(value)
+        if outcome != Outcome.OK:
+            return BackendResult(
+                outcome, detail=detail, cache=reply.cache, host=reply.host, errors=errors
+            )
     try:
         selected = backend.transform.select_value(value)
     except SelectMissing as exc:

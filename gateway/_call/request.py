@@ -2,9 +2,15 @@
 
 Everything that addresses the upstream comes from config (origin, base path, the parsed
 templates); the client request contributes only the values the config references
-(``{param}``, ``{query.NAME}``, ``{header.NAME}``, the JSON body) and the fields it lists
-(``forward_headers``, ``forward_query``). Targets are percent-encoded and checked here, so
-the transport sends them as they are.
+(``{param}``, ``{query.NAME}``, ``{header.NAME}``, ``{body.PATH}``, the JSON body) and the
+fields it lists (``forward_headers``, ``forward_query``). Targets are percent-encoded and
+checked here, so the transport sends them as they are. A JSON body the backend builds (a
+body template, a GraphQL request: :mod:`gateway._rules.body`) is rendered from the same
+references, with their JSON types.
+
+:func:`_resolver` is the one place a reference's kind decides where its value is read;
+:func:`check_client_values` checks every value the client supplies before any upstream is
+called, as the request will use it (encoded, converted).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import httpx
@@ -19,13 +26,21 @@ import orjson
 
 from .._auth.rules import claim_at
 from .._config.plan import BackendPlan, EndpointPlan
-from .._errors import InvalidHeader, InvalidQueryParameter, InvalidRequestBody, MissingClaim
+from .._errors import (
+    InvalidHeader,
+    InvalidPathParameter,
+    InvalidQueryParameter,
+    InvalidRequestBody,
+    MissingClaim,
+)
 from .._observability.tracing import CURRENT
 from .._rules.aggregate import BackendResult, Outcome
+from .._rules.body import UnresolvedAt, check_values, place
 from .._rules.graph import all_hold, skipped_by_condition
+from .._rules.jsonpath import json_path
 from .._rules.template import (
+    WILDCARD,
     Ref,
-    Template,
     UnresolvedReference,
     expand,
     header_value,
@@ -130,6 +145,7 @@ def with_host(request: UpstreamRequest, base: BaseUrl) -> UpstreamRequest:
 
 
 _NO_ELEMENT = object()
+"""No ``for_each`` element: a ``[*]`` reference gives the array of its values."""
 
 # What an aggregated call asks for unless the config sets Accept or forwards the client's.
 DEFAULT_ACCEPT = (b"accept", b"application/json")
@@ -138,26 +154,38 @@ DEFAULT_ACCEPT = (b"accept", b"application/json")
 def _resolver(
     ctx: CallContext, results: Sequence[BackendResult | None], element: object = _NO_ELEMENT
 ) -> Callable[[Ref], JSON]:
+    """The value of each reference for one call. ``element``: the array element of a
+    ``for_each`` call, from which every ``[*]`` reference walks (they all walk one array);
+    without one, a ``[*]`` reference gives the array of its values (body templates)."""
+
     def resolve(ref: Ref) -> JSON:
-        if ref.kind == "param":
+        # The one place a reference's kind decides where its value is read.
+        kind = ref.kind
+        if kind == "param":
             return ctx.params[ref.name]
-        if ref.kind == "query":
+        if kind == "query":
             values = ctx.query.get(ref.name)
             if not values:
                 raise UnresolvedReference("not in the request's query")
             return values[0]
-        if ref.kind == "header":
+        if kind == "header":
             value = ctx.headers.get(ref.name)
             if value is None:
                 raise UnresolvedReference("not in the request's headers")
             return value
-        if ref.kind in ("jwt", "apikey"):
+        if kind in ("jwt", "apikey"):
             return identity_value(ctx, ref)
-        if ref.has_wildcard and element is not _NO_ELEMENT:
-            return element
-        result = results[ref.index]
-        assert result is not None and result.outcome == Outcome.OK
-        return walk(result.selected, ref.path)
+        if kind == "body":
+            source = ctx.json_body
+        else:
+            result = results[ref.index]
+            assert result is not None and result.outcome == Outcome.OK
+            source = result.selected
+        if ref.has_wildcard:
+            if element is not _NO_ELEMENT:
+                return walk(element, ref.path[ref.path.index(WILDCARD) + 1 :])
+            return expand(source, ref.path)
+        return walk(source, ref.path)
 
     return resolve
 
@@ -185,23 +213,29 @@ def check_client_values(
     endpoint: EndpointPlan, ctx: CallContext, malformed_query: Collection[str] = ()
 ) -> None:
     """Check, when the request arrives, every value from the client request that a backend
-    to be called will read: ``{query.NAME}`` and ``{header.NAME}`` references (present, and
-    safe where they go, as :func:`build_request` will encode them) and the JSON body a
-    ``body:`` sends. Backends a ``when:`` skips are not checked. Path parameters were
-    checked by the router, and values from upstream responses can only be checked when
-    they arrive (``invalid_reference``).
+    to be called will read: ``{query.NAME}``, ``{header.NAME}`` and ``{body.PATH}``
+    references (present, safe where they go, as :func:`build_request` will encode them,
+    and converting where a body template converts them, path parameters included), and
+    the JSON body a ``body:`` sends. Backends a ``when:`` skips are not checked. Path
+    parameters were checked by the router, and values from upstream responses can only be
+    checked when they arrive (``invalid_reference``).
 
-    A missing or unsafe client value is the client's mistake (RFC 9110 section 15.5.1:
-    400, so it can correct the request), never an upstream failure; checking it here
-    means no upstream is called for a request that cannot be completed.
+    A missing, unsafe or unconvertible client value is the client's mistake (RFC 9110
+    section 15.5.1: 400, so it can correct the request), never an upstream failure;
+    checking it here means no upstream is called for a request that cannot be completed.
 
     Args:
         malformed_query: names whose first value has malformed percent-encoding.
 
     Raises:
-        InvalidQueryParameter: a referenced query parameter is missing, malformed or unsafe.
-        InvalidHeader: a referenced header field is missing or unsafe.
-        InvalidRequestBody: a backend sends the body (or a part of it) and there is none.
+        InvalidQueryParameter: a referenced query parameter is missing, malformed, unsafe
+            or does not convert.
+        InvalidHeader: a referenced header field is missing, unsafe or does not convert.
+        InvalidPathParameter: a path parameter a body template converts does not convert.
+        InvalidRequestBody: a backend sends the body (or a part of it) and there is none,
+            or a referenced part of it is missing or does not convert; ``path`` is its
+            JSONPath.
+        MissingClaim: the verified identity lacks a claim a template reads.
     """
     backends = endpoint.backends
     skipped = (
@@ -216,24 +250,31 @@ def check_client_values(
     for i, backend in enumerate(backends):
         if skipped is not None and skipped[i]:
             continue
-        _check_template(backend.url, url_value, ctx, malformed_query)
+        for ref in backend.url.refs:
+            _check_ref(ref, url_value, ctx, malformed_query)
         for _, template in backend.header_templates:
-            _check_template(template, header_value, ctx, malformed_query)
+            for ref in template.refs:
+                _check_ref(ref, header_value, ctx, malformed_query)
+        if backend.payload is not None:
+            for use in backend.payload.uses:
+                _check_ref(use.ref, partial(place, use.ref, sink=use.sink), ctx, malformed_query)
+        if backend.for_each:
+            _check_body_array(backend, ctx)
         if backend.body is None:
             continue
         if ctx.body is None:
             raise InvalidRequestBody(
                 f"backend {backend.name!r} sends the request's JSON body, and the request has none",
-                fields={"in": "body"},
+                fields={"in": "body", "path": ""},
             )
         if backend.body:
             try:
                 walk(ctx.json_body, backend.body)
             except UnresolvedReference as exc:
-                pointer = ".".join(str(s) for s in backend.body)
+                dotted = ".".join(str(s) for s in backend.body)
                 raise InvalidRequestBody(
-                    f"backend {backend.name!r} sends {pointer!r} of the request body: {exc}",
-                    fields={"parameter": pointer, "in": "body"},
+                    f"backend {backend.name!r} sends {dotted!r} of the request body: {exc}",
+                    fields={"parameter": dotted, "in": "body", "path": json_path(backend.body)},
                 ) from None
 
 
@@ -264,47 +305,92 @@ def check_schemas(
         check_body(endpoint.request_schema, json_body)
 
 
-def _check_template(
-    template: Template,
-    encode: Callable[[JSON], str],
+def _check_ref(
+    ref: Ref,
+    encode: Callable[[JSON], object],
     ctx: CallContext,
     malformed_query: Collection[str],
 ) -> None:
-    for ref in template.refs:
-        if ref.kind == "query":
-            fields = {"parameter": ref.name, "in": "query"}
-            what = f"query parameter {ref.name!r}"
-            if ref.name in malformed_query:
-                raise InvalidQueryParameter(f"{what}: malformed percent-encoding", fields=fields)
-            values = ctx.query.get(ref.name)
-            if not values:
-                raise InvalidQueryParameter(f"{what} is required", fields=fields)
-            value: str = values[0]
-            error: type[InvalidQueryParameter | InvalidHeader] = InvalidQueryParameter
-        elif ref.kind == "header":
-            fields = {"parameter": ref.name, "in": "header"}
-            what = f"header field {ref.name!r}"
-            header = ctx.headers.get(ref.name)
-            if header is None:
-                raise InvalidHeader(f"{what} is required", fields=fields)
-            value, error = header, InvalidHeader
-        elif ref.kind in ("jwt", "apikey"):
-            # a verified identity without what the endpoint reads: the client cannot fix
-            # it by correcting the request, so a 403 (see MissingClaim), before any call
-            claim = ".".join(str(s) for s in ref.path) if ref.kind == "jwt" else "apikey.name"
-            try:
-                encode(identity_value(ctx, ref))
-            except UnresolvedReference as exc:
-                raise MissingClaim(
-                    f"{ref.text}: {exc}", reason="missing_claim", fields={"claim": claim}
-                ) from None
-            continue
-        else:
-            continue
+    """Check one client value a reference reads, as ``encode`` will use it."""
+    kind = ref.kind
+    error: type[InvalidQueryParameter | InvalidHeader | InvalidPathParameter]
+    if kind == "query":
+        fields = {"parameter": ref.name, "in": "query"}
+        what = f"query parameter {ref.name!r}"
+        if ref.name in malformed_query:
+            raise InvalidQueryParameter(f"{what}: malformed percent-encoding", fields=fields)
+        values = ctx.query.get(ref.name)
+        if not values:
+            raise InvalidQueryParameter(f"{what} is required", fields=fields)
+        value: str = values[0]
+        error = InvalidQueryParameter
+    elif kind == "header":
+        fields = {"parameter": ref.name, "in": "header"}
+        what = f"header field {ref.name!r}"
+        header = ctx.headers.get(ref.name)
+        if header is None:
+            raise InvalidHeader(f"{what} is required", fields=fields)
+        value, error = header, InvalidHeader
+    elif kind == "param":
+        if ref.convert is None:
+            return  # checked by the router
+        fields = {"parameter": ref.name, "in": "path"}
+        what = f"path parameter {ref.name!r}"
+        value, error = ctx.params[ref.name], InvalidPathParameter
+    elif kind in ("jwt", "apikey"):
+        # a verified identity without what the endpoint reads: the client cannot fix
+        # it by correcting the request, so a 403 (see MissingClaim), before any call
+        claim = ".".join(str(s) for s in ref.path) if kind == "jwt" else "apikey.name"
         try:
-            encode(value)
+            encode(identity_value(ctx, ref))
         except UnresolvedReference as exc:
-            raise error(f"{what}: {exc}", fields=fields) from None
+            raise MissingClaim(
+                f"{ref.text}: {exc}", reason="missing_claim", fields={"claim": claim}
+            ) from None
+        return
+    elif kind == "body":
+        _check_body_ref(ref, encode, ctx)
+        return
+    else:
+        return
+    try:
+        encode(value)
+    except UnresolvedReference as exc:
+        raise error(f"{what}: {exc}", fields=fields) from None
+
+
+def _check_body_ref(ref: Ref, encode: Callable[[JSON], object], ctx: CallContext) -> None:
+    """A ``{body.PATH}`` value (with ``[*]``: every element's) is there and converts; the
+    error names where with a JSONPath (RFC 9535), never the value."""
+    if ctx.body is None:
+        raise InvalidRequestBody(
+            f"{ref.text} reads the request's JSON body, and the request has none",
+            fields={"in": "body", "path": ""},
+        )
+    try:
+        check_values(ctx.json_body, ref.path, encode)
+    except UnresolvedAt as exc:
+        raise InvalidRequestBody(
+            f"{ref.text}: {exc}", fields={"in": "body", "path": exc.at}
+        ) from None
+
+
+def _check_body_array(backend: BackendPlan, ctx: CallContext) -> None:
+    """A ``for_each`` over an array of the client's body: no more elements than
+    ``max_calls`` (the client sent too many, a 400, rather than an upstream's failure)."""
+    ref = next(r for r in backend.refs if r.has_wildcard)
+    if ref.kind != "body" or ctx.body is None:
+        return
+    head = ref.path[: ref.path.index(WILDCARD)]
+    try:
+        array = walk(ctx.json_body, head)
+    except UnresolvedReference:
+        return  # named by the checks of the reference itself
+    if isinstance(array, list) and len(array) > backend.max_calls:
+        raise InvalidRequestBody(
+            f"{ref.text}: {len(array)} elements exceed max_calls {backend.max_calls}",
+            fields={"in": "body", "path": json_path(head)},
+        )
 
 
 def build_request(
@@ -362,7 +448,13 @@ def build_request(
             content = ctx.body  # forwarded intact
         if b"content-type" not in configured:
             headers.append((b"content-type", b"application/json"))
-    base = backend.upstream.base
+    elif backend.payload is not None:  # a body template, or a GraphQL request
+        content = backend.payload.encode(resolve)
+        if b"content-type" not in configured:
+            headers.append((b"content-type", b"application/json"))
+    upstream = backend.upstream
+    assert upstream is not None  # a static backend makes no request
+    base = upstream.base
     partition = ctx.identity.partition if ctx.identity is not None else ""
     return upstream_request(
         backend.method, base, base.base_path + path, headers, content, partition
@@ -383,16 +475,18 @@ def build_requests(
     """
     if not backend.for_each:
         return [build_request(backend, ctx, results, span_id=span_id)]
-    ref = next(
-        r
-        for t in (backend.url, *(t for _, t in backend.header_templates))
-        for r in t.refs
-        if r.has_wildcard
-    )
-    source = results[ref.index]
-    assert source is not None
+    # every [*] reference of the backend walks this one array (checked at load)
+    ref = next(r for r in backend.refs if r.has_wildcard)
+    if ref.kind == "body":
+        source: JSON = ctx.json_body
+    else:
+        result = results[ref.index]
+        assert result is not None
+        source = result.selected
     try:
-        elements = expand(source.selected, ref.path)
+        elements = walk(source, ref.path[: ref.path.index(WILDCARD)])
+        if not isinstance(elements, list):
+            raise UnresolvedReference("[*] needs an array")
     except UnresolvedReference as exc:
         raise UnresolvedReference(f"{ref.text}: {exc}") from None
     if len(elements) > backend.max_calls:

@@ -10,6 +10,7 @@ these (its merge is then the hot path's). Every problem is collected, with its p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,7 +77,7 @@ def link_group(
         )
     if own in members:
         return f"{ref.text} reads group {ref.name!r}, which this backend is part of"
-    return Ref("backend", ref.name, ref.path, ref.text, group.slot)
+    return dataclasses.replace(ref, kind="backend", index=group.slot)
 
 
 def _listed(members: Sequence[int], names: Mapping[str, int]) -> str:

@@ -36,7 +36,7 @@ from .._rules.resilience import (
     RetrySettings,
 )
 from .._rules.template import Ref, Template, parse_template, parse_url_template
-from .._rules.transform import Transform, split_path
+from .._rules.transform import Transform
 from .._rules.urls import (
     BaseUrl,
     RepeatedParameter,
@@ -49,12 +49,17 @@ from .._rules.urls import (
 )
 from .._state.limiter import parse_limit
 from .auth_compile import compile_policies, endpoint_auth
+from .body_compile import (
+    compile_request_shape,
+    graphql_warnings,
+    static_ref_problems,
+    static_result,
+)
 from .collections_compile import GroupSlot, compile_collections, group_slots, link_group
 from .cors_compile import compile_cors
 from .load import format_path, load_document, read_config_file
 from .model import (
     BackendConfig,
-    BodySelectConfig,
     BulkheadConfig,
     CircuitBreakerConfig,
     DefaultsConfig,
@@ -361,6 +366,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                 plan = None
             if plan is not None:
                 backends.append(plan)
+        static_ref_problems(backends, names, where, file, problems)
         if len(backends) == len(ep.backends):
             cycle = find_cycle({b.name: [backends[d].name for d in b.deps] for b in backends})
             if cycle:
@@ -389,7 +395,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
         # a policy left out for problems of its own (reported there) cannot tell whether
         # {jwt.*} or {apikey.name} could be filled
         if not any(name not in policies and known_policies(name) for name in auth_names):
-            _identity_refs(backends, auth, where, file, problems)
+            _identity_refs(backends, names, auth, where, file, problems)
         schemas = endpoint_schemas(ep, where, file, problems)  # reported even without a plan
         if len(backends) == len(ep.backends):
             cache = _endpoint_cache(
@@ -620,28 +626,27 @@ def _with_cors(fields: dict[str, Any], cors: CorsPolicy | None) -> dict[str, Any
 
 def _identity_refs(
     backends: list[BackendPlan],
+    names: Mapping[str, int],
     auth: EndpointAuth | None,
     where: tuple[int | str, ...],
     file: str,
     problems: list[ConfigProblem],
 ) -> None:
     """``{jwt.*}`` needs a JWT policy on the endpoint, ``{apikey.name}`` an API key one:
-    otherwise the reference could never be filled."""
-    for bi, backend in enumerate(backends):
-        templates = [(("path",), backend.url)] + [
-            (("headers", name), template) for name, template in backend.header_templates
-        ]
-        for key, template in templates:
-            for ref in template.refs:
-                if ref.kind == "jwt" and (auth is None or not auth.has_jwt):
-                    message = f"{ref.text} needs a jwt policy in the endpoint's auth"
-                elif ref.kind == "apikey" and (auth is None or not auth.has_api_key):
-                    message = f"{ref.text} needs an api_key policy in the endpoint's auth"
-                else:
-                    continue
-                problems.append(
-                    ConfigProblem(file, format_path((*where, "backends", bi, *key)), message)
-                )
+    otherwise the reference could never be filled. ``names``: each backend's index in the
+    config (``backends`` leaves out those that did not compile)."""
+    for backend in backends:
+        bi = names[backend.name]
+        for key, ref in backend.located_refs:
+            if ref.kind == "jwt" and (auth is None or not auth.has_jwt):
+                message = f"{ref.text} needs a jwt policy in the endpoint's auth"
+            elif ref.kind == "apikey" and (auth is None or not auth.has_api_key):
+                message = f"{ref.text} needs an api_key policy in the endpoint's auth"
+            else:
+                continue
+            problems.append(
+                ConfigProblem(file, format_path((*where, "backends", bi, *key)), message)
+            )
 
 
 def _rate_limits(
@@ -896,7 +901,7 @@ def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
     for ep in plan.endpoints:
         for bi, be in enumerate(ep.backends):
             where = ("endpoints", ep.index, "backends", bi)
-            if not ep.passthrough and be.timeout_s > ep.deadline_s:
+            if be.upstream is not None and not ep.passthrough and be.timeout_s > ep.deadline_s:
                 timeout_from = _timeout_origin(plan.config, ep.index, bi, be.upstream.name)
                 own = timeout_from == format_path((*where, "timeout"))
                 warnings.append(
@@ -933,6 +938,7 @@ def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
                         "(its failure fails the request)",
                     )
                 )
+        warnings += graphql_warnings(file, ep.index, ep.backends)
         if ep.cache is not None:
             warnings.extend(_cache_warnings(file, ep, ep.cache))
         if ep.cors is not None and ep.method not in ep.cors.methods:
@@ -1015,7 +1021,7 @@ def _cache_warnings(file: str, ep: EndpointPlan, cache: EndpointCachePlan) -> li
     return warnings
 
 
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+NO_PATH = Template("", ())  # a graphql backend's without a path: the upstream's URL itself
 
 
 @dataclass(frozen=True)
@@ -1059,9 +1065,12 @@ def _compile_backend(
         problem("name", f"{be.name!r} is reserved for {{{be.name}.NAME}} references")
     elif be.name in route.param_names:
         problem("name", f"{be.name!r} is also a path parameter: {{{be.name}}} would be ambiguous")
-    upstream = upstreams.get(be.upstream)
+    upstream = upstreams.get(be.upstream) if be.upstream is not None else None
     # an upstream that exists but failed to compile was reported already
-    if (
+    if be.upstream is None:
+        if "static" not in be.model_fields_set:
+            problem("upstream", "required key is missing")
+    elif (
         upstream is None
         and be.upstream not in config.upstreams
         and not left_out.parts.upstream_left_out(be.upstream)
@@ -1070,7 +1079,6 @@ def _compile_backend(
         problem("upstream", f"unknown upstream {be.upstream!r} (known: {known})")
 
     deps: list[int] = []
-    wildcards: list[str] = []
 
     def link(ref: Ref, key: str | tuple[int | str, ...]) -> Ref:
         grouped = link_group(ref, names.get(be.name, -1), names, groups or {})
@@ -1079,13 +1087,9 @@ def _compile_backend(
                 problem(key, grouped)
             else:
                 deps.extend(m for m in (groups or {})[ref.name].plan.members if m not in deps)
-            if ref.has_wildcard:
-                wildcards.append(ref.text)
             return ref if isinstance(grouped, str) else grouped
         if ref.kind in ("param", "backend") and left_out.may_name(ref.name, names, route):
             # a backend left out for problems of its own: fine once they are fixed
-            if ref.has_wildcard:
-                wildcards.append(ref.text)
             return ref
         if ref.kind == "param":
             if ref.name in route.param_names:
@@ -1094,7 +1098,7 @@ def _compile_backend(
                 known = ", ".join(dict.fromkeys(route.param_names)) or "none"
                 problem(key, f"unknown path parameter {ref.text} (the endpoint path has: {known})")
                 return ref
-            ref = Ref("backend", ref.name, (), ref.text)
+            ref = replace(ref, kind="backend")
         if ref.kind != "backend":
             return ref
         if ref.name not in names:
@@ -1108,15 +1112,17 @@ def _compile_backend(
         index = names[ref.name]
         if index not in deps:
             deps.append(index)
-        if ref.has_wildcard:
-            wildcards.append(ref.text)
-        return Ref(ref.kind, ref.name, ref.path, ref.text, index)
+        return replace(ref, index=index)
 
-    url: Template | None = None
-    try:
-        url = parse_url_template(be.path).with_refs(lambda r: link(r, "path"))
-    except TemplateError as exc:
-        problem("path", str(exc))
+    url: Template | None = NO_PATH
+    if be.path is not None:
+        try:
+            url = parse_url_template(be.path).with_refs(lambda r: link(r, "path"))
+        except TemplateError as exc:
+            url = None
+            problem("path", str(exc))
+    elif be.graphql is None and "static" not in be.model_fields_set:
+        problem("path", "required key is missing")
     header_templates: list[tuple[str, Template]] = []
     for header_name, value in _check_headers(be.headers, file, (*where, "headers"), problems):
         header_key: tuple[int | str, ...] = ("headers", header_name)
@@ -1129,12 +1135,9 @@ def _compile_backend(
             (header_name, parsed.with_refs(lambda r, k=header_key: link(r, k)))  # type: ignore[misc]
         )
 
-    if be.for_each and not wildcards:
-        problem("for_each", "needs a reference with [*], like {orders.items[*].id}")
-    elif not be.for_each and wildcards:
-        problem("path", f"{wildcards[0]} walks an array: set for_each: true")
-    elif len(wildcards) > 1:
-        problem("for_each", f"one [*] reference per backend (found {', '.join(wildcards)})")
+    shape = compile_request_shape(
+        be, endpoint, route.param_names, url or NO_PATH, header_templates, link, problem
+    )
 
     conditions: list[Condition] = []
     whens = be.when if isinstance(be.when, list) else [be.when] if be.when else []
@@ -1158,20 +1161,6 @@ def _compile_backend(
                 frozenset(when.in_) if when.in_ is not None else None,
             )
         )
-
-    body: tuple[str, ...] | None = None
-    if be.body is not None:
-        if be.method not in BODY_METHODS or endpoint.method not in BODY_METHODS:
-            problem(
-                "body", "sending a body needs POST, PUT or PATCH on the endpoint and the backend"
-            )
-        if isinstance(be.body, BodySelectConfig):
-            try:
-                body = split_path(be.body.select)
-            except ValueError as exc:
-                problem(("body", "select"), str(exc))
-        else:
-            body = ()
 
     return_headers: list[bytes] = []
     for hi, header in enumerate(be.return_headers):
@@ -1225,6 +1214,26 @@ def _compile_backend(
                 )
         if deps:
             problem("path", "a passthrough backend cannot reference another backend")
+    placement = Placement(be.name, be.required, be.group, backend_has_default(be), be.default)
+    if shape.static:
+        static = static_result(be.static, transform, problem)
+        if len(problems) > before or url is None:
+            return None
+        return BackendPlan(
+            name=be.name,
+            upstream=None,
+            method="GET",
+            url=url,
+            timeout_s=0.0,
+            max_response_bytes=0,
+            headers=(),
+            header_templates=(),
+            transform=transform,
+            placement=placement,
+            required=be.required,
+            conditions=tuple(conditions),
+            static=static,
+        )
     if len(problems) > before or upstream is None or url is None:
         return None
     guard, own_breaker, own_bulkhead = _backend_guard(be, upstream)
@@ -1237,7 +1246,7 @@ def _compile_backend(
     return BackendPlan(
         name=be.name,
         upstream=upstream,
-        method=be.method,
+        method=shape.method,
         url=url,
         timeout_s=be.timeout if be.timeout is not None else upstream.timeout_s,
         max_response_bytes=upstream.max_response_bytes,
@@ -1250,14 +1259,14 @@ def _compile_backend(
         ),
         header_templates=tuple(header_templates),
         transform=transform,
-        placement=Placement(be.name, be.required, be.group, backend_has_default(be), be.default),
+        placement=placement,
         required=be.required,
         deps=tuple(deps),
         conditions=tuple(conditions),
         for_each=be.for_each,
         max_calls=be.max_calls,
         on_item_error=be.on_item_error,
-        body=body,
+        body=shape.body,
         return_headers=frozenset(return_headers),
         follow_redirects=be.follow_redirects,
         max_redirects=be.max_redirects,
@@ -1266,6 +1275,8 @@ def _compile_backend(
         own_bulkhead=own_bulkhead,
         guard_key=f"{upstream.name}@{endpoint.method} {endpoint.path}#{be.name}" if guard else "",
         cache=cache,
+        payload=shape.payload,
+        graphql=shape.graphql,
     )
 
 

@@ -552,30 +552,67 @@ def _item_errors(value: object) -> object:
     return value
 
 
-class BodySelectConfig(_Model):
-    """Send a part of the client's JSON body."""
+class BodyConfig(_Model):
+    """The JSON body of the call: a part of the client's JSON body, or a template. Exactly
+    one of `select` and `template`. Sent with `Content-Type: application/json` (unless the
+    backend's `headers` set one)."""
 
-    select: str
+    select: str | None = None
     """Dot path into the client's JSON body; its value is sent as the backend's JSON body."""
+
+    template: JsonValue = None
+    """Any JSON, sent with its references filled in, compiled at load. A string that is
+    exactly one reference (`"{body.count}"`) becomes the value with its JSON type (a
+    number stays a number, an array an array); a `[*]` reference gives the array of the
+    values at every element (`"{body.items[*].sku}"`), or with `for_each` the value at this
+    call's element; a string mixing text and references stays a string. A reference may
+    end in a conversion, `:int`, `:float`, `:str` or `:bool` (`"{query.n:int}"`; see the
+    README). References are those of `path`, and `{body.dot.path}` (the client's JSON
+    body). A client value that is missing or does not convert is a 400 before any upstream
+    is called; an upstream's, outcome `invalid_reference`."""
+
+
+class GraphQLConfig(_Model):
+    """Call a GraphQL API: POST `{"query", "operationName", "variables"}` as
+    `application/json`. The response's `data` is the result (then `select` and the other
+    transforms apply to it); a response with `errors`, with or without `data`, has outcome
+    `graphql_error` (the backend's `default` applies; `debug: true` shows the errors).
+    `gateway check` parses the query."""
+
+    query: str
+    """The GraphQL document (a query or a mutation; not a subscription). A syntax error is
+    a config error naming its line and column in the query."""
+
+    variables: dict[str, JsonValue] = Field(default_factory=dict)
+    """The operation's variables: a body template (see `body.template`), so references
+    keep their JSON type and may convert (`"{query.first:int}"`). Every variable the
+    operation declares non-null without a default must be given."""
+
+    operation_name: str | None = None
+    """The operation to run (`operationName`), needed when the document has several."""
 
 
 class BackendConfig(_Model):
-    """One upstream call of an endpoint, and how its JSON result is shaped and placed."""
+    """One upstream call of an endpoint (or a static value), and how its JSON result is
+    shaped and placed."""
 
     name: Name
     """Unique within the endpoint; used in `X-Gateway-Backends` and error bodies."""
 
-    upstream: str
-    """Name of an entry under `upstreams`."""
+    upstream: str | None = None
+    """Name of an entry under `upstreams`; every backend but a `static` one has one."""
 
-    path: str
-    """Path and optional query appended to the upstream's URL. May use references:
-    `{param}` (an endpoint path parameter), `{query.NAME}`, `{header.NAME}` and
+    path: str | None = None
+    """Path and optional query appended to the upstream's URL (required, but for a
+    `graphql` backend, where omitted means the upstream's URL itself, and a `static` one,
+    which has none). May use references: `{param}` (an endpoint path parameter),
+    `{query.NAME}`, `{header.NAME}`, `{body.dot.path}` (the client's JSON body) and
     `{BACKEND.dot.path}` (another backend's selected result, which makes this backend
     depend on it); every value is percent-encoded whole."""
 
     method: Method = "GET"
-    """HTTP method of the upstream call. For passthrough endpoints the client's method is used."""
+    """HTTP method of the upstream call. For passthrough endpoints the client's method is
+    used; a `graphql` backend's is POST."""
 
     required: bool = False
     """If this backend fails, the whole request fails (502, or 504 on timeout) and the
@@ -599,12 +636,14 @@ class BackendConfig(_Model):
     Otherwise its outcome is `skipped`: left out of the body, not a failure."""
 
     for_each: bool = False
-    """With a `[*]` reference (`{orders.items[*].product_id}`): call once per array
-    element, concurrently, and return the results as a list in element order."""
+    """With a `[*]` reference (`{orders.items[*].product_id}`, or the client's
+    `{body.items[*].sku}`): call once per array element, concurrently, and return the
+    results as a list in element order. Every `[*]` reference of the backend (path,
+    headers, body template) walks that one array and reads this call's element."""
 
     max_calls: int = Field(default=32, ge=1, le=1024)
     """With `for_each`: the most calls one request may make; a longer array fails this
-    backend with `invalid_reference`."""
+    backend with `invalid_reference` (a longer array in the client's body is a 400)."""
 
     into: str | None = None
     """With `for_each`: put each call's result into the element its value came from
@@ -622,9 +661,19 @@ class BackendConfig(_Model):
     With `skip` and `"null"` the backend's outcome stays `ok`; `debug` counts the failed
     calls."""
 
-    body: Literal["forward"] | BodySelectConfig | None = None
+    body: Literal["forward"] | BodyConfig | None = None
     """For a POST, PUT or PATCH call: `forward` sends the client's JSON body unchanged;
-    `{select: dot.path}` sends that part of it."""
+    `{select: dot.path}` sends that part of it; `{template: ...}` sends JSON built from
+    references (see `body.template`)."""
+
+    graphql: GraphQLConfig | None = None
+    """Make this a GraphQL call (see `graphql`): not with `body`."""
+
+    static: JsonValue = None
+    """Make this a static backend: no upstream and no call; it answers this value at once
+    (outcome `ok`, duration 0), which `select`, `allow`, `deny`, `rename` and `group` shape
+    and other backends may reference, as any result. For mocks, defaults and feature
+    flags. Not with `upstream`, `path`, `method` or any setting of a call."""
 
     follow_redirects: bool = False
     """Follow redirects from the upstream, to the same origin only (scheme, host and port
@@ -706,9 +755,10 @@ class EndpointConfig(_Model):
     """Add `"_gateway": {"backends": {NAME: {outcome, started_ms, duration_ms,
     depends_on, retries, hedges}}}` to the response body, to see the critical path; also
     `reason` for a backend that failed, `host` (the origin that answered) for upstreams
-    with several `urls`, `cache` for a call the cache answered, and `failed_items` for a
-    `for_each` backend whose failed calls did not fail it (`on_item_error`). Not added to
-    a body that `shape.select` made something other than an object."""
+    with several `urls`, `cache` for a call the cache answered, `failed_items` for a
+    `for_each` backend whose failed calls did not fail it (`on_item_error`), and `errors`
+    (the response's own) for a GraphQL backend whose outcome is `graphql_error`. Not added
+    to a body that `shape.select` made something other than an object."""
 
     passthrough: bool = False
     """Stream one backend's response (status, headers, body) to the client unchanged,

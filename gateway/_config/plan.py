@@ -17,21 +17,23 @@ from .._auth.plan import EndpointAuth
 from .._errors import ConfigProblem
 from .._rules.admin import ADMIN_PREFIX as ADMIN_PREFIX
 from .._rules.admin import Listener
-from .._rules.aggregate import Placement
+from .._rules.aggregate import BackendResult, Placement
 from .._rules.balance import Balance, OutlierSettings
+from .._rules.body import Payload
 from .._rules.collect import CollectionsPlan, ItemErrors
 from .._rules.cors import CorsPolicy
 from .._rules.forwarded import Network
 from .._rules.graph import Condition
+from .._rules.graphql import GraphQLPlan
 from .._rules.resilience import GuardSettings
-from .._rules.template import Template
+from .._rules.template import Ref, Template
 from .._rules.transform import Transform
 from .._rules.urls import BaseUrl, RoutePattern, Router
 from .._rules.validation import CompiledSchema
 from .._state.limiter import Limit
 from .model import DEFAULT_MAX_TOTAL_RESPONSE_BYTES, GatewayConfig
 
-RESERVED_BACKEND_NAMES = frozenset({"query", "header", "jwt", "apikey"})
+RESERVED_BACKEND_NAMES = frozenset({"query", "header", "jwt", "apikey", "body"})
 
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 section 5.6.2
 BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 section 5.5: no CR, LF, NUL
@@ -109,14 +111,13 @@ def request_reads(
     query: set[str] = set(forward_query)
     headers: set[str] = {name.lower() for name in forward_headers}
     for backend in backends:
-        for template in (backend.url, *(t for _, t in backend.header_templates)):
-            for ref in template.refs:
-                if ref.kind == "param":
-                    params.add(ref.name)
-                elif ref.kind == "query":
-                    query.add(ref.name)
-                elif ref.kind == "header":
-                    headers.add(ref.name)
+        for ref in backend.refs:
+            if ref.kind == "param":
+                params.add(ref.name)
+            elif ref.kind == "query":
+                query.add(ref.name)
+            elif ref.kind == "header":
+                headers.add(ref.name)
         for condition in backend.conditions:
             (query if condition.source == "query" else headers).add(condition.name)
     return RequestReads(frozenset(params), frozenset(query), frozenset(headers))
@@ -145,10 +146,30 @@ class BackendCachePlan:
     coalesce: bool
 
 
+Located = tuple[tuple[int | str, ...], Ref]
+"""A reference with where it is in the backend's config (``("headers", "X-A")``)."""
+
+
+def locate_refs(
+    url: Template,
+    header_templates: Iterable[tuple[str, Template]],
+    payload: Payload | None,
+    graphql: bool,
+) -> tuple[Located, ...]:
+    """Every reference of a backend's call (path, headers, the body it builds), with where
+    it is in the backend's config."""
+    found: list[Located] = [(("path",), ref) for ref in url.refs]
+    found += [(("headers", n), ref) for n, t in header_templates for ref in t.refs]
+    if payload is not None:
+        root = ("graphql", "variables") if graphql else ("body", "template")
+        found += [((*root, *use.location), use.ref) for use in payload.uses]
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class BackendPlan:
     name: str
-    upstream: UpstreamPlan
+    upstream: UpstreamPlan | None  # None: a static backend
     method: str
     url: Template
     timeout_s: float
@@ -201,11 +222,25 @@ class BackendPlan:
     own_bulkhead: bool = False
     guard_key: str = ""
     cache: BackendCachePlan | None = None
+    # the JSON body built for each call (body: {template}, or graphql's request)
+    payload: Payload | None = None
+    graphql: GraphQLPlan | None = None
+    static: BackendResult | None = None  # a static backend's result, made at load
 
     @property
     def guard_name(self) -> str:
         """Key of this backend's guard: its own, else its upstream's."""
-        return self.guard_key or self.upstream.name
+        return self.guard_key or (self.upstream.name if self.upstream is not None else "")
+
+    @cached_property
+    def located_refs(self) -> tuple[Located, ...]:
+        """Every reference of the call (see :func:`locate_refs`)."""
+        return locate_refs(self.url, self.header_templates, self.payload, self.graphql is not None)
+
+    @cached_property
+    def refs(self) -> tuple[Ref, ...]:
+        """Every reference of the call (see :attr:`located_refs`)."""
+        return tuple(ref for _, ref in self.located_refs)
 
 
 @dataclass(frozen=True)
@@ -252,20 +287,22 @@ class EndpointPlan:
 
     @cached_property
     def reads_body(self) -> bool:
-        """Whether any backend sends (part of) the client's JSON body, or a
-        ``request_schema`` checks it."""
-        return self.request_schema is not None or any(b.body is not None for b in self.backends)
+        """Whether any backend sends (part of) the client's JSON body or references it, or
+        a ``request_schema`` checks it."""
+        return self.request_schema is not None or any(
+            b.body is not None or any(r.kind == "body" for r in b.refs) for b in self.backends
+        )
 
     @cached_property
     def reads_request_values(self) -> bool:
         """Whether conditions or templates look at the client's query or headers, or at
-        the verified identity's claims or key name."""
+        the verified identity's claims or key name, or convert a path parameter."""
         return any(
             b.conditions
             or any(
                 r.kind in ("query", "header", "jwt", "apikey")
-                for t in (b.url, *(t for _, t in b.header_templates))
-                for r in t.refs
+                or (r.kind == "param" and r.convert is not None)
+                for r in b.refs
             )
             for b in self.backends
         )

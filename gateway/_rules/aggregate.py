@@ -37,6 +37,8 @@ class Outcome:
     SKIPPED: Final = "skipped"
     """Not called because its ``when:`` condition (or a dependency's) did not hold.
     Not a failure: left out of the body, the response stays complete."""
+    GRAPHQL_ERROR: Final = "graphql_error"
+    """A GraphQL backend's response carried ``errors`` (with or without ``data``)."""
 
 
 def http_outcome(status: int) -> str:
@@ -74,6 +76,9 @@ class BackendResult:
     # whether its reply may be given to other clients: an answer made of one that may not
     # is kept by no cache, whether or not its headers are returned
     shareable: bool = True
+    # a GraphQL response's errors (outcome graphql_error), for debug output only: the
+    # upstream's own words never go to the logs
+    errors: JSON = None
 
     @property
     def ok(self) -> bool:

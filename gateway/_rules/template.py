@@ -8,11 +8,17 @@ A template is literal text with references in braces:
 - ``{jwt.sub}``, ``{jwt.org.id}``: a claim of the request's verified token, by dot path
   (endpoints with a JWT auth policy);
 - ``{apikey.name}``: the name of the request's API key (endpoints with an API key policy);
+- ``{body.items[0].sku}``: a value of the client's JSON body (``{body}`` alone is all of
+  it), on POST, PUT and PATCH endpoints;
 - ``{profile.segment}``: a value from another backend's result, after its ``select`` and
   before its other transforms (``{profile}`` alone is the whole selected value; ``[N]``
   or a digits segment indexes an array; ``[*]`` walks every element, for ``for_each``);
 - ``{orders[*].product_id}`` where ``orders`` is a ``group``: the group's merged value
   (:func:`gateway._rules.collect.group_value`), read like a backend's result.
+
+In a body template (:mod:`gateway._rules.body`) a reference may end in a conversion,
+``:int``, ``:float``, ``:str`` or ``:bool`` (``{body.count:int}``); elsewhere a conversion
+is a syntax error.
 
 ``{{`` and ``}}`` are literal braces. A value must be a string or a number; in a path or
 query it must pass the same rules as a path parameter (not empty, ``.`` or ``..``; no
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .._errors import InvalidPathParameter
@@ -39,7 +45,9 @@ from .urls import TemplateError, check_param_value, encode_value, is_url_literal
 WILDCARD = "*"
 """A ``[*]`` segment in a backend reference's path."""
 
-RefKind = Literal["param", "query", "header", "backend", "jwt", "apikey"]
+RefKind = Literal["param", "query", "header", "backend", "jwt", "apikey", "body"]
+Conversion = Literal["int", "float", "str", "bool"]
+CONVERSIONS: tuple[Conversion, ...] = ("int", "float", "str", "bool")
 
 _REF = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
@@ -72,6 +80,8 @@ class Ref:
     index: int = -1
     """For ``backend`` references: the position of the result read: the referenced
     backend's in the endpoint, or past the backends a group's (``CollectionsPlan``)."""
+    convert: Conversion | None = None
+    """``:int``, ``:float``, ``:str`` or ``:bool`` after the reference (body templates)."""
 
     @property
     def has_wildcard(self) -> bool:
@@ -99,7 +109,38 @@ class Template:
         )
 
 
-def _parse_ref(body: str, text: str) -> Ref:
+def _split_conversion(body: str, conversions: bool) -> tuple[str, Conversion | None]:
+    """``body.count:int`` -> (``body.count``, ``int``). A ``:`` is part of a query
+    parameter's or a claim's name unless one of the four conversions follows it; in any
+    other reference it can only start a conversion.
+
+    Raises:
+        TemplateSyntaxError: an unknown conversion, or one where conversions are not allowed.
+    """
+    head, colon, suffix = body.rpartition(":")
+    if not colon:
+        return body, None
+    where = f"in {{{body}}}"
+    if suffix not in CONVERSIONS:
+        if body.startswith(("query.", "jwt.")):
+            return body, None
+        raise TemplateSyntaxError(
+            f"{where}: unknown conversion ':{suffix}' (use :int, :float, :str or :bool)"
+        )
+    if not conversions:
+        raise TemplateSyntaxError(
+            f"{where}: conversions (:{suffix}) apply in body templates and GraphQL variables only"
+        )
+    return head, suffix
+
+
+def _parse_ref(whole: str, text: str, conversions: bool = False) -> Ref:
+    body, convert = _split_conversion(whole, conversions)
+    ref = _parse_plain_ref(body)
+    return replace(ref, text=f"{{{whole}}}", convert=convert) if convert else ref
+
+
+def _parse_plain_ref(body: str) -> Ref:
     where = f"in {{{body}}}"
     if not body:
         raise TemplateSyntaxError("empty reference {}")
@@ -140,15 +181,16 @@ def _parse_ref(body: str, text: str) -> Ref:
             path.append(int(key) if key.isdigit() and str(int(key)) == key else key)
             for index in _INDEX.findall(match.group(2)):
                 path.append(WILDCARD if index == "*" else int(index))
-    kind: RefKind = "backend" if dot or path else "param"
+    kind: RefKind = "body" if head == "body" else "backend" if dot or path else "param"
     ref = Ref(kind, head, tuple(path), f"{{{body}}}")
     if sum(1 for s in ref.path if s == WILDCARD) > 1:
         raise TemplateSyntaxError(f"{where}: at most one [*] per reference")
     return ref
 
 
-def parse_template(text: str) -> Template:
-    """Split text into literals and references.
+def parse_template(text: str, *, conversions: bool = False) -> Template:
+    """Split text into literals and references; ``conversions``: references may end in
+    ``:int``, ``:float``, ``:str`` or ``:bool`` (body templates).
 
     Raises:
         TemplateSyntaxError: an unbalanced brace or a malformed reference.
@@ -168,7 +210,7 @@ def parse_template(text: str) -> Template:
             if literal:
                 parts.append(literal)
                 literal = ""
-            parts.append(_parse_ref(match.group(1), text))
+            parts.append(_parse_ref(match.group(1), text, conversions))
         pos = match.end()
     tail = text[pos:]
     if "{" in tail or "}" in tail:
@@ -209,12 +251,15 @@ def walk(value: Any, path: Sequence[Segment]) -> Any:
         UnresolvedReference: a key or index is missing.
     """
     for seg in path:
-        if isinstance(seg, int) and isinstance(value, list):
+        if isinstance(value, dict):
+            key = seg if type(seg) is str else str(seg)
+            if key not in value:
+                raise UnresolvedReference(f"{seg!r} is missing")
+            value = value[key]
+        elif isinstance(seg, int) and isinstance(value, list):
             if seg >= len(value):
                 raise UnresolvedReference(f"index {seg} is out of range")
             value = value[seg]
-        elif isinstance(value, dict) and str(seg) in value:
-            value = value[str(seg)]
         else:
             raise UnresolvedReference(f"{seg!r} is missing")
     return value
@@ -230,7 +275,8 @@ def expand(value: Any, path: Sequence[Segment]) -> list[Any]:
     array = walk(value, path[:cut])
     if not isinstance(array, list):
         raise UnresolvedReference("[*] needs an array")
-    return [walk(item, path[cut + 1 :]) for item in array]
+    tail = path[cut + 1 :]
+    return [walk(item, tail) for item in array]
 
 
 def scalar_text(value: Any) -> str:

@@ -44,12 +44,12 @@ string, to be checked with ``pattern``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .._errors import SchemaViolation
+from .jsonpath import json_path
 from .transform import JSON
 
 if TYPE_CHECKING:
@@ -238,35 +238,3 @@ def _refusal(violation: Violation, where: Where) -> SchemaViolation:
         fields["parameter"] = str(violation.path[0])
     what = "request body" if where == "body" else "query"
     return SchemaViolation(f"{what} at {path}: {violation.message}", fields=fields)
-
-
-_SHORTHAND = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ESCAPES = {
-    "\\": "\\\\",
-    "'": "\\'",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
-_TO_ESCAPE = re.compile(r"[\\'\x00-\x1f]")
-
-
-def json_path(segments: Sequence[PathSegment]) -> str:
-    """A JSONPath (RFC 9535) selecting exactly the value at ``segments``: ``$`` for the
-    root, ``.name`` for a member name of ASCII letters, digits and ``_`` not starting with
-    a digit (section 2.5.1.1), ``['name']`` for any other (escaped as in a normalized path,
-    section 2.7), and ``[N]`` for an array index: ``$.items[0].qty``, ``$['a b']``."""
-    parts = ["$"]
-    for segment in segments:
-        if isinstance(segment, int):
-            parts.append(f"[{segment}]")
-        elif _SHORTHAND.fullmatch(segment):
-            parts.append(f".{segment}")
-        else:
-            escaped = _TO_ESCAPE.sub(
-                lambda m: _ESCAPES.get(m.group(), f"\\u{ord(m.group()):04x}"), segment
-            )
-            parts.append(f"['{escaped}']")
-    return "".join(parts)
