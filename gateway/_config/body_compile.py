@@ -281,7 +281,7 @@ def static_ref_problems(
 
 def _static_words(name: str, exc: UnresolvedReference) -> str:
     """What is wrong with a static backend's value, from :func:`check_values`' message
-    (``/a is missing``, ``/a: cannot ...``, ``the whole value: cannot ...``)."""
+    (``$.a is missing``, ``$.a: cannot ...``, ``the whole value: cannot ...``)."""
     text = str(exc)
     if text.endswith(" is missing"):
         return f"static backend {name!r} has nothing at {text.removesuffix(' is missing')}"

@@ -453,7 +453,7 @@ def _checked(
         check(value)
     except UnresolvedReference as exc:
         at = json_path(path)
-        raise UnresolvedAt(at, f"{at or root}: {exc}") from None
+        raise UnresolvedAt(at, f"{at if path else root}: {exc}") from None
 
 
 class UnresolvedAt(UnresolvedReference):
