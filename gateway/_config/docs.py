@@ -26,6 +26,7 @@ from .model import (
     BodySelectConfig,
     BulkheadConfig,
     CircuitBreakerConfig,
+    CompressionConfig,
     ConditionConfig,
     DefaultsConfig,
     EndpointCacheConfig,
@@ -48,6 +49,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`server`", ServerConfig),
     ("`server.tls`", ServerTLSConfig),
     ("`defaults`", DefaultsConfig),
+    ("`defaults.compression`", CompressionConfig),
     ("`upstreams.NAME`", UpstreamConfig),
     ("`upstreams.NAME.retries`", RetryConfig),
     ("`upstreams.NAME.circuit_breaker`", CircuitBreakerConfig),
@@ -94,6 +96,7 @@ SIZE_FIELDS = frozenset(
         "max_header_size",
         "max_total_response_size",
         "memory_max_size",
+        "min_size",
     }
 )
 

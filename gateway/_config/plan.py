@@ -19,6 +19,7 @@ from .._rules.admin import ADMIN_PREFIX as ADMIN_PREFIX
 from .._rules.admin import Listener
 from .._rules.aggregate import Placement
 from .._rules.balance import Balance, OutlierSettings
+from .._rules.encoding import CompressionPolicy
 from .._rules.forwarded import Network
 from .._rules.graph import Condition
 from .._rules.resilience import GuardSettings
@@ -225,6 +226,7 @@ class EndpointPlan:
     # names taken out of the response head first, remove_headers' and response_headers'
     response_fields: tuple[tuple[bytes, bytes], ...] = ()
     removed_fields: frozenset[bytes] = frozenset()
+    compression: CompressionPolicy | None = None  # None: off (compression: false)
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:
