@@ -21,12 +21,12 @@ depends on the body:
 The event loop: a body or chunk of :data:`~gateway._rules.encoding.THREAD_CUTOFF_BYTES`
 or more for its coding and level is compressed in a worker thread (``trio.to_thread``),
 smaller ones inline. The cut-off is where compressing inline takes longer than a thread
-hop costs the loop: the hop measured 70 to 200 us wall and 60 to 140 us of the loop's CPU
-on the 2-core development machine (``bench/compress_cost.py``; bench/README.md has the
-table). At the default levels that is about 8 KiB for brotli 4, 64 KiB for zstd 3 and
-16 KiB for gzip 5; brotli 10 and 11 always go to a thread. brotli, zstandard and zlib
+hop costs the loop: the hop measured 130 to 230 us wall and 100 to 150 us of the loop's
+CPU on the 2-core development machine (``bench/compress_cost.py``; bench/README.md has the
+table). At the default levels that is about 14.5 KiB for brotli 3, 67 KiB for zstd 3 and
+11.5 KiB for gzip 5; brotli 9 to 11 always go to a thread. brotli, zstandard and zlib
 release the GIL while they compress, so the loop keeps running meanwhile (checked by the
-same script). A cancelled request waits for its thread's compression to end: it is short.
+same script). A request cancelled meanwhile (its client left) waits for its thread to end.
 """
 
 from __future__ import annotations
