@@ -411,6 +411,22 @@ def test_a_configured_vary_takes_accept_encoding_in_at_load() -> None:
     assert plan.endpoints[2].response_fields == ((b"Vary", b"Origin"),)
 
 
+async def test_a_vary_returned_by_a_backend_is_merged_per_answer(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        up = await start_upstream(nursery, {"/x": Reply(json=BIG, headers=[("Vary", "Cookie")])})
+        config = simple_config(
+            {"u": up}, [backend_config("a", "u", "/x", return_headers=["Vary"])], path="/v"
+        )
+        gw = await start_gateway(nursery, config)
+        endpoint = gw.app.plan.endpoints[0]
+        assert endpoint.compression is not None and endpoint.compression.merge_vary
+        assert endpoint.response_fields == ()  # no static Vary beside the backend's
+        for accept in (None, "br"):
+            answer = await fetch(gw, "/v", accept)
+            assert vary(answer) == ["Cookie, Accept-Encoding"], accept
+            assert answer.json() == BIG
+
+
 async def test_an_endpoint_with_compression_off_does_not_negotiate(nursery: trio.Nursery) -> None:
     with trio.fail_after(TIMEOUT_S):
         gw, _ = await aggregated(nursery, compression=False)

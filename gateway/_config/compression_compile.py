@@ -21,7 +21,6 @@ from .._errors import ConfigProblem
 from .._rules.encoding import (
     DEFAULT_LEVELS,
     LEVEL_RANGES,
-    VARY_VALUE,
     CompressionPolicy,
     TypePatterns,
     merged_vary,
@@ -84,14 +83,15 @@ def _with_policy(
     """The endpoint with its policy, and its static Vary where no upstream's can arrive."""
     if policy is None:
         return ep
-    configured = [(n, v) for n, v in ep.response_fields if n.lower() == b"vary"]
     upstream_vary = config.passthrough or any(b"vary" in b.return_headers for b in ep.backends)
-    if upstream_vary and not configured:
+    if upstream_vary and b"vary" not in ep.removed_fields:
+        # the static fields are added before the compression wrapper sees the head: it
+        # merges them, the upstream's and Accept-Encoding into one field per response
         return replace(ep, compression=replace(policy, merge_vary=True))
-    # a configured Vary replaces an upstream's (it is among removed_fields): one field
+    static = [v for n, v in ep.response_fields if n.lower() == b"vary"]
     fields = [(n, v) for n, v in ep.response_fields if n.lower() != b"vary"]
-    name = configured[0][0] if configured else b"vary"
-    fields.append((name, merged_vary([v for _, v in configured]) if configured else VARY_VALUE))
+    name = next((n for n, _ in ep.response_fields if n.lower() == b"vary"), b"vary")
+    fields.append((name, merged_vary(static)))
     return replace(ep, compression=policy, response_fields=tuple(fields))
 
 
