@@ -637,8 +637,9 @@ class EndpointConfig(_Model):
     compression: CompressionConfig | bool | None = None
     """This endpoint's compression: `false` (off), `true` (the settings of
     `defaults.compression`, or the built-in ones where that is `false`) or settings of its
-    own, with the keys of `defaults.compression`, which replace the defaults' whole. Default: `defaults.compression`. Off, the
-    gateway does not negotiate: answers go as they are, whatever `Accept-Encoding` says."""
+    own, with the keys of `defaults.compression`, which replace the defaults' whole.
+    Default: `defaults.compression`. Off, the gateway does not negotiate: answers go as
+    they are, whatever `Accept-Encoding` says."""
 
     backends: list[BackendConfig] = Field(min_length=1)
     """The upstream calls; their results merge in this order."""

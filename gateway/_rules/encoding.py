@@ -42,7 +42,9 @@ A compressed response says ``Content-Encoding``; a strong ETag becomes weak (``"
 ``W/"x"``, sections 8.8.1 and 8.8.3: the compressed bytes are a different representation,
 and a strong validator must change with them); ``Accept-Ranges`` is dropped (ranges would
 address the identity bytes); the Content-Length is the compressed one (one body) or left
-out (a stream, or a HEAD answer, which section 9.3.2 allows). Every answer of an endpoint
+out (a stream, or a HEAD answer, which section 9.3.2 allows). A 304 to a request that chose
+a coding carries the weak ETag too: it stands for the 200 that would have been compressed
+(section 15.4.5), and a weak validator is never wrong for it. Every answer of an endpoint
 with compression carries ``Vary: Accept-Encoding`` (section 12.5.5): static where no
 upstream's Vary can reach the answer, merged with it into one field otherwise.
 
