@@ -49,6 +49,7 @@ from .._rules.urls import (
 )
 from .._state.limiter import parse_limit
 from .auth_compile import compile_policies, endpoint_auth
+from .compression_compile import compile_compression
 from .cors_compile import compile_cors
 from .load import format_path, load_document, read_config_file
 from .model import (
@@ -419,6 +420,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                 )
             )
 
+    endpoints = compile_compression(config, endpoints, file, problems)
     if config.state.redis is not None:
         redis_url = urlsplit(config.state.redis)
         if redis_url.scheme not in ("redis", "rediss") or not redis_url.hostname:

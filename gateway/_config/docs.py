@@ -26,6 +26,7 @@ from .model import (
     BodySelectConfig,
     BulkheadConfig,
     CircuitBreakerConfig,
+    CompressionConfig,
     ConditionConfig,
     CorsConfig,
     DefaultsConfig,
@@ -50,6 +51,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`server.tls`", ServerTLSConfig),
     ("`defaults`", DefaultsConfig),
     ("`defaults.cors`", CorsConfig),
+    ("`defaults.compression`", CompressionConfig),
     ("`upstreams.NAME`", UpstreamConfig),
     ("`upstreams.NAME.retries`", RetryConfig),
     ("`upstreams.NAME.circuit_breaker`", CircuitBreakerConfig),
@@ -97,6 +99,7 @@ SIZE_FIELDS = frozenset(
         "max_header_size",
         "max_total_response_size",
         "memory_max_size",
+        "min_size",
     }
 )
 

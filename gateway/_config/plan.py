@@ -20,6 +20,7 @@ from .._rules.admin import Listener
 from .._rules.aggregate import Placement
 from .._rules.balance import Balance, OutlierSettings
 from .._rules.cors import CorsPolicy
+from .._rules.encoding import CompressionPolicy
 from .._rules.forwarded import Network
 from .._rules.graph import Condition
 from .._rules.resilience import GuardSettings
@@ -230,6 +231,7 @@ class EndpointPlan:
     # wildcard's); configured_fields: response_headers alone, what a preflight answer adds
     cors: CorsPolicy | None = None
     configured_fields: tuple[tuple[bytes, bytes], ...] = ()
+    compression: CompressionPolicy | None = None  # None: off (compression: false)
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:
