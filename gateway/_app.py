@@ -300,6 +300,14 @@ async def send_options(send: Any, allow: Sequence[str]) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+def server_methods(plan: GatewayPlan) -> tuple[str, ...]:
+    """The methods some endpoint of ``plan`` allows, HEAD wherever GET is, and OPTIONS."""
+    methods = {endpoint.method for endpoint in plan.endpoints}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return (*sorted(methods), "OPTIONS")
+
+
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
     """The config as JSON with every header value and every auth secret masked: that is
     where secrets live."""
@@ -495,6 +503,10 @@ class GatewayApp(QuartTrio):
                 refusal = admin_route_error(scope["path"], scope["method"])
             if refusal is not None:
                 await send_error(send, refusal, head=scope["method"] == "HEAD")
+                return
+            if raw_path == "*" and scope["method"] == "OPTIONS":
+                # the server in general (RFC 9110 section 9.3.7): what some endpoint allows
+                await send_options(send, server_methods(plan))
                 return
             if not admin_path:
                 try:

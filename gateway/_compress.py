@@ -15,8 +15,10 @@ depends on the body:
 - a stream (``more_body``, passthrough): compressed as it streams, each chunk flushed
   (gzip's sync flush, brotli's and zstd's block flush) so that an event stream or a slow
   download is never held back by the encoder; no Content-Length (the server frames it);
-- HEAD (RFC 9110 section 9.3.2): the head GET would have, Content-Length left out when
-  the GET body would be compressed, and no body.
+- HEAD (RFC 9110 section 9.3.2): the head GET would have and no body. An aggregated
+  answer's content is at hand (:data:`HEAD_CONTENT`), so it is compressed to give GET's
+  exact Content-Length; a passthrough head has no content, so the field is left out
+  when GET's body would be compressed (the RFC allows that).
 
 The event loop: a body or chunk of :data:`~gateway._rules.encoding.THREAD_CUTOFF_BYTES`
 or more for its coding and level is compressed in a worker thread (``trio.to_thread``),
@@ -55,6 +57,11 @@ from ._rules.encoding import (
 )
 
 Message = dict[str, Any]
+
+HEAD_CONTENT = "gateway.head_content"
+"""Key of the empty body message of a HEAD answer whose GET content is at hand (an
+aggregated answer): the content GET would send, so the head can give its exact
+Content-Length after compression, as GET's does. The server ignores the key."""
 Send = Callable[[Message], Awaitable[None]]
 
 _GZIP_WBITS = 31  # a gzip header and trailer (RFC 1952), not a bare zlib stream
@@ -224,12 +231,23 @@ class _Compressing:
         more: bool = message.get("more_body", False)
         merge = self.policy.merge_vary
         if self.head:
-            # the head GET would have; its compressed length is not known, so left out
+            # the head GET would have (RFC 9110 section 9.3.2)
             self.state = _PASS
+            content: bytes | None = message.pop(HEAD_CONTENT, None)
+            if content is None:
+                # a passthrough head: the compressed length is not known, so left out
+                length = None
+            elif not big_enough(len(content), self.policy, self.forced):
+                await self.send({**self.start, "headers": self._head(headers)})
+                await self.send(message)
+                return
+            else:
+                level = self.policy.level(self.coding)
+                length = len(await self._run(one_shot, self.coding, level, content))
             await self.send(
                 {
                     **self.start,
-                    "headers": encoded_head(headers, self.coding, None, merge_vary=merge),
+                    "headers": encoded_head(headers, self.coding, length, merge_vary=merge),
                 }
             )
             await self.send(message)

@@ -460,8 +460,9 @@ async def test_head_has_the_head_get_would_have_and_no_body(nursery: trio.Nurser
         assert head.status == 200 and head.raw == b""
         assert head.coding == got.coding == "br"
         assert vary(head) == vary(got) == ["Accept-Encoding"]
-        # the compressed length is only known by compressing: left out (RFC 9110 9.3.2)
-        assert "content-length" not in head.headers
+        # GET's exact Content-Length, not a chunked head (RFC 9110 section 9.3.2)
+        assert head.headers["content-length"] == got.headers["content-length"]
+        assert "transfer-encoding" not in head.headers
         small_get = await fetch(gw, "/api/small", "br")
         small_head = await fetch(gw, "/api/small", "br", method="HEAD")
         assert small_head.coding is None and small_head.raw == b""
