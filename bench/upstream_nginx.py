@@ -26,6 +26,7 @@ class Nginx:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="bench-nginx-")
+        self.prefix = self._dir.name  # nginx serves {prefix}/files/NAME at /files/NAME
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> str:

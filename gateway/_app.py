@@ -29,6 +29,7 @@ from werkzeug.exceptions import HTTPException
 from ._auth.gate import authenticate
 from ._auth.rules import Identity
 from ._call.context import CallContext
+from ._compress import compressing
 from ._config.compile import load_config
 from ._config.plan import ADMIN_PREFIX, EndpointPlan, GatewayPlan
 from ._config.reload import keep_restart_only
@@ -50,6 +51,7 @@ from ._errors import (
     HeadersTooLarge,
     InvalidRequest,
     MethodNotAllowed,
+    NotAcceptable,
     NotFound,
     RequestBodyTooLarge,
     RequestError,
@@ -298,6 +300,14 @@ async def send_options(send: Any, allow: Sequence[str]) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+def server_methods(plan: GatewayPlan) -> tuple[str, ...]:
+    """The methods some endpoint of ``plan`` allows, HEAD wherever GET is, and OPTIONS."""
+    methods = {endpoint.method for endpoint in plan.endpoints}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return (*sorted(methods), "OPTIONS")
+
+
 def masked_config(plan: GatewayPlan) -> dict[str, Any]:
     """The config as JSON with every header value and every auth secret masked: that is
     where secrets live."""
@@ -494,6 +504,10 @@ class GatewayApp(QuartTrio):
             if refusal is not None:
                 await send_error(send, refusal, head=scope["method"] == "HEAD")
                 return
+            if raw_path == "*" and scope["method"] == "OPTIONS":
+                # the server in general (RFC 9110 section 9.3.7): what some endpoint allows
+                await send_options(send, server_methods(plan))
+                return
             if not admin_path:
                 try:
                     server = plan.config.server
@@ -521,9 +535,17 @@ class GatewayApp(QuartTrio):
                 added = match.target.response_fields
                 if match.target.cors is not None:  # and the fields for the request's Origin
                     added = endpoint_fields(match.target, scope["headers"])
+                not_acceptable: NotAcceptable | None = None
+                if match.target.compression is not None:
+                    # installed first, so it sees the head as configured fields leave it
+                    send, not_acceptable = compressing(send, match.target.compression, scope)
                 if added or match.target.removed_fields:
                     # remove_headers, and response_headers replacing a field of their name
                     send = _with_headers(send, added, match.target.removed_fields)
+                if not_acceptable is not None:
+                    # RFC 9110 section 12.5.3: before auth, rate limits and upstream calls
+                    await send_error(send, not_acceptable, head=scope["method"] == "HEAD")
+                    return
                 # the order of the request's layers: route, authenticate, rate-limit, call
                 identity: Identity | None = None
                 if match.target.auth is not None:

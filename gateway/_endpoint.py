@@ -21,6 +21,7 @@ from ._auth.rules import Identity
 from ._call.context import CallContext
 from ._call.exchange import ByteBudget, Sender
 from ._call.request import check_client_values, check_schemas
+from ._compress import HEAD_CONTENT
 from ._config.plan import EndpointPlan, GatewayPlan
 from ._errors import (
     AuthError,
@@ -288,7 +289,11 @@ async def send_body(
             "headers": [*JSON_HEADERS, (b"content-length", str(len(data)).encode()), *headers],
         }
     )
-    await send({"type": "http.response.body", "body": b"" if head else data})
+    if head:
+        # the content rides along for a compressing send, which gives its exact length
+        await send({"type": "http.response.body", "body": b"", HEAD_CONTENT: data})
+    else:
+        await send({"type": "http.response.body", "body": data})
 
 
 def check_limits(scope: Scope, max_url_length: int, max_header_size: int) -> None:

@@ -23,6 +23,8 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
     └── RequestError                  one client request; .status, .code, .message, .fields
         ├── NotFound                  404 not_found: no endpoint has this path
         ├── MethodNotAllowed          405 method_not_allowed: the path exists, the method does not
+        ├── NotAcceptable             406 not_acceptable: Accept-Encoding refuses identity and
+        │                             every coding the endpoint compresses with
         ├── InvalidPathParameter      400 invalid_path_parameter: unsafe or malformed {param} value,
         │                             or one a body template converts ({id:int}) that does not
         ├── InvalidQueryParameter     400 invalid_query_parameter: a query parameter the config
@@ -194,6 +196,16 @@ class NotFound(RequestError):
 class MethodNotAllowed(RequestError):
     status = 405
     code = "method_not_allowed"
+
+
+class NotAcceptable(RequestError):
+    """The request's Accept-Encoding excludes identity (``identity;q=0``, or ``*;q=0``
+    without ``identity``) and accepts none of the codings the endpoint compresses with:
+    no answer could be sent that the client accepts (RFC 9110 sections 12.5.3, 15.5.7).
+    Decided before authentication, rate limits and any upstream call."""
+
+    status = 406
+    code = "not_acceptable"
 
 
 class InvalidPathParameter(RequestError):

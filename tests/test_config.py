@@ -522,8 +522,8 @@ def test_validation_and_cross_reference_problems_come_out_in_one_run() -> None:
         "like 250ms or 2s (got int)",
         "gw.yaml: endpoints[0].foo: unknown key 'foo' (allowed: path, method, deadline, "
         "forward_headers, forward_query, debug, passthrough, rate_limit, cache, auth, "
-        "response_headers, remove_headers, cors, merge, shape, request_schema, query_schema, "
-        "backends)",
+        "response_headers, remove_headers, cors, compression, merge, shape, request_schema, "
+        "query_schema, backends)",
         # cross-references of every part that is valid, at its place in the file (the
         # left-out upstream users is not reported as unknown; backend a is kept without
         # its invalid timeout)
@@ -1122,6 +1122,7 @@ def test_every_config_model_is_walked() -> None:
         "ServerTLSConfig",
         "DefaultsConfig",
         "CorsConfig",
+        "CompressionConfig",
         "MergeConfig",
         "ShapeConfig",
         "UpstreamConfig",

@@ -307,7 +307,8 @@ async def test_options_on_a_routed_path_is_204_with_allow_and_calls_no_upstream(
     nursery: trio.Nursery,
 ) -> None:
     """Without CORS, OPTIONS is answered by the gateway: 204 with Allow (RFC 9110 section
-    9.3.7), HEAD listed wherever GET is; an unknown path stays 404."""
+    9.3.7), HEAD listed wherever GET is; an unknown path stays 404; ``OPTIONS *`` lists
+    what any endpoint allows."""
     with trio.fail_after(10):
         seen, handler = recorder()
         up = await start_upstream(nursery, handler)
@@ -321,6 +322,16 @@ async def test_options_on_a_routed_path_is_204_with_allow_and_calls_no_upstream(
         assert r.headers["allow"] == "GET, HEAD, POST, OPTIONS"
         assert r.content == b""
         assert (await gw.request("OPTIONS", "/nothing")).status_code == 404
+        # OPTIONS * asks about the server in general: what some endpoint allows
+        host, _, port = gw.url.removeprefix("http://").partition(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := await stream.receive_some():
+                answer += chunk
+        head = answer.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 204") and b"allow: get, head, post, options" in head
         assert seen == []
 
 

@@ -128,4 +128,4 @@ def test_a_tab_inside_a_value_is_allowed() -> None:
         "defaults": {"response_headers": {"X-Tab": "a\tb"}},
     }
     plan = load_config("gw.yaml", {}, text=json.dumps(doc))
-    assert plan.endpoints[0].response_fields == ((b"X-Tab", b"a\tb"),)
+    assert (b"X-Tab", b"a\tb") in plan.endpoints[0].response_fields

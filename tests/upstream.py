@@ -75,6 +75,9 @@ class Reply:
     chunks: int = 0
     chunk_size: int = 65536
     chunk_delay_s: float = 0.0
+    # streamed (``chunks``): after the first chunk, the rest waits until this is set
+    gate: trio.Event | None = None
+    chunk_data: bytes | None = None  # streamed chunks' content (default: ``x`` repeated)
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -294,10 +297,13 @@ class _Connection:
             await self.send(head, h11.Data(data=body), h11.EndOfMessage())
         else:  # streamed; h11 picks chunked transfer-encoding for HTTP/1.1 clients
             await self.send(head)
-            for _ in range(reply.chunks):
+            chunk = reply.chunk_data if reply.chunk_data is not None else b"x" * reply.chunk_size
+            for i in range(reply.chunks):
                 if reply.chunk_delay_s > 0:
                     await trio.sleep(reply.chunk_delay_s)
-                await self.send(h11.Data(data=b"x" * reply.chunk_size))
+                if i == 1 and reply.gate is not None:
+                    await reply.gate.wait()
+                await self.send(h11.Data(data=chunk))
             await self.send(h11.EndOfMessage())
         return "keep"
 

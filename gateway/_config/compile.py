@@ -56,6 +56,7 @@ from .body_compile import (
     static_result,
 )
 from .collections_compile import GroupSlot, compile_collections, group_slots, link_group
+from .compression_compile import compile_compression
 from .cors_compile import compile_cors
 from .load import format_path, load_document, read_config_file
 from .model import (
@@ -436,6 +437,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                 )
             )
 
+    endpoints = compile_compression(config, endpoints, file, problems)
     if config.state.redis is not None:
         redis_url = urlsplit(config.state.redis)
         if redis_url.scheme not in ("redis", "rediss") or not redis_url.hostname:

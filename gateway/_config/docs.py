@@ -26,6 +26,7 @@ from .model import (
     BodyConfig,
     BulkheadConfig,
     CircuitBreakerConfig,
+    CompressionConfig,
     ConditionConfig,
     CorsConfig,
     DefaultsConfig,
@@ -53,6 +54,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`server.tls`", ServerTLSConfig),
     ("`defaults`", DefaultsConfig),
     ("`defaults.cors`", CorsConfig),
+    ("`defaults.compression`", CompressionConfig),
     ("`upstreams.NAME`", UpstreamConfig),
     ("`upstreams.NAME.retries`", RetryConfig),
     ("`upstreams.NAME.circuit_breaker`", CircuitBreakerConfig),
@@ -103,6 +105,7 @@ SIZE_FIELDS = frozenset(
         "max_header_size",
         "max_total_response_size",
         "memory_max_size",
+        "min_size",
     }
 )
 

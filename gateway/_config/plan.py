@@ -22,6 +22,7 @@ from .._rules.balance import Balance, OutlierSettings
 from .._rules.body import Payload
 from .._rules.collect import CollectionsPlan, ItemErrors
 from .._rules.cors import CorsPolicy
+from .._rules.encoding import CompressionPolicy
 from .._rules.forwarded import Network
 from .._rules.graph import Condition
 from .._rules.graphql import GraphQLPlan
@@ -274,6 +275,7 @@ class EndpointPlan:
     # request_schema and query_schema, compiled (None: not configured, nothing is checked)
     request_schema: CompiledSchema | None = None
     query_schema: CompiledSchema | None = None
+    compression: CompressionPolicy | None = None  # None: off (compression: false)
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:
