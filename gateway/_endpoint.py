@@ -43,8 +43,10 @@ from ._rules.aggregate import error_body
 from ._rules.cachecontrol import shared_store_refusal
 from ._rules.forwarded import Network, client_info
 from ._rules.headers import select_headers
+from ._rules.jsonpath import json_path
+from ._rules.jsonvalue import JsonRefused, read_json
 from ._rules.resilience import UpstreamGuard
-from ._rules.urls import RouteMatch, parse_query
+from ._rules.urls import QueryPair, RouteMatch, parse_query
 from ._state.shared import SharedState, bypasses_cache, endpoint_cache_key, pack, unpack
 
 Scope = dict[str, Any]
@@ -77,12 +79,13 @@ def build_context(
     same octets; ``forward_query`` pairs are passed on as the client wrote them.
 
     Raises:
-        InvalidRequest: the endpoint reads a JSON body and this one is not JSON.
         InvalidQueryParameter: a ``forward_query`` value is malformed, or a query value
-            a template reads is missing, malformed or unsafe.
+            a template or the ``query_schema`` reads is missing, malformed or unsafe.
         InvalidHeader: a header field a template reads is missing or unsafe.
-        InvalidRequestBody: a backend sends the body and the request has none (or lacks
-            the part it sends).
+        InvalidRequestBody: the endpoint reads a JSON body and this one is not JSON, has a
+            name twice in one object or an integer beyond 64 bits
+            (:func:`~gateway._rules.jsonvalue.read_json`); or a backend sends the body and
+            the request has none (or lacks the part it sends).
         SchemaViolation: the query or the body fails the endpoint's ``query_schema`` or
             ``request_schema`` (:func:`check_schemas`).
     """
@@ -133,12 +136,19 @@ def build_context(
     json_body: Any = None
     if body:
         try:
-            json_body = orjson.loads(body)
+            json_body = read_json(body)
         except orjson.JSONDecodeError:
             raise InvalidRequestBody(
                 "the request body is not valid JSON", fields={"in": "body"}
             ) from None
+        except JsonRefused as exc:
+            at = json_path(exc.at)
+            raise InvalidRequestBody(
+                f"the request body at {at}: {exc.message}", fields={"in": "body", "path": at}
+            ) from None
     if endpoint.query_schema is not None or endpoint.request_schema is not None:
+        if endpoint.query_schema is not None:
+            _check_query_encoding(pairs, endpoint.query_schema.array_properties)
         if not endpoint.reads_request_values:  # else ``query`` holds them already
             for pair in pairs:
                 query.setdefault(pair.name, []).append(pair.value)
@@ -160,6 +170,24 @@ def build_context(
     if endpoint.reads_request_values or endpoint.reads_body:
         check_client_values(endpoint, ctx, malformed)
     return ctx
+
+
+def _check_query_encoding(pairs: Sequence[QueryPair], arrays: frozenset[str]) -> None:
+    """A ``query_schema`` reads each parameter's first value (every value of one it checks
+    as an array): one with malformed percent-encoding is refused as such, before the schema
+    would judge its lenient decoding.
+
+    Raises:
+        InvalidQueryParameter: naming the parameter.
+    """
+    seen: set[str] = set()
+    for pair in pairs:
+        if pair.malformed and (pair.name not in seen or pair.name in arrays):
+            raise InvalidQueryParameter(
+                f"query parameter {pair.name!r}: malformed percent-encoding",
+                fields={"parameter": pair.name, "in": "query"},
+            )
+        seen.add(pair.name)
 
 
 def request_query(scope: Scope) -> dict[str, list[str]]:

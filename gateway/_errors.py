@@ -32,10 +32,12 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         │                             malformed or does not convert
         ├── InvalidHeader             400 invalid_header: a header field a {header.NAME}
         │                             template reads is missing, unsafe or does not convert
-        ├── InvalidRequestBody        400 invalid_request_body: a backend sends the client's
-        │                             body (``body:``) and the request has none, or lacks the
-        │                             part; a {body.PATH} value is missing, unsafe or does not
-        │                             convert (.fields["path"]: its JSONPath)
+        ├── InvalidRequestBody        400 invalid_request_body: the body is not JSON, has a name
+        │                             twice in one object or an integer beyond 64 bits; a
+        │                             backend sends the client's body (``body:``) and the
+        │                             request has none, or lacks the part; a {body.PATH} value
+        │                             is missing, unsafe or does not convert (.fields["path"]:
+        │                             its JSONPath, none when there is no body)
         ├── SchemaViolation           400 schema_violation: the JSON body or the query fails the
         │                             endpoint's request_schema or query_schema; .fields name
         │                             ``in`` (body, query), the JSONPath ``path`` of the failing
@@ -231,10 +233,12 @@ class InvalidHeader(RequestError):
 
 
 class InvalidRequestBody(RequestError):
-    """The request body is not valid JSON, or a backend sends the client's JSON body, or a
-    part of it (``body:``), and the request has no body or lacks that part, or a
-    ``{body.PATH}`` reference finds nothing there, or a value that does not convert or is
-    unsafe where it goes. ``fields["path"]`` is the value's JSONPath (RFC 9535, ``$.items[0].sku``)."""
+    """The request body is not valid JSON, or has an object with a name twice or an integer
+    beyond 64 bits (RFC 8259 section 4, RFC 7493 sections 2.2 and 2.3), or a backend sends
+    the client's JSON body, or a part of it (``body:``), and the request has no body or
+    lacks that part, or a ``{body.PATH}`` reference finds nothing there, or a value that
+    does not convert or is unsafe where it goes. ``fields["path"]`` is the value's JSONPath
+    (RFC 9535, ``$.items[0].sku``); there is none when the request has no body."""
 
     status = 400
     code = "invalid_request_body"

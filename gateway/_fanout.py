@@ -24,7 +24,7 @@ import trio
 from ._call.context import CallContext
 from ._call.exchange import Sender, shape
 from ._call.pipeline import AGGREGATED, CallSpec, CallStats, Exchange, Layer, compose
-from ._call.request import UpstreamRequest, build_requests
+from ._call.request import UpstreamRequest, build_item_requests, build_requests
 from ._config.plan import BackendPlan, EndpointPlan
 from ._observability.tracing import CURRENT
 from ._rules.aggregate import Aggregate, BackendResult, Outcome, aggregate
@@ -41,9 +41,7 @@ async def _each(
 ) -> BackendResult:
     """``for_each``: all calls concurrently, each through the whole stack; results in
     element order; the first failure (in element order) fails the backend and cancels the
-    other calls (unless its ``on_item_error`` says otherwise: :func:`_each_item`)."""
-    if backend.on_item_error != FAIL:
-        return await _each_item(stack, backend, requests)
+    other calls (``on_item_error: fail``; otherwise :func:`_each_item` runs instead)."""
     results: list[BackendResult | None] = [None] * len(requests)
 
     async def one(index: int, request: UpstreamRequest, nursery: trio.Nursery) -> None:
@@ -71,10 +69,11 @@ async def _each(
 
 
 async def _each_item(
-    stack: Layer, backend: BackendPlan, requests: Sequence[UpstreamRequest]
+    stack: Layer, backend: BackendPlan, requests: Sequence[UpstreamRequest | None]
 ) -> BackendResult:
     """``for_each`` with ``on_item_error: skip`` or ``"null"``: every call runs to its end
-    and a failed one fails only its element. The backend is ``ok`` with its
+    and a failed one fails only its element, as does an element no request could be made
+    for (None). The backend is ``ok`` with its
     :class:`~gateway._rules.collect.ItemResults`, in element order whatever order the calls
     finished in; a reference to it reads the list the body would show."""
     results: list[BackendResult | None] = [None] * len(requests)
@@ -84,7 +83,8 @@ async def _each_item(
 
     async with trio.open_nursery() as nursery:
         for index, request in enumerate(requests):
-            nursery.start_soon(one, index, request)
+            if request is not None:
+                nursery.start_soon(one, index, request)
     failed = frozenset(i for i, r in enumerate(results) if r is None or r.outcome != Outcome.OK)
     good = [(i, r) for i, r in enumerate(results) if r is not None and i not in failed]
     values: list[Any] = [None] * len(results)
@@ -144,8 +144,13 @@ async def _call_backend(
     span_id: bytes | None = None,
 ) -> BackendResult:
     start = trio.current_time()
+    items: list[UpstreamRequest | None] | None = None
     try:
-        requests = build_requests(backend, ctx, results, span_id)
+        if backend.for_each and backend.on_item_error != FAIL:
+            requests = []
+            items = build_item_requests(backend, ctx, results, span_id)
+        else:
+            requests = build_requests(backend, ctx, results, span_id)
     except UnresolvedReference as exc:
         return BackendResult(Outcome.INVALID_REFERENCE, detail=str(exc), started_s=started_s)
     except httpx.InvalidURL as exc:  # e.g. a filled-in URL over httpx's length limit
@@ -160,7 +165,9 @@ async def _call_backend(
     stack = compose(spec, AGGREGATED, Exchange(spec))
     result: BackendResult | None = None
     with stats.timeout:
-        if backend.for_each:
+        if items is not None:
+            result = await _each_item(stack, backend, items)
+        elif backend.for_each:
             result = await _each(stack, backend, requests)
         else:
             result = shape(backend, await stack.send(requests[0]))
@@ -300,12 +307,11 @@ async def fan_out(
                 hedges=stats.hedges if stats else 0,
             )
         final.append(result)
-    aggregate_ = aggregate(
-        endpoint.placements,
-        final,
-        failed_required,
-        None if collections is None else collections.body,
-    )
+    build = None
+    if collections is not None:  # an into backend whose results found no place is not ok
+        settled, build = collections.settle(endpoint.placements, final)
+        final = list(settled)
+    aggregate_ = aggregate(endpoint.placements, final, failed_required, build)
     if endpoint.debug and isinstance(aggregate_.body, dict):
         aggregate_.body["_gateway"] = debug_block(endpoint, final)
     return aggregate_, final

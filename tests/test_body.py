@@ -211,6 +211,9 @@ def test_a_conversion_suffix_is_parsed_only_where_conversions_apply() -> None:
         parse_template("{body.count:integer}", conversions=True)
     with pytest.raises(TemplateSyntaxError, match="unknown conversion ':x'"):
         parse_template("{header.X-A:x}")
+    for text in ("{body.x:int:str}", "{query.a:float:int}"):
+        with pytest.raises(TemplateSyntaxError, match="one conversion at most"):
+            parse_template(text, conversions=True)
 
 
 def test_a_colon_stays_in_query_and_claim_names_unless_a_conversion_follows() -> None:

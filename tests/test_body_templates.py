@@ -34,6 +34,8 @@ def answers(req: RecordedRequest) -> Reply:
         return Reply(json={"total": "12", "half": "12.5", "codes": [3, 4], "live": True})
     if req.path == "/orders":
         return Reply(json={"orders": [{"id": "o1", "qty": "2"}, {"id": "o2", "qty": 5.0}]})
+    if req.path == "/graphql":
+        return Reply(json={"data": {"a": 1}})
     return Reply(json={"path": req.path})
 
 
@@ -286,11 +288,49 @@ async def test_a_request_without_a_body_is_a_400_naming_the_reference(
         assert r.json()["error"] == {
             "code": "invalid_request_body",
             "message": "{body.user} reads the request's JSON body, and the request has none",
-            "in": "body",
-            "path": "",
+            "in": "body",  # no path: there is no body to point into (as for a schema)
             "request_id": r.headers["x-request-id"],
         }
         assert seen == []
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        be("q", "/q", method="POST", body="forward"),
+        be("q", "/q", method="POST", body={"select": "a"}),
+        be("q", "/q", method="POST", body={"template": {"n": "{body.n}"}}),
+        be("q", "/q/{body.n}"),
+        be(
+            "q",
+            "/graphql",
+            graphql={"query": "query($n: Int) { a }", "variables": {"n": "{body.n}"}},
+        ),
+    ],
+    ids=["forward", "select", "template", "path", "graphql"],
+)
+async def test_every_endpoint_reading_the_body_refuses_a_name_twice_or_a_huge_integer(
+    nursery: trio.Nursery, backend: dict[str, Any]
+) -> None:
+    """What one reader of the body would see is what every other one sees: a body whose
+    meaning depends on the parser (which of two equal names, a float for an integer) is
+    refused before any upstream is called."""
+    with trio.fail_after(10):
+        seen, handler = recorder(answers)
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(nursery, config(up.url, [backend]))
+        for content, path in (
+            (b'{"a": {"n": 1}, "n": 1, "a": {"n": 2}}', "$.a"),
+            (b'{"a": {"n": 123456789012345678901234567890}, "n": 1}', "$.a.n"),
+        ):
+            r = await gw.request("POST", "/api/1", content=content)
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert (error["code"], error["path"]) == ("invalid_request_body", path)
+        assert seen == []
+        r = await gw.request("POST", "/api/1", content=b'{"a": {"n": 1}, "n": 2}')
+        assert r.status_code == 200, r.text
+        assert len(seen) == 1
 
 
 async def test_body_references_in_paths_and_headers_are_encoded_like_any_value(

@@ -16,6 +16,8 @@ from gateway._rules.collect import (
     GroupPlan,
     IntoPlan,
     ItemResults,
+    Unplaced,
+    blocked,
     failed_items,
     group_value,
     listed,
@@ -206,12 +208,20 @@ def test_a_reader_is_skipped_only_when_every_backend_of_its_group_is() -> None:
 # --- into ----------------------------------------------------------------------------------
 
 ORDERS = [{"id": "o1"}, {"id": "o2"}, {"id": "o3"}]
-INTO = IntoPlan(1, ("orders",), ("product",))
+INTO = IntoPlan(1, ("orders",), ("product",), "orders[*].product")
 
 
 def into(result: BackendResult, *, default: Any = None, has_default: bool = False) -> Any:
+    body, unplaced = into_unplaced(result, default=default, has_default=has_default)
+    assert unplaced == {}
+    return body
+
+
+def into_unplaced(
+    result: BackendResult, body: Any = None, *, default: Any = None, has_default: bool = False
+) -> tuple[Any, dict[int, Unplaced]]:
     placements = [place("orders", "orders"), place("p", default=default, has_default=has_default)]
-    body = {"orders": ORDERS, "other": 1}
+    body = {"orders": ORDERS, "other": 1} if body is None else body
     return place_into(body, [INTO], placements, [ok(ORDERS), result])
 
 
@@ -243,18 +253,28 @@ def test_a_whole_failure_puts_the_default_everywhere_or_leaves_the_elements() ->
     assert into(SKIPPED, default=1, has_default=True)["orders"] == ORDERS
 
 
-def test_an_array_that_changed_length_or_is_missing_is_left_alone() -> None:
-    assert into(ok(["a", "b"]))["orders"] == ORDERS
-    placements = [place("orders"), place("p")]
-    assert place_into({"x": 1}, [INTO], placements, [ok(1), ok(["a"])]) == {"x": 1}
-    assert place_into({"orders": {}}, [INTO], placements, [ok(1), ok([])]) == {"orders": {}}
+def test_an_array_that_changed_length_or_is_missing_places_nothing_and_says_why() -> None:
+    body, unplaced = into_unplaced(ok(["a", "b"]))
+    assert body["orders"] == ORDERS
+    assert unplaced == {
+        1: Unplaced(
+            "into orders[*].product: the array has 3 elements, not the 2 the calls were made "
+            "for (another backend changed it)"
+        )
+    }
+    for merged, what in (({"x": 1}, "not in the response"), ({"orders": {}}, "an object")):
+        body, unplaced = into_unplaced(ok(["a"]), merged)
+        assert body == merged
+        assert unplaced == {1: Unplaced(f"into orders[*].product: the array is {what}")}
+    # a backend that failed has nothing to place: nothing to say
+    assert into_unplaced(FAILED, {"x": 1}) == ({"x": 1}, {})
 
 
-def test_into_creates_the_objects_a_key_path_needs_and_skips_what_is_not_an_object() -> None:
-    plan = IntoPlan(1, ("g", "items"), ("detail", "product"))
+def test_into_creates_the_objects_a_key_path_needs_and_names_what_is_not_an_object() -> None:
+    plan = IntoPlan(1, ("g", "items"), ("detail", "product"), "g.items[*].detail.product")
     body = {"g": {"items": [{"id": 1}, "scalar", {"detail": 5}, {"detail": {"x": 1}}]}}
     placements = [place("g", "g"), place("p")]
-    out = place_into(body, [plan], placements, [ok(None), ok(["a", "b", "c", "d"])])
+    out, unplaced = place_into(body, [plan], placements, [ok(None), ok(["a", "b", "c", "d"])])
     assert out == {
         "g": {
             "items": [
@@ -266,6 +286,15 @@ def test_into_creates_the_objects_a_key_path_needs_and_skips_what_is_not_an_obje
         }
     }
     assert body["g"]["items"][3] == {"detail": {"x": 1}}
+    assert unplaced == {
+        1: Unplaced(
+            "into g.items[*].detail.product: element 1 is a string, not an object",
+            frozenset({1, 2}),
+        )
+    }
+    assert blocked({"detail": 5}, ("detail", "product"), 2) == (
+        "element 2.detail is a number, not an object"
+    )
 
 
 def test_several_backends_filling_one_array_keep_their_indexes_when_one_skips() -> None:
@@ -273,7 +302,7 @@ def test_several_backends_filling_one_array_keep_their_indexes_when_one_skips() 
     second = IntoPlan(2, ("orders",), ("b",))
     placements = [place("orders", "orders"), place("p"), place("q")]
     skip = ItemResults((1, None, 3), frozenset({1}), "skip")
-    out = place_into(
+    out, _ = place_into(
         {"orders": ORDERS}, [first, second], placements, [ok(None), ok(skip), ok([7, 8, 9])]
     )
     assert out["orders"] == [{"id": "o1", "a": 1, "b": 7}, {"id": "o3", "a": 3, "b": 9}]
@@ -296,10 +325,108 @@ def test_placement_is_by_index_and_never_mutates(
     body = {"arr": elements}
     before = copy.deepcopy(body)
     placements = [place("arr", "arr"), place("p")]
-    out = place_into(body, [IntoPlan(1, ("arr",), ("k",))], placements, [ok(None), ok(items)])
+    out, unplaced = place_into(
+        body, [IntoPlan(1, ("arr",), ("k",))], placements, [ok(None), ok(items)]
+    )
+    assert unplaced == {}
     assert body == before
     kept = [i for i in range(len(elements)) if not (mode == "skip" and i in failed)]
     assert out["arr"] == [{**elements[i], "k": None if i in failed else values[i]} for i in kept]
+
+
+# --- settling: results that find no place are not ok --------------------------------------
+
+PLAN = CollectionsPlan(
+    first_slot=3, concat_arrays=True, into=(IntoPlan(2, ("orders",), ("p",), "orders[*].p"),)
+)
+
+
+def settle(orders: Any, result: BackendResult, other: Any = None, default: Any = None) -> Any:
+    """An orders group, another backend (a static value, say) and the into backend (with
+    ``default`` if not None)."""
+    placements = [
+        place("a", "orders"),
+        place("z"),
+        place("p", default=default, has_default=default is not None),
+    ]
+    results = [ok(orders), ok(other) if other is not None else SKIPPED, result]
+    settled, build = PLAN.settle(placements, results)
+    return settled[2], build(placements, settled)
+
+
+def test_an_array_another_backend_lengthened_fails_the_into_backend_with_its_reason() -> None:
+    result, body = settle([{"id": 1}, {"id": 2}], ok(["x", "y"]), {"orders": [{"id": 3}]})
+    assert result.outcome == Outcome.INVALID_REFERENCE
+    assert "the array has 3 elements, not the 2" in result.detail
+    assert body == {"orders": [{"id": 1}, {"id": 2}, {"id": 3}]}
+    # its default then goes into every element, as for any failure of the backend
+    result, body = settle([{"id": 1}], ok(["x"]), {"orders": [{"id": 2}]}, {"n": "?"})
+    assert result.outcome == Outcome.INVALID_REFERENCE
+    assert body == {"orders": [{"id": 1, "p": {"n": "?"}}, {"id": 2, "p": {"n": "?"}}]}
+    result, body = settle([{"id": 1}], ok(["x"]), {"orders": "oops"})
+    assert result.detail == "into orders[*].p: the array is a string"
+    assert body == {"orders": "oops"}
+
+
+def test_a_required_into_backend_whose_results_find_no_place_fails_the_request() -> None:
+    placements = [place("a", "orders"), place("z"), Placement("p", True, None, False)]
+    results = [ok([{"id": 1}]), ok({"orders": [{"id": 2}]}), ok(["x"])]
+    settled, build = PLAN.settle(placements, results)
+    answer = aggregate(placements, settled, None, build)
+    assert answer.status == 502
+    assert answer.body["backends"] == {"a": "ok", "z": "ok", "p": "invalid_reference"}
+
+
+def test_an_element_that_cannot_take_its_result_is_a_failed_item() -> None:
+    orders = [{"id": 1}, "two", {"id": 3}]
+    result, body = settle(orders, ok(["x", "y", "z"]))
+    assert result.outcome == Outcome.INVALID_REFERENCE  # on_item_error: fail
+    assert result.detail == "into orders[*].p: element 1 is a string, not an object"
+    assert body == {"orders": orders}
+    skip = ItemResults(("x", "y", None), frozenset({2}), "skip")
+    result, body = settle(orders, ok(skip))
+    assert (result.outcome, failed_items(result)) == (Outcome.OK, 2)
+    assert body == {"orders": [{"id": 1, "p": "x"}]}
+    null = ItemResults(("x", "y", None), frozenset({2}), "null")
+    result, body = settle(orders, ok(null))
+    assert (result.outcome, failed_items(result)) == (Outcome.OK, 2)
+    assert body == {"orders": [{"id": 1, "p": "x"}, "two", {"id": 3, "p": None}]}
+
+
+def test_without_into_settling_changes_nothing() -> None:
+    plan = CollectionsPlan(first_slot=1, concat_arrays=True)
+    results = [ok({"k": [1]})]
+    settled, build = plan.settle([place("a")], results)
+    assert settled is results
+    assert build([place("a")], results) == {"k": [1]}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.just({}), st.just({"q": 1}), st.integers(), st.none()), max_size=6),
+    st.data(),
+    st.sampled_from(["fail", "skip", "null"]),
+)
+def test_an_ok_into_backend_placed_every_result_or_counted_the_element_failed(
+    elements: list[Any], data: st.DataObject, mode: Any
+) -> None:
+    n = len(elements)
+    failed = frozenset(data.draw(st.sets(st.integers(0, n - 1))) if n else set())
+    values = tuple(None if i in failed else f"v{i}" for i in range(n))
+    value: Any = list(values) if mode == "fail" else ItemResults(values, failed, mode)
+    if mode == "fail":
+        failed = frozenset()
+    result, body = settle(elements, ok(value))
+    objects = {i for i, e in enumerate(elements) if isinstance(e, dict)}
+    if result.outcome != Outcome.OK:
+        assert mode == "fail" and len(objects) < n
+        return
+    unplaceable = set(range(n)) - objects
+    assert failed_items(result) == len(failed | unplaceable)
+    kept = [i for i in range(n) if not (mode == "skip" and i in failed | unplaceable)]
+    assert body["orders"] == [
+        {**elements[i], "p": values[i]} if i in objects else elements[i] for i in kept
+    ]
 
 
 # --- the whole body ------------------------------------------------------------------------

@@ -347,6 +347,132 @@ async def test_into_over_a_backends_array_lands_where_that_backend_is_merged(
         }
 
 
+async def test_into_whose_array_another_backend_changed_fails_the_backend_with_a_reason(
+    nursery: trio.Nursery,
+) -> None:
+    """extra, merged after the group, brings one more order under the group's key: the
+    four results no longer match the five elements, and placing none of them quietly as
+    ``ok`` would lose them; product is invalid_reference and says why."""
+    with trio.fail_after(10):
+
+        async def handler(req: RecordedRequest) -> Reply:
+            if req.path == "/extra":
+                return Reply(json={"orders": [{"id": "o9", "product_id": "p9"}]})
+            return await shop()(req)
+
+        up = await start_upstream(nursery, handler)
+        endpoint = into_endpoint("null")
+        endpoint["backends"].append(b("extra", "/extra"))
+        gw = await start_gateway(nursery, config(up, endpoint))
+        r = await gw.get("/api/7")
+        assert r.status_code == 200, r.text
+        assert r.headers["x-gateway-backends"] == (
+            "recent=ok, archived=ok, product=invalid_reference, extra=ok"
+        )
+        assert r.headers["x-gateway-complete"] == "false"
+        body = r.json()
+        assert body["_gateway"]["backends"]["product"]["reason"] == (
+            "into orders[*].product: the array has 5 elements, not the 4 the calls were made "
+            "for (another backend changed it)"
+        )
+        assert [p for _, p in placed(body)] == ["absent"] * 5
+
+
+@pytest.mark.parametrize("mode", ["fail", "skip", "null"])
+async def test_an_element_that_cannot_take_its_result_is_a_failed_item(
+    nursery: trio.Nursery, mode: str
+) -> None:
+    """o2's detail is a string: its product has nowhere to go."""
+    with trio.fail_after(10):
+        orders = [
+            {"id": "o1", "product_id": "p1"},
+            {"id": "o2", "product_id": "p2", "detail": "old"},
+            {"id": "o3", "product_id": "p3", "detail": {"x": 1}},
+        ]
+
+        async def handler(req: RecordedRequest) -> Reply:
+            if req.path == "/orders":
+                return Reply(json=orders)
+            return await shop()(req)
+
+        up = await start_upstream(nursery, handler)
+        product = b(
+            "product",
+            "/products/{orders[*].product_id}",
+            for_each=True,
+            into="orders[*].detail.product",
+            on_item_error=mode,
+            select="name",
+        )
+        endpoint = {
+            "path": "/api/{id}",
+            "debug": True,
+            "backends": [b("orders", "/orders", group="orders"), product],
+        }
+        gw = await start_gateway(nursery, config(up, endpoint))
+        r = await gw.get("/api/1")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        debug = body.pop("_gateway")["backends"]["product"]
+        if mode == "fail":
+            assert debug["outcome"] == "invalid_reference"
+            assert debug["reason"] == (
+                "into orders[*].detail.product: element 1.detail is a string, not an object"
+            )
+            assert body == {"orders": orders}
+            return
+        assert (debug["outcome"], debug["failed_items"]) == ("ok", 1)
+        first = {**orders[0], "detail": {"product": "name of p1"}}
+        third = {**orders[2], "detail": {"x": 1, "product": "name of p3"}}
+        kept = [first, third] if mode == "skip" else [first, orders[1], third]
+        assert body == {"orders": kept}
+
+
+@pytest.mark.parametrize("mode", ["fail", "skip", "null"])
+async def test_an_element_without_the_referenced_value_is_a_failed_item_under_skip_and_null(
+    nursery: trio.Nursery, mode: str
+) -> None:
+    """o2 has no product_id and the third element is a number: no call can be made for
+    them. Under fail that fails the backend before any call; under skip and "null" they
+    are failed items, and the other elements are filled."""
+    with trio.fail_after(10):
+        orders = [{"id": "o1", "product_id": "p1"}, {"id": "o2"}, 5]
+
+        async def handler(req: RecordedRequest) -> Reply:
+            if req.path == "/orders":
+                return Reply(json=orders)
+            return await shop()(req)
+
+        up = await start_upstream(nursery, handler)
+        product = b(
+            "product",
+            "/products/{orders[*].product_id}",
+            for_each=True,
+            into="orders[*].product",
+            on_item_error=mode,
+            select="name",
+        )
+        endpoint = {
+            "path": "/api/{id}",
+            "debug": True,
+            "backends": [b("orders", "/orders", group="orders"), product],
+        }
+        gw = await start_gateway(nursery, config(up, endpoint))
+        r = await gw.get("/api/1")
+        body = r.json()
+        debug = body.pop("_gateway")["backends"]["product"]
+        if mode == "fail":
+            assert debug["outcome"] == "invalid_reference"
+            assert debug["reason"] == "{orders[*].product_id}: 'product_id' is missing"
+            assert up.calls("/products/p1") == 0
+            return
+        assert (debug["outcome"], debug["failed_items"]) == ("ok", 2)
+        first = {**orders[0], "product": "name of p1"}
+        assert body == {
+            "orders": [first] if mode == "skip" else [first, {"id": "o2", "product": None}, 5]
+        }
+
+
 async def test_shape_with_wildcards_shapes_the_merged_body_but_not_the_debug_block(
     nursery: trio.Nursery,
 ) -> None:

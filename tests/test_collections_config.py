@@ -49,7 +49,7 @@ def test_an_endpoint_without_collections_has_no_plan_and_one_with_them_has() -> 
     )
     collections = plan.endpoints[0].collections
     assert collections is not None
-    assert collections.into == (IntoPlan(2, ("orders",), ("product",)),)
+    assert collections.into == (IntoPlan(2, ("orders",), ("product",), "orders[*].product"),)
     assert collections.readers[2].groups == (0,)
     # the group reference waits for every backend of the group
     assert plan.endpoints[0].backends[2].deps == (0, 1)
@@ -93,6 +93,11 @@ def test_a_bare_null_for_on_item_error_says_to_quote_it() -> None:
         ("orders[*].a[*].b", "at most one [*] per reference"),
         ("header.x", "write the array, [*], then the key to set"),
         (
+            "body.items[*].p",
+            "into fills an array of the response (a group's or a backend's), not of the "
+            "client's body",
+        ),
+        (
             "recent[*].x",
             "fills recent[*] but for_each walks {orders[*].product_id}: into must name that "
             "array (orders[*].KEY)",
@@ -120,6 +125,67 @@ def test_into_over_a_backend_that_fills_elements_itself_is_refused() -> None:
         b("q", "/q/{p[*].id}", for_each=True, into="p[*].y"),
     )
     assert problems(config) == [f"{AT}.into: p puts its own results into elements: it has no array"]
+
+
+def static(name: str, value: Any, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "static": value, **extra}
+
+
+def test_into_over_a_static_array_whose_elements_are_not_objects_is_refused() -> None:
+    into = b("p", "/p/{ids[*]}", for_each=True, into="ids[*].product")
+    assert problems(cfg(static("ids", ["p1", "p2"], group="ids"), into)) == [
+        "c.yaml: endpoints[0].backends[1].into: in the static value of 'ids', element 0 is a "
+        "string, not an object: into ids[*].product sets a key in every element"
+    ]
+    nested = b("p", "/p/{o.items[*].id}", for_each=True, into="o.items[*].product.detail")
+    items = [{"id": "p1", "product": {}}, {"id": "p2", "product": "str"}]
+    assert problems(cfg(static("o", {"items": items}, group="o"), nested)) == [
+        "c.yaml: endpoints[0].backends[1].into: in the static value of 'o', element 1.product "
+        "is a string, not an object: into o.items[*].product.detail sets a key in every element"
+    ]
+    items[1]["product"] = {"old": 1}  # objects all along the path: fine
+    load_config("c.yaml", {}, text=json.dumps(cfg(static("o", {"items": items}), nested)))
+
+
+def test_a_static_value_that_changes_the_array_into_fills_is_refused() -> None:
+    group = static("a", [{"pid": "p1"}], group="orders")
+    into = b("p", "/p/{orders[*].pid}", for_each=True, into="orders[*].product")
+    message = (
+        "c.yaml: endpoints[0].backends[2].into: the static value of 'z' puts 'orders' in the "
+        "response, which changes the array into orders[*].product fills; rename the key, or "
+        "give that backend a group"
+    )
+    for value in ({"orders": "oops"}, {"orders": [{"pid": "p3"}]}):
+        assert problems(cfg(group, into, static("z", value))) == [
+            message.replace("backends[2]", "backends[1]")
+        ]
+    # before the group in config order: replaced by the group's array, unless concat joins it
+    load_config("c.yaml", {}, text=json.dumps(cfg(static("z", {"orders": [1]}), group, into)))
+    joined = cfg(group, static("z", {"orders": [{"pid": "p3"}]}), into, merge={"arrays": "concat"})
+    assert problems(joined) == [message]
+    # a key of the group's object that into does not walk is merged beside it: fine
+    items = cfg(
+        static("a", {"items": [{"id": 1}]}, group="o"),
+        b("p", "/p/{o.items[*].id}", for_each=True, into="o.items[*].x"),
+        static("z", {"other": 1}, group="o"),
+    )
+    load_config("c.yaml", {}, text=json.dumps(items))
+
+
+def test_a_backend_that_may_put_the_arrays_key_in_the_response_is_a_warning() -> None:
+    config = cfg(*ORDERS, each(into="orders[*].product"), b("user", "/u"))
+    plan = load_config("c.yaml", {}, text=json.dumps(config))
+    assert [str(w) for w in plan.warnings if "into" in w.path] == [
+        "c.yaml: endpoints[0].backends[2].into: warning: 'user' merges an object at the top: "
+        "a value it gives under 'orders' changes the array into orders[*].product fills, and "
+        "this backend then fails (invalid_reference); give it a group, or allow only other "
+        "keys"
+    ]
+    for quiet in (b("user", "/u", group="user"), b("user", "/u", allow=["name", "orders2"])):
+        plan = load_config(
+            "c.yaml", {}, text=json.dumps(cfg(*ORDERS, each(into="orders[*].p"), quiet))
+        )
+        assert not [w for w in plan.warnings if "into" in w.path]
 
 
 def test_a_name_both_backend_and_group_of_others_is_ambiguous_but_a_lone_one_is_the_backend() -> (

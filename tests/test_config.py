@@ -295,7 +295,7 @@ def test_bare_number_backend_timeout_is_an_error() -> None:
     text = one_endpoint("- {name: a, upstream: users, path: /a, timeout: 1}")
     assert problems_of(text) == [
         "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
-        "like 250ms or 2s (got int)"
+        "like 250ms or 2s (got a number)"
     ]
 
 
@@ -514,12 +514,12 @@ def test_validation_and_cross_reference_problems_come_out_in_one_run() -> None:
     assert problems_of(ROUNDS_CONFIG) == [
         # validation: unknown keys, bare numbers, YAML 1.1 booleans
         "gw.yaml: defaults.deadline: a duration must be a string with a unit, like 250ms or "
-        "2s (got int)",
+        "2s (got a number)",
         "gw.yaml: upstreams.users.timeout: a duration must be a string with a unit, like "
-        "250ms or 2s (got int)",
+        "250ms or 2s (got a number)",
         "gw.yaml: endpoints[0].debug: 'yes' is not a boolean: YAML 1.2 booleans are true and false",
         "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
-        "like 250ms or 2s (got int)",
+        "like 250ms or 2s (got a number)",
         "gw.yaml: endpoints[0].foo: unknown key 'foo' (allowed: path, method, deadline, "
         "forward_headers, forward_query, debug, passthrough, rate_limit, cache, auth, "
         "response_headers, remove_headers, cors, compression, merge, shape, request_schema, "
@@ -576,7 +576,7 @@ def test_a_reference_to_a_backend_left_out_is_not_reported_as_unknown() -> None:
     )
     assert problems_of(text) == [
         "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
-        "like 250ms or 2s (got int)"
+        "like 250ms or 2s (got a number)"
     ]
 
 
@@ -603,7 +603,7 @@ def test_unset_variables_validation_and_cross_references_come_out_in_one_run() -
     assert problems_of(text) == [
         "gw.yaml: endpoints[0].backends[1].timeout: environment variable T is not set",
         "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
-        "like 250ms or 2s (got int)",
+        "like 250ms or 2s (got a number)",
         # a backend with an invalid setting of its own is still cross-checked
         "gw.yaml: endpoints[0].backends[0].upstream: unknown upstream 'nope' "
         "(known: orders, users)",
@@ -1483,6 +1483,59 @@ def test_yaml_reads_only_true_and_false_as_booleans() -> None:
     config = load_config_text(text, "gw.yaml", {})
     assert config.upstreams["u"].retries is not None
     assert config.upstreams["u"].retries.on == ["http_503"]
+
+
+@pytest.mark.parametrize(
+    ("scalar", "value"),
+    [
+        ("12:30", "12:30"),  # YAML 1.1: 750 (base 60)
+        ("1e3", 1000.0),  # YAML 1.1: a string
+        ("-1.5E-2", -0.015),
+        (".5", 0.5),
+        ("0x1F", 31),
+        ("0o17", 15),  # YAML 1.1: the string "0o17"
+        ("012", 12),  # YAML 1.1: 10 (octal)
+        ("+7", 7),
+        ("1_000", "1_000"),  # YAML 1.1: 1000
+        ("0b11", "0b11"),  # YAML 1.1: 3
+        ("=", "="),  # YAML 1.1's "value" type, which the safe loader cannot build
+        ("~", None),
+        ("yes", "yes"),
+    ],
+)
+def test_every_scalar_of_the_config_is_read_by_yaml_12_core_schema_rules(
+    scalar: str, value: Any
+) -> None:
+    text = one_endpoint(f"- {{name: a, static: {{v: {scalar}, in: [{scalar}]}}}}")
+    static = load_config_text(text, "gw.yaml", {}).endpoints[0].backends[0].static
+    assert static == {"v": value, "in": [value]}
+    assert type(static["v"]) is type(value)  # 1000.0, not 1000
+
+
+def test_non_finite_numbers_and_unquoted_references_are_config_problems_at_their_path() -> None:
+    text = one_endpoint(
+        "- {name: a, static: {x: .inf, y: [-.Inf, .NaN]}, default: {z: .nan}}\n"
+        "- name: b\n"
+        "  upstream: users\n"
+        "  path: /b\n"
+        "  method: POST\n"
+        "  body: {template: {n: {body.x}, d: 2024-01-01, ok: {a: null}}}",
+        endpoint_extra="method: POST\n",
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].static.x: .inf is not a JSON number: JSON has no "
+        "infinity or NaN",
+        "gw.yaml: endpoints[0].backends[0].static.y[0]: -.Inf is not a JSON number: JSON has no "
+        "infinity or NaN",
+        "gw.yaml: endpoints[0].backends[0].static.y[1]: .NaN is not a JSON number: JSON has no "
+        "infinity or NaN",
+        "gw.yaml: endpoints[0].backends[0].default.z: .nan is not a JSON number: JSON has no "
+        "infinity or NaN",
+        "gw.yaml: endpoints[0].backends[1].body.template.n: {body.x} without quotes is a YAML "
+        'mapping (body.x: null): write "{body.x}" for a reference, or body.x: null',
+        # pydantic's union member tags (dict, list) are not part of the path
+        "gw.yaml: endpoints[0].backends[1].body.template.d: a date is not a JSON value (quote it)",
+    ]
 
 
 @pytest.mark.parametrize(

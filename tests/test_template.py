@@ -420,10 +420,22 @@ def test_scalar_text_gives_floats_as_json_text(value: float) -> None:
     assert json.loads(scalar_text(value)) == value
 
 
-@pytest.mark.parametrize("value", [True, False, None, [], ["a"], {}, {"a": 1}])
-def test_scalar_text_rejects_non_scalars_and_bools(value: Any) -> None:
-    with pytest.raises(UnresolvedReference):
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (True, "a boolean"),
+        (False, "a boolean"),
+        (None, "null"),
+        ([], "an array"),
+        (["a"], "an array"),
+        ({}, "an object"),
+        ({"a": 1}, "an object"),
+    ],
+)
+def test_scalar_text_rejects_non_scalars_and_bools_in_jsons_words(value: Any, kind: str) -> None:
+    with pytest.raises(UnresolvedReference) as caught:
         scalar_text(value)
+    assert str(caught.value) == f"value is {kind}, not a string or number"
 
 
 # --- url_value ------------------------------------------------------------------------

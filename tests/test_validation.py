@@ -160,6 +160,38 @@ async def test_a_missing_or_unparsable_body_is_invalid_request_body(nursery: tri
         assert [req.path for req in seen] == ["/stock"]
 
 
+@pytest.mark.parametrize(
+    ("content", "path", "words"),
+    [
+        (b'{"items":[{"sku":"A","qty":0,"qty":1}]}', "$.items[0].qty", "a name appears twice"),
+        (b'{"items":[{"sku":"A","qty":1}],"items":[]}', "$.items", "a name appears twice"),
+        (b'{"items":[{"sku":"A","qty":18446744073709551616}]}', "$.items[0].qty", "64 bits"),
+        (b'{"items":[{"sku":"A","qty":-9223372036854775809}]}', "$.items[0].qty", "64 bits"),
+    ],
+)
+async def test_a_body_the_schema_and_the_upstream_would_read_differently_is_refused(
+    nursery: trio.Nursery, content: bytes, path: str, words: str
+) -> None:
+    """orjson keeps the last of two equal names and reads a huge integer as a float: the
+    schema would check a value other than the one body: forward sends (qty 0 first, which
+    an upstream reading the first name takes)."""
+    with trio.fail_after(10):
+        seen, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(nursery, cart_config(up.url, request_schema=CART_SCHEMA))
+        r = await gw.request("POST", "/api/cart", content=content)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["in"], error["path"]) == ("invalid_request_body", "body", path)
+        assert words in error["message"]
+        assert seen == []
+        # the largest 64-bit integers, and the same names in different objects, are fine
+        fine = b'{"items":[{"sku":"A","qty":1,"n":18446744073709551615},{"sku":"B","qty":2}]}'
+        r = await gw.request("POST", "/api/cart", content=fine)
+        assert r.status_code == 200, r.text
+        assert next(req for req in seen if req.path == "/quote").body == fine
+
+
 # --- the query ---------------------------------------------------------------------------
 
 
@@ -207,6 +239,30 @@ async def test_a_query_that_fails_its_schema_names_the_parameter_and_no_upstream
         r = await gw.get("/api/products?tag=red&tag=blue&limit=20")
         assert r.status_code == 200
         assert seen[-1].target == "/products?tag=red&tag=blue&limit=20"
+
+
+async def test_malformed_percent_encoding_in_a_query_the_schema_reads_is_named_as_such(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        seen, handler = recorder()
+        up = await start_upstream(nursery, handler)
+        # not forwarded (forward_query refuses a malformed value of its own)
+        gw = await start_gateway(nursery, query_config(up.url, forward_query=[]))
+        for query, name in (("?limit=%G1", "limit"), ("?tag=red&tag=%", "tag")):
+            r = await gw.get("/api/products" + query)
+            assert r.status_code == 400, query
+            assert r.json()["error"] == {
+                "code": "invalid_query_parameter",
+                "message": f"query parameter {name!r}: malformed percent-encoding",
+                "parameter": name,
+                "in": "query",
+                "request_id": r.headers["x-request-id"],
+            }
+        assert seen == []
+        # a later value of a parameter the schema reads once is not read: not refused
+        r = await gw.get("/api/products?limit=5&limit=%G1")
+        assert r.status_code == 200, r.text
 
 
 async def test_a_passthrough_endpoint_checks_its_query_before_the_upstream(
@@ -323,6 +379,32 @@ def test_a_schema_its_metaschema_refuses_is_reported_with_where_inside_it(tmp_pa
         'type "number"',
         'endpoints[0].query_schema.properties.tag.type: "arrray" is not valid under any of '
         "the schemas listed in the 'anyOf' keyword",
+    ]
+
+
+def test_every_metaschema_problem_of_an_inline_schema_is_reported(tmp_path: Path) -> None:
+    schema = {"type": "objekt", "properties": {"qty": {"minimum": "one"}}}
+    file = write_config(tmp_path, {"request_schema": schema})
+    assert problems_of(file) == [
+        'endpoints[0].request_schema.properties.qty.minimum: "one" is not of type "number"',
+        'endpoints[0].request_schema.type: "objekt" is not valid under any of the schemas '
+        "listed in the 'anyOf' keyword",
+    ]
+
+
+def test_a_schema_file_with_a_name_twice_in_one_object_is_a_config_problem(
+    tmp_path: Path,
+) -> None:
+    file = write_config(tmp_path, {"request_schema": "dup.json", "query_schema": "dup.yaml"})
+    (tmp_path / "conf" / "dup.json").write_text(
+        '{"properties": {"qty": {"type": "integer", "type": "string"}}}'
+    )
+    (tmp_path / "conf" / "dup.yaml").write_text("type: object\ntype: array\n")
+    assert problems_of(file) == [
+        "endpoints[0].request_schema: dup.json: at /properties/qty/type: a name appears twice "
+        "in one object (names must be unique: RFC 8259 section 4, RFC 7493 section 2.3)",
+        "endpoints[0].query_schema: dup.yaml: duplicate key 'type' at line 2 (first at line "
+        "1): keys of a mapping must be unique",
     ]
 
 

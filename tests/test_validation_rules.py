@@ -189,6 +189,22 @@ def test_a_schema_that_cannot_be_used_is_refused_with_where_inside_it(
 
 @pytest.mark.parametrize(
     "dialect",
+    [None, "http://json-schema.org/draft-07/schema#", "http://json-schema.org/draft-04/schema#"],
+)
+def test_every_problem_the_metaschema_finds_is_reported(dialect: str | None) -> None:
+    schema: dict[str, Any] = {"type": "objekt", "properties": {"qty": {"minimum": "one"}}}
+    if dialect is not None:
+        schema["$schema"] = dialect
+    with pytest.raises(SchemaError) as caught:
+        compile_schema(schema)
+    found = [(e.at, e.message) for e in (caught.value, *caught.value.others)]
+    assert [at for at, _ in found] == [("properties", "qty", "minimum"), ("type",)]
+    assert '"one" is not of type "number"' in found[0][1]
+    assert "anyOf" in found[1][1]
+
+
+@pytest.mark.parametrize(
+    "dialect",
     [
         "https://json-schema.org/draft/2020-12/schema",
         "https://json-schema.org/draft/2019-09/schema#",

@@ -265,7 +265,7 @@ def check_client_values(
         if ctx.body is None:
             raise InvalidRequestBody(
                 f"backend {backend.name!r} sends the request's JSON body, and the request has none",
-                fields={"in": "body", "path": ""},
+                fields={"in": "body"},
             )
         if backend.body:
             try:
@@ -365,7 +365,7 @@ def _check_body_ref(ref: Ref, encode: Callable[[JSON], object], ctx: CallContext
     if ctx.body is None:
         raise InvalidRequestBody(
             f"{ref.text} reads the request's JSON body, and the request has none",
-            fields={"in": "body", "path": ""},
+            fields={"in": "body"},
         )
     try:
         check_values(ctx.json_body, ref.path, encode)
@@ -475,6 +475,40 @@ def build_requests(
     """
     if not backend.for_each:
         return [build_request(backend, ctx, results, span_id=span_id)]
+    elements = _elements(backend, ctx, results)
+    return [build_request(backend, ctx, results, element, span_id) for element in elements]
+
+
+def build_item_requests(
+    backend: BackendPlan,
+    ctx: CallContext,
+    results: Sequence[BackendResult | None],
+    span_id: bytes | None = None,
+) -> list[UpstreamRequest | None]:
+    """For a ``for_each`` backend whose failed calls do not fail it (``on_item_error``
+    ``skip`` or ``"null"``): one request per element, or None for an element whose values
+    are missing or unusable (a failed item, as a failed call is).
+
+    Raises:
+        UnresolvedReference: the array is missing or longer than ``max_calls``.
+    """
+    requests: list[UpstreamRequest | None] = []
+    for element in _elements(backend, ctx, results):
+        try:
+            requests.append(build_request(backend, ctx, results, element, span_id))
+        except (UnresolvedReference, httpx.InvalidURL):
+            requests.append(None)
+    return requests
+
+
+def _elements(
+    backend: BackendPlan, ctx: CallContext, results: Sequence[BackendResult | None]
+) -> list[JSON]:
+    """The array a ``for_each`` backend walks.
+
+    Raises:
+        UnresolvedReference: it is missing, not an array, or longer than ``max_calls``.
+    """
     # every [*] reference of the backend walks this one array (checked at load)
     ref = next(r for r in backend.refs if r.has_wildcard)
     if ref.kind == "body":
@@ -493,7 +527,7 @@ def build_requests(
         raise UnresolvedReference(
             f"{ref.text}: {len(elements)} elements exceed max_calls {backend.max_calls}"
         )
-    return [build_request(backend, ctx, results, element, span_id) for element in elements]
+    return elements
 
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})

@@ -15,14 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .._errors import ConfigProblem
-from .._rules.collect import CollectionsPlan, GroupPlan, IntoPlan, Reader
+from .._rules.collect import CollectionsPlan, GroupPlan, IntoPlan, Reader, blocked, set_in
 from .._rules.template import (
     WILDCARD,
     Ref,
     Segment,
     Template,
     TemplateSyntaxError,
+    UnresolvedReference,
     parse_template,
+    walk,
 )
 from .._rules.transform import Transform
 from .load import format_path
@@ -152,14 +154,22 @@ def compile_collections(
             readers[bi] = Reader(tuple(direct), tuple(slots))
     plans = tuple(g.plan for g in sorted(groups.values(), key=lambda g: g.slot))
     into_plans: list[IntoPlan] = []
+    concat = merge is not None and merge.arrays == "concat"
+    warnings: list[tuple[int, str]] = []
     for bi, into in intos.items():
         messages: list[str] = []
         plan = _into_plan(bi, into, backends, plans, intos, messages.append)
+        if plan is not None:
+            owners = _owners(plan, into, backends, plans)
+            messages += _static_elements(plan, into, owners, backends)
+            for certain, message in _conflicts(plan, owners, backends, intos, concat):
+                if certain:
+                    messages.append(message)
+                else:
+                    warnings.append((bi, message))
+            into_plans.append(plan)
         for message in messages:
             problem(("backends", bi, "into"), message)
-        if plan is not None:
-            into_plans.append(plan)
-    concat = merge is not None and merge.arrays == "concat"
     if not (
         concat
         or readers
@@ -175,6 +185,7 @@ def compile_collections(
         readers=readers,
         into=tuple(into_plans),
         shape=shape,
+        warnings=tuple(warnings),
     )
 
 
@@ -188,6 +199,11 @@ def _parse_into(text: str) -> Ref | str:
         (ref,) = parse_template("{" + text + "}").refs
     except (TemplateSyntaxError, ValueError) as exc:
         return f"{exc}: {shape}"
+    if ref.kind == "body":
+        return (
+            "into fills an array of the response (a group's or a backend's), not of the "
+            f"client's body: {shape}"
+        )
     if ref.kind not in ("param", "backend") or WILDCARD not in ref.path:
         return shape
     after = ref.path[ref.path.index(WILDCARD) + 1 :]
@@ -243,7 +259,122 @@ def _into_plan(
             body_path = (source.name, *array)
         else:  # an object: merged at the top level
             body_path = array
-    return IntoPlan(index, body_path, tuple(str(k) for k in key))
+    return IntoPlan(index, body_path, tuple(str(k) for k in key), into.text[1:-1])
+
+
+def _owners(
+    plan: IntoPlan, into: Ref, backends: Sequence[BackendPlan], groups: Sequence[GroupPlan]
+) -> tuple[int, ...]:
+    """The backends whose values make the array an ``into`` fills: its group's, or the
+    one its ``for_each`` reference walks."""
+    walked = next(r for r in template_refs(backends[plan.index]) if r.has_wildcard)
+    first = len(backends)
+    if walked.index >= first:
+        return groups[walked.index - first].members
+    return (walked.index,)
+
+
+def _static_elements(
+    plan: IntoPlan, into: Ref, owners: Sequence[int], backends: Sequence[BackendPlan]
+) -> list[str]:
+    """An array that a static backend gives and whose elements cannot take a result (not
+    objects, or not objects along the key path) would fail every request."""
+    array = into.path[: into.path.index(WILDCARD)]
+    messages = []
+    for owner in owners:
+        static = backends[owner].static
+        if static is None:
+            continue
+        try:
+            elements = walk(static.value, array)
+        except UnresolvedReference:
+            continue  # the reference's own problem
+        if not isinstance(elements, list):
+            continue
+        for i, element in enumerate(elements):
+            if set_in(element, plan.key, None) is None:
+                messages.append(
+                    f"in the static value of {backends[owner].name!r}, "
+                    f"{blocked(element, plan.key, i)}: into {plan.text} sets a key in every "
+                    "element"
+                )
+                break
+    return messages
+
+
+def _conflicts(
+    plan: IntoPlan,
+    owners: Sequence[int],
+    backends: Sequence[BackendPlan],
+    intos: Mapping[int, Ref],
+    concat: bool,
+) -> list[tuple[bool, str]]:
+    """Other backends that can change the array an ``into`` fills, as the merge puts their
+    values under its top-level key (at run time its results then find no place, and the
+    backend fails): ``(certain, message)``; certain for a static value that does."""
+    key, rest = plan.array[0], plan.array[1:]
+    last = max(owners)
+    found: list[tuple[bool, str]] = []
+    for j, other in enumerate(backends):
+        if j in owners or j in intos:
+            continue
+        group = other.placement.group
+        if other.static is not None:
+            value = other.static.value
+            if group is not None:
+                at_key, present = value, group == key
+            elif isinstance(value, dict):
+                at_key, present = value.get(key), key in value
+            else:
+                at_key, present = value, other.name == key
+            if not present:
+                continue
+            if j > last:  # replaces the owners' value (or joins it), but a group's object
+                # merges into theirs, key by key
+                changes = not (
+                    group is not None
+                    and rest
+                    and isinstance(at_key, dict)
+                    and rest[0] not in at_key
+                )
+            else:  # replaced by the owners' value, but an array concat joins to theirs
+                changes = concat and not rest and isinstance(at_key, list)
+            if changes:
+                found.append(
+                    (
+                        True,
+                        f"the static value of {other.name!r} puts {key!r} in the response, "
+                        f"which changes the array into {plan.text} fills; rename the key, or "
+                        "give that backend a group",
+                    )
+                )
+        elif (j > last or (concat and not rest)) and _may_carry(other, key, group):
+            where, fix = (
+                (f"has group {key!r}", "give it another group")
+                if group is not None
+                else ("merges an object at the top", "give it a group, or allow only other keys")
+            )
+            found.append(
+                (
+                    False,
+                    f"warning: {other.name!r} {where}: a value it gives under {key!r} changes "
+                    f"the array into {plan.text} fills, and this backend then fails "
+                    f"(invalid_reference); {fix}",
+                )
+            )
+    return found
+
+
+def _may_carry(backend: BackendPlan, key: Segment, group: str | None) -> bool:
+    """Whether a backend that makes calls may put a value under the top-level ``key``."""
+    if group is not None:
+        return group == key
+    if backend.name == key:
+        return True
+    transform = backend.transform
+    if transform.allow is None:
+        return True
+    return key in transform.allow or any(not p and new == key for p, _, new in transform.renames)
 
 
 def _written(name: str, path: Sequence[Segment]) -> str:
@@ -276,3 +407,12 @@ def _shape(
         if not found:  # each is fine alone: allow and deny together
             problem(("shape", "allow"), str(combined))
         return None
+
+
+def into_warnings(file: str, endpoint: int, plan: CollectionsPlan) -> list[ConfigProblem]:
+    """``gateway check``'s warnings about backends that may change an array ``into``
+    fills."""
+    return [
+        ConfigProblem(file, format_path(("endpoints", endpoint, "backends", bi, "into")), message)
+        for bi, message in plan.warnings
+    ]

@@ -55,7 +55,13 @@ from .body_compile import (
     static_ref_problems,
     static_result,
 )
-from .collections_compile import GroupSlot, compile_collections, group_slots, link_group
+from .collections_compile import (
+    GroupSlot,
+    compile_collections,
+    group_slots,
+    into_warnings,
+    link_group,
+)
 from .compression_compile import compile_compression
 from .cors_compile import compile_cors
 from .load import format_path, load_document, read_config_file
@@ -941,6 +947,8 @@ def risky_settings(plan: GatewayPlan) -> list[ConfigProblem]:
                     )
                 )
         warnings += graphql_warnings(file, ep.index, ep.backends)
+        if ep.collections is not None:
+            warnings += into_warnings(file, ep.index, ep.collections)
         if ep.cache is not None:
             warnings.extend(_cache_warnings(file, ep, ep.cache))
         if ep.cors is not None and ep.method not in ep.cors.methods:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, JsonValue, ValidationError
 
 from .._errors import ConfigError, ConfigProblem
 from .model import GatewayConfig
 from .salvage import Salvage, salvage
+from .types import yaml_kind
 
 # pure-Python PyYAML rejects valid flow mappings containing "?" (pyyaml#128); libyaml's
 # loader does not. The wheels ship libyaml; fall back only where it is missing.
@@ -31,8 +32,11 @@ _MERGE = "tag:yaml.org,2002:merge"
 
 
 class _Loader(_Base):  # type: ignore[valid-type,misc]
-    """YAML 1.2 booleans: only true/false. YAML 1.1 (PyYAML's default) also reads
-    yes/no/on/off as booleans, which would turn the `on:` key of `retries` into True.
+    """Scalars resolved as the YAML 1.2 core schema says (section 10.3.2), for the whole
+    config. Booleans: only true/false. YAML 1.1 (PyYAML's default) also reads yes/no/on/off
+    as booleans, which would turn the `on:` key of `retries` into True. Numbers: YAML 1.1
+    reads ``12:30`` as 750 and ``012`` as 10, and ``1e3`` as a string (see the resolvers
+    below).
 
     YAML 1.2 (section 3.2.1.1) also requires the keys of a mapping to be unique; PyYAML
     keeps the last value silently. Every repeated key is recorded in ``duplicates`` as
@@ -61,13 +65,100 @@ class _Loader(_Base):  # type: ignore[valid-type,misc]
 
 
 _BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_NULL = "tag:yaml.org,2002:null"
+# YAML 1.1 resolvers replaced by the YAML 1.2 core schema's (section 10.3.2), or dropped
+# (`=`, YAML 1.1's "value" type, which the safe constructor cannot even build)
+_REPLACED = frozenset({_BOOL, _INT, _FLOAT, "tag:yaml.org,2002:value"})
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
     for first, resolvers in _Base.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
     _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# YAML 1.1 also reads 12:30 as 750 (base 60), 012 as 10 (octal), 1_000 as 1000 and 0b11
+# as 3, and 1e3 (no dot) as a string; YAML 1.2 reads 12:30, 1_000 and 0b11 as strings,
+# 012 as 12 and 1e3 as 1000.0.
+_Loader.add_implicit_resolver(
+    _INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+_NON_FINITE = re.compile(r"^(?:[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """YAML 1.2 integers: decimal (leading zeros allowed), ``0o`` octal, ``0x`` hex."""
+    text = str(loader.construct_scalar(node))
+    try:
+        if text[:2] in ("0o", "0x"):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text, 10)
+    except ValueError:  # an explicit !!int on something else
+        raise yaml.constructor.ConstructorError(
+            None, None, "not an integer", node.start_mark
+        ) from None
+
+
+_Loader.add_constructor(_INT, _construct_int)
+
+
+def _yaml_gotchas(node: yaml.Node | None, file: str) -> list[ConfigProblem]:
+    """What YAML reads differently from what was surely meant, at its path in the document:
+
+    - ``{body.x}`` unquoted, a flow mapping whose entry has no ``:`` (YAML 1.2 section
+      7.4.3: its value is null): a template reference, or a mapping, was meant;
+    - ``.inf`` and ``.nan``: numbers JSON has not (RFC 8259 section 6), which no value of
+      the config (a template, a static value, a default, a schema) can send or use.
+    """
+    problems: list[ConfigProblem] = []
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[int | str, ...]]] = [] if node is None else [(node, ())]
+    while stack:
+        node, at = stack.pop()
+        if id(node) in seen:  # an alias: reported where its anchor is
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            children: list[tuple[yaml.Node, tuple[int | str, ...]]] = []
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                if (
+                    node.flow_style
+                    and isinstance(value, yaml.ScalarNode)
+                    and value.tag == _NULL
+                    and value.start_mark.index == key.end_mark.index
+                ):
+                    problems.append(
+                        ConfigProblem(
+                            file,
+                            format_path(at),
+                            f"{{{name}}} without quotes is a YAML mapping ({name}: null): "
+                            f'write "{{{name}}}" for a reference, or {name}: null',
+                        )
+                    )
+                children.append((value, at if key.tag == _MERGE else (*at, name)))
+            stack.extend(reversed(children))  # in document order
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*at, i)) for i, item in reversed(list(enumerate(node.value))))
+        elif node.tag == _FLOAT and _NON_FINITE.match(node.value):
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path(at),
+                    f"{node.value} is not a JSON number: JSON has no infinity or NaN",
+                )
+            )
+    return problems
+
 
 _VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
@@ -143,7 +234,7 @@ def parse_yaml(text: str, file: str) -> Any:
 
     Raises:
         ConfigError: a syntax error, or every key repeated within one mapping (naming the
-            lines of both).
+            lines of both), an unquoted ``{reference}`` or a ``.inf`` or ``.nan``.
     """
     data, duplicates = parse_yaml_collecting(text, file)
     if duplicates:
@@ -154,14 +245,17 @@ def parse_yaml(text: str, file: str) -> Any:
 def parse_yaml_collecting(text: str, file: str) -> tuple[Any, list[ConfigProblem]]:
     """:func:`parse_yaml`, giving every repeated key as a problem next to the data read
     with the last value of each (as YAML 1.1 loaders read it), so that the rest of the
-    document can still be checked in the same run.
+    document can still be checked in the same run; and every unquoted ``{reference}``,
+    ``.inf`` and ``.nan`` as a problem at its path (:func:`_yaml_gotchas`).
 
     Raises:
         ConfigError: a syntax error.
     """
     loader = _Loader(text)
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        gotchas = _yaml_gotchas(node, file)
+        data = None if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         raise ConfigError([ConfigProblem(file, "", _syntax_message(exc))]) from None
     except yaml.YAMLError as exc:
@@ -177,7 +271,7 @@ def parse_yaml_collecting(text: str, file: str) -> tuple[Any, list[ConfigProblem
         )
         for key, first, at in loader.duplicates
     ]
-    return data, duplicates
+    return data, duplicates + gotchas
 
 
 def _where(at: tuple[int, int], other: tuple[int, int]) -> str:
@@ -256,12 +350,16 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
 
 def _union_tags(loc: tuple[int | str, ...]) -> list[int]:
     """The positions in ``loc`` of pydantic's union member tags (``CorsConfig``,
-    ``list[RateLimitConfig]``, ``literal[False]``), found by walking the models."""
+    ``list[RateLimitConfig]``, ``literal[False]``, and in a JSON value ``dict`` and
+    ``list``), found by walking the models."""
     tags: list[int] = []
     annotation: Any = GatewayConfig
     for i, part in enumerate(loc):
         while typing.get_origin(annotation) is typing.Annotated:
             annotation = typing.get_args(annotation)[0]
+        if annotation is JsonValue:  # each level of a JSON value is tagged dict or list
+            tags.extend(j for j in range(i, len(loc), 2) if loc[j] in ("dict", "list"))
+            break
         members = [a for a in _union_members(annotation) if a is not type(None)]
         if len(members) > 1:
             tags.append(i)
@@ -346,6 +444,10 @@ def _problems_from_validation(exc: ValidationError, file: str) -> list[ConfigPro
             message = "required key is missing"
         elif kind == "value_error":
             message = message.removeprefix("Value error, ")
+        elif kind == "invalid-json-value":
+            message = f"{yaml_kind(error.get('input'))} is not a JSON value (quote it)"
+        elif loc and loc[-1] == "[key]":  # a key of a JSON object (a YAML 1: or true:)
+            loc, message = loc[:-1], "a key of a JSON object is a string (quote it)"
         elif kind == "literal_error" and loc == ("version",):
             message = "unsupported config version (this gateway reads version: 1)"
         loc = _clean_loc(loc)

@@ -8,7 +8,6 @@ byte counts or strings with a unit (``512KiB``, ``16MiB``).
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -23,7 +22,7 @@ from .._state.store import DEFAULT_TIMEOUT_S as DEFAULT_STATE_TIMEOUT_S
 from .._upstream.transport import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from .auth_model import AuthPolicyConfig, AuthRef
 from .types import METHODS as METHODS
-from .types import Duration, Method, Name, Size, _duration, _Model
+from .types import Duration, Method, Name, Size, _duration, _Model, yaml_kind
 
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 2.0
@@ -129,7 +128,8 @@ class ServerConfig(_Model):
 
 def _schema_source(value: object) -> object:
     """A schema is a file path or a JSON object. YAML can say more than JSON (dates,
-    keys that are not strings, `.nan`): name where, rather than a union's error."""
+    keys that are not strings): name where, rather than a union's error (`.inf` and `.nan`
+    are refused by the loader, anywhere in the config)."""
 
     def walk(node: object, at: str) -> None:
         if isinstance(node, dict):
@@ -140,10 +140,8 @@ def _schema_source(value: object) -> object:
         elif isinstance(node, list):
             for index, item in enumerate(node):
                 walk(item, f"{at}[{index}]")
-        elif isinstance(node, float) and not math.isfinite(node):
-            raise ValueError(f"{at}: {node} is not a JSON number")
         elif node is not None and not isinstance(node, str | int | float | bool):
-            raise ValueError(f"{at}: a {type(node).__name__} is not a JSON value (quote it)")
+            raise ValueError(f"{at}: {yaml_kind(node)} is not a JSON value (quote it)")
 
     if isinstance(value, dict):
         walk(value, "")
@@ -687,16 +685,21 @@ class BackendConfig(_Model):
     (`orders[*].product`), instead of a list of its own. The path names the array the
     `for_each` reference walks (a group's or a backend's, as the reference names it), then
     `[*]`, then the key to set. If the backend fails as a whole, its `default` (if any) goes
-    into every element; otherwise the elements stay as they were. Not with `group`."""
+    into every element; otherwise the elements stay as they were. Not with `group`. An
+    element that is not an object (or has something other than an object on the key's
+    path) cannot take its result: a failed item (`on_item_error`); an array that another
+    backend changed (its key in the response, with another length) fails the backend
+    (`invalid_reference`)."""
 
     on_item_error: Annotated[Literal["fail", "skip", "null"], BeforeValidator(_item_errors)] = (
         "fail"
     )
-    """With `for_each`: what a failed call does. `fail`: fails the backend (its other calls
-    are cancelled); `skip`: its element is left out (of the list, or of the array `into`
-    fills); `"null"` (quoted: a bare `null` is YAML's): its element or key gets `null`.
-    With `skip` and `"null"` the backend's outcome stays `ok`; `debug` counts the failed
-    calls."""
+    """With `for_each`: what a failed call does, and an element no call can be made for
+    (its referenced value missing or unusable) or that cannot take its result (`into`).
+    `fail`: fails the backend (its other calls are cancelled); `skip`: its element is left
+    out (of the list, or of the array `into` fills); `"null"` (quoted: a bare `null` is
+    YAML's): its element or key gets `null`. With `skip` and `"null"` the backend's outcome
+    stays `ok`; `debug` counts the failed items."""
 
     body: Literal["forward"] | BodyConfig | None = None
     """For a POST, PUT or PATCH call: `forward` sends the client's JSON body unchanged;

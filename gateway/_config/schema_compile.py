@@ -18,6 +18,7 @@ from typing import Any, TypedDict
 import orjson
 
 from .._errors import ConfigError, ConfigProblem
+from .._rules.jsonvalue import JsonRefused, read_json
 from .._rules.validation import CompiledSchema, PathSegment, SchemaError, compile_schema
 from .load import format_path, parse_yaml
 from .model import EndpointConfig
@@ -87,13 +88,14 @@ def _compile(
     try:
         return compile_schema(schema, query=query)
     except SchemaError as exc:
-        if isinstance(source, str):
-            inside = f" at {json_pointer(exc.at)}" if exc.at else ""
-            problems.append(
-                ConfigProblem(file, format_path(at), f"{source}{inside}: {exc.message}")
-            )
-        else:
-            problems.append(ConfigProblem(file, format_path((*at, *exc.at)), exc.message))
+        for error in (exc, *exc.others):
+            if isinstance(source, str):
+                inside = f" at {json_pointer(error.at)}" if error.at else ""
+                problems.append(
+                    ConfigProblem(file, format_path(at), f"{source}{inside}: {error.message}")
+                )
+            else:
+                problems.append(ConfigProblem(file, format_path((*at, *error.at)), error.message))
         return None
 
 
@@ -109,7 +111,8 @@ def read_schema(path: str) -> Any:
     """Read and parse a schema file: JSON for ``.json``, else YAML.
 
     Raises:
-        SchemaError: the file cannot be read, is not UTF-8, or does not parse.
+        SchemaError: the file cannot be read, is not UTF-8, or does not parse; or it has a
+            name twice in one object (JSON: RFC 8259 section 4; YAML: section 3.2.1.1).
     """
     try:
         with open(path, "rb") as handle:
@@ -118,9 +121,11 @@ def read_schema(path: str) -> Any:
         raise SchemaError(f"cannot read {path}: {exc.strerror or exc}") from None
     if path.endswith(".json"):
         try:
-            return orjson.loads(data)
+            return read_json(data, integers=False)
         except orjson.JSONDecodeError as exc:
             raise SchemaError(f"not valid JSON: {exc}") from None
+        except JsonRefused as exc:
+            raise SchemaError(f"at {json_pointer(exc.at)}: {exc.message}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -128,7 +133,9 @@ def read_schema(path: str) -> Any:
     try:
         return parse_yaml(text, path)
     except ConfigError as exc:
-        raise SchemaError("; ".join(p.message for p in exc.problems)) from None
+        raise SchemaError(
+            "; ".join(f"at {p.path}: {p.message}" if p.path else p.message for p in exc.problems)
+        ) from None
 
 
 def json_pointer(at: tuple[PathSegment, ...]) -> str:

@@ -3,19 +3,33 @@ and the strict frozen base model (pure)."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from .._rules.jsonvalue import json_kind
 from .units import parse_duration_s, parse_size_bytes
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+def yaml_kind(value: object) -> str:
+    """What a YAML value that JSON has not is (a timestamp, binary data, a set), in
+    YAML's words."""
+    if isinstance(value, datetime.datetime):
+        return "a timestamp"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, bytes):
+        return "binary data"
+    return "a set" if isinstance(value, set | frozenset) else json_kind(value)
+
+
 def _duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(
-            f"a duration must be a string with a unit, like 250ms or 2s (got {type(value).__name__})"
+            f"a duration must be a string with a unit, like 250ms or 2s (got {json_kind(value)})"
         )
     return parse_duration_s(value)
 

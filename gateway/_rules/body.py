@@ -53,6 +53,7 @@ from typing import Literal, NoReturn, Protocol, TypeAlias
 import orjson
 
 from .jsonpath import json_path
+from .jsonvalue import MAX_INT, MIN_INT, json_kind
 from .template import (
     WILDCARD,
     Conversion,
@@ -65,9 +66,6 @@ from .template import (
 from .transform import JSON
 from .urls import TemplateError
 
-# orjson encodes integers from -2**63 to 2**64 - 1
-MIN_INT = -(2**63)
-MAX_INT = 2**64 - 1
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _MAX_NUMBER_TEXT = 400  # longer digit strings are not numbers a client means
@@ -81,18 +79,6 @@ Location: TypeAlias = tuple[int | str, ...]
 
 Sink = Literal["json", "text"]
 """How a reference is used: as a whole JSON value, or as text inside a string."""
-
-
-def _kind(value: JSON) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
 
 
 def to_int(value: JSON) -> int:
@@ -114,7 +100,7 @@ def to_int(value: JSON) -> int:
             raise UnresolvedReference("cannot convert a number with a fractional part to int")
         result = int(value)
     else:
-        raise UnresolvedReference(f"cannot convert {_kind(value)} to int")
+        raise UnresolvedReference(f"cannot convert {json_kind(value)} to int")
     if not MIN_INT <= result <= MAX_INT:
         raise UnresolvedReference("the integer does not fit in 64 bits")
     return result
@@ -135,7 +121,7 @@ def to_float(value: JSON) -> float:
             raise UnresolvedReference("cannot convert a string that is not a number to float")
         result = float(value)
     else:
-        raise UnresolvedReference(f"cannot convert {_kind(value)} to float")
+        raise UnresolvedReference(f"cannot convert {json_kind(value)} to float")
     if not math.isfinite(result):
         raise UnresolvedReference("the number is too large for a float")
     return result
@@ -151,7 +137,7 @@ def to_str(value: JSON) -> str:
         return value
     if isinstance(value, bool | int | float):
         return orjson.dumps(value).decode("ascii")
-    raise UnresolvedReference(f"cannot convert {_kind(value)} to str")
+    raise UnresolvedReference(f"cannot convert {json_kind(value)} to str")
 
 
 def to_bool(value: JSON) -> bool:
@@ -168,7 +154,7 @@ def to_bool(value: JSON) -> bool:
         return False
     if isinstance(value, str):
         raise UnresolvedReference("cannot convert a string other than true or false to bool")
-    raise UnresolvedReference(f"cannot convert {_kind(value)} to bool")
+    raise UnresolvedReference(f"cannot convert {json_kind(value)} to bool")
 
 
 CONVERTERS: dict[Conversion, Callable[[JSON], JSON]] = {
@@ -199,7 +185,7 @@ def text_of(value: JSON) -> str:
         return value
     if isinstance(value, bool | int | float):
         return orjson.dumps(value).decode("ascii")
-    raise UnresolvedReference(f"{_kind(value)} cannot be part of a string")
+    raise UnresolvedReference(f"{json_kind(value)} cannot be part of a string")
 
 
 def place(ref: Ref, value: JSON, sink: Sink) -> JSON:

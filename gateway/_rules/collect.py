@@ -16,7 +16,9 @@ in the same config order, by :meth:`CollectionsPlan.body`:
 2. **into** (:func:`place_into`): each result of a ``for_each`` backend with ``into`` goes
    into the element of the merged body's array its value came from, by index, so the order
    the calls finished in changes nothing. Elements are copied where they change, never
-   mutated: the merged body shares its values with the backends' results.
+   mutated: the merged body shares its values with the backends' results. A result with
+   no place is never dropped quietly (:meth:`CollectionsPlan.settle`): the backend's
+   outcome, or its failed items, say so before the status rules run.
 3. **shape**: the endpoint's ``select``, ``allow``/``deny``, ``rename``
    (:class:`~gateway._rules.transform.Transform`) on the whole body.
 
@@ -28,11 +30,12 @@ alone, before any ``into``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Final, Literal
 
-from .aggregate import BackendResult, Outcome, Placement
+from .aggregate import BackendResult, BodyBuilder, Outcome, Placement
+from .jsonvalue import json_kind
 from .template import Segment
 from .transform import JSON, Transform
 
@@ -87,11 +90,23 @@ class Reader:
 @dataclass(frozen=True)
 class IntoPlan:
     """A ``for_each`` backend's ``into``: the array in the merged body (a path of keys and
-    indexes) and the key path inside each element where its result goes."""
+    indexes) and the key path inside each element where its result goes; ``text``: the
+    ``into`` as written, for reasons."""
 
     index: int
     array: tuple[Segment, ...]
     key: tuple[str, ...]
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    """Why results of an ``into`` backend found no place: ``elements`` that cannot take
+    theirs (not an object, or something other than an object on the key path), or, when
+    empty, the whole array (gone, or no longer one element per call)."""
+
+    reason: str
+    elements: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -108,6 +123,8 @@ class CollectionsPlan:
     readers: Mapping[int, Reader] = field(default_factory=dict)
     into: tuple[IntoPlan, ...] = ()
     shape: Transform | None = None
+    # backends that may change an array an into fills (index of the into backend, message)
+    warnings: tuple[tuple[int, str], ...] = ()
 
     @property
     def embedded(self) -> frozenset[int]:
@@ -124,17 +141,56 @@ class CollectionsPlan:
         }
 
     def body(self, placements: Sequence[Placement], results: Sequence[BackendResult]) -> JSON:
-        """Merge, place ``into``, then shape.
+        """Merge, place ``into``, then shape (results as :meth:`settle` leaves them).
 
         Raises:
             SelectMissing: the shape's ``select`` found nothing in the merged body.
         """
         body: JSON = merge_collected(placements, results, self.concat_arrays, self.embedded)
         if self.into:
-            body = place_into(body, self.into, placements, results)
-        if self.shape is not None:
-            body = self.shape.apply(body)
-        return body
+            body = place_into(body, self.into, placements, results)[0]
+        return self.shaped(body)
+
+    def shaped(self, body: JSON) -> JSON:
+        """``body`` after the endpoint's ``shape``.
+
+        Raises:
+            SelectMissing: the shape's ``select`` found nothing in ``body``.
+        """
+        return body if self.shape is None else self.shape.apply(body)
+
+    def settle(
+        self, placements: Sequence[Placement], results: Sequence[BackendResult]
+    ) -> tuple[Sequence[BackendResult], BodyBuilder]:
+        """The results once every ``into`` is placed, and what builds the body from them.
+
+        An ``into`` backend whose results cannot all be placed is not ``ok`` as if they
+        were: the array gone or changed by another backend fails it (outcome
+        ``invalid_reference``, its ``default`` then goes into every element); an element
+        that cannot take its result is a failed item, under ``on_item_error`` as a failed
+        call is (``fail``: the backend fails; ``skip``: the element is left out;
+        ``"null"``: it stays as it is), counted in ``debug``'s ``failed_items``.
+        """
+        if not self.into:
+            return results, self.body
+        merged = merge_collected(placements, results, self.concat_arrays, self.embedded)
+        body, unplaced = place_into(merged, self.into, placements, results)
+        if unplaced:
+            settled = list(results)
+            for index, miss in unplaced.items():
+                settled[index] = _unplaced(results[index], miss)
+            results = settled
+            body = place_into(merged, self.into, placements, results)[0]
+        return results, lambda _placements, _results: self.shaped(body)
+
+
+def _unplaced(result: BackendResult, miss: Unplaced) -> BackendResult:
+    value = result.value
+    if miss.elements and isinstance(value, ItemResults):
+        return replace(result, value=replace(value, failed=value.failed | miss.elements))
+    return replace(
+        result, outcome=Outcome.INVALID_REFERENCE, value=None, selected=None, detail=miss.reason
+    )
 
 
 def _put(body: dict[str, Any], key: str, value: JSON, concat: bool) -> None:
@@ -230,12 +286,12 @@ def _replaced(body: JSON, path: Sequence[Segment], value: JSON) -> JSON:
     return copy
 
 
-def _set_in(element: JSON, key: Sequence[str], value: JSON) -> JSON:
+def set_in(element: JSON, key: Sequence[str], value: JSON) -> JSON:
     """``element`` (an object) with ``value`` at the key path, creating the objects the path
-    needs and copying the ones it passes; anything that is not an object where the path
-    goes is left as it is."""
+    needs and copying the ones it passes; None (never such a copy) when something other
+    than an object is where the path goes (:func:`blocked` says what)."""
     if not isinstance(element, dict):
-        return element
+        return None
     copy = dict(element)
     head = key[0]
     if len(key) == 1:
@@ -243,9 +299,20 @@ def _set_in(element: JSON, key: Sequence[str], value: JSON) -> JSON:
         return copy
     inner = copy.get(head, {})
     if not isinstance(inner, dict):
-        return element
-    copy[head] = _set_in(inner, key[1:], value)
-    return copy
+        return None
+    copy[head] = set_in(inner, key[1:], value)
+    return copy if copy[head] is not None else None
+
+
+def blocked(element: JSON, key: Sequence[str], index: int) -> str:
+    """What stops :func:`set_in` in element ``index``, in JSON's words."""
+    where = f"element {index}"
+    for name in key[:-1]:
+        if not isinstance(element, dict):
+            break
+        element = element.get(name, {})
+        where += f".{name}"
+    return f"{where} is {json_kind(element)}, not an object"
 
 
 def place_into(
@@ -253,24 +320,32 @@ def place_into(
     intos: Sequence[IntoPlan],
     placements: Sequence[Placement],
     results: Sequence[BackendResult],
-) -> dict[str, Any]:
-    """Place each ``into`` backend's results in the elements of its array, in config order.
+) -> tuple[dict[str, Any], dict[int, Unplaced]]:
+    """Place each ``into`` backend's results in the elements of its array, in config order;
+    and say, per backend, what found no place.
 
     For each array, every backend filling it is applied to the elements by their index in
-    the array as it was merged, then the elements of a ``skip`` backend's failed calls are
+    the array as it was merged, then the elements of a ``skip`` backend's failed items are
     dropped. A backend that succeeded puts its result ``i`` into element ``i`` (a failed
     call: ``null`` under ``"null"``); one that failed as a whole puts its ``default``, if it
-    has one, into every element; without one, or skipped, it changes nothing. An array that
-    is not there, or no longer has one element per call (something later in config order
-    replaced it), is left as it is.
+    has one, into every element it can; without one, or skipped, it changes nothing.
+    Unplaced (see :class:`Unplaced`), for a backend that succeeded: the array is not there
+    or no longer has one element per call (another backend in config order changed it;
+    nothing of the backend is placed), or elements cannot take their result (those are
+    left as they are, or dropped under ``skip``).
     """
     arrays: dict[tuple[Segment, ...], list[IntoPlan]] = {}
     for into in intos:
         arrays.setdefault(into.array, []).append(into)
+    unplaced: dict[int, Unplaced] = {}
     out: JSON = body
     for path, fillers in arrays.items():
         array = _at(out, path)
         if not isinstance(array, list):
+            for into in fillers:
+                if results[into.index].outcome == Outcome.OK:
+                    what = "not in the response" if array is None else json_kind(array)
+                    unplaced[into.index] = Unplaced(f"into {into.text}: the array is {what}")
             continue
         elements = list(array)
         dropped: set[int] = set()
@@ -280,22 +355,40 @@ def place_into(
                 value = result.value
                 items = value if isinstance(value, ItemResults) else None
                 values = items.values if items is not None else value
-                if not isinstance(values, list | tuple) or len(values) != len(elements):
+                calls = len(values) if isinstance(values, list | tuple) else 0
+                if calls != len(elements):
+                    unplaced[into.index] = Unplaced(
+                        f"into {into.text}: the array has {len(elements)} elements, not the "
+                        f"{calls} the calls were made for (another backend changed it)"
+                    )
                     continue
+                stuck: dict[int, str] = {}
                 for i, item in enumerate(values):
                     if items is not None and i in items.failed:
                         if items.mode == SKIP:
                             dropped.add(i)
                             continue
                         item = None
-                    elements[i] = _set_in(elements[i], into.key, item)
+                    placed = set_in(elements[i], into.key, item)
+                    if placed is None:
+                        stuck[i] = blocked(elements[i], into.key, i)
+                        if items is not None and items.mode == SKIP:
+                            dropped.add(i)
+                    else:
+                        elements[i] = placed
+                if stuck:
+                    unplaced[into.index] = Unplaced(
+                        f"into {into.text}: {stuck[min(stuck)]}", frozenset(stuck)
+                    )
             elif result.outcome != Outcome.SKIPPED and place.has_default:
                 for i, element in enumerate(elements):
-                    elements[i] = _set_in(element, into.key, place.default)
+                    placed = set_in(element, into.key, place.default)
+                    if placed is not None:
+                        elements[i] = placed
         if dropped:
             elements = [e for i, e in enumerate(elements) if i not in dropped]
         out = _replaced(out, path, elements)
-    return out  # type: ignore[no-any-return]
+    return out, unplaced
 
 
 def failed_items(result: BackendResult) -> int:

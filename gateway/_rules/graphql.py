@@ -78,7 +78,12 @@ def read_response(value: JSON) -> tuple[str, JSON, list[JSON] | None, str]:
         return Outcome.INVALID_RESPONSE, None, None, "not a GraphQL response (no data or errors)"
     errors = value.get("errors")
     if errors is not None and not isinstance(errors, list):
-        return Outcome.INVALID_RESPONSE, None, None, "not a GraphQL response (errors not a list)"
+        return (
+            Outcome.INVALID_RESPONSE,
+            None,
+            None,
+            "not a GraphQL response (errors is not an array)",
+        )
     if errors:
         count = len(errors)
         partial = " with partial data" if value.get("data") is not None else ""

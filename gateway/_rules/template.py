@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .._errors import InvalidPathParameter
+from .jsonvalue import json_kind
 from .urls import TemplateError, check_param_value, encode_value, is_url_literal
 
 WILDCARD = "*"
@@ -131,6 +132,8 @@ def _split_conversion(body: str, conversions: bool) -> tuple[str, Conversion | N
         raise TemplateSyntaxError(
             f"{where}: conversions (:{suffix}) apply in body templates and GraphQL variables only"
         )
+    if head.rpartition(":")[2] in CONVERSIONS:
+        raise TemplateSyntaxError(f"{where}: one conversion at most")
     return head, suffix
 
 
@@ -288,7 +291,7 @@ def scalar_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UnresolvedReference(f"value is a {type(value).__name__}, not a string or number")
+        raise UnresolvedReference(f"value is {json_kind(value)}, not a string or number")
     return str(value)
 
 

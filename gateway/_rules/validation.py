@@ -78,12 +78,19 @@ class SchemaError(ValueError):
     Args:
         message: what is wrong.
         at: the path of the offending part of the schema, as keys and indexes.
+        others: every other problem its metaschema finds in the schema.
     """
 
-    def __init__(self, message: str, at: tuple[PathSegment, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        at: tuple[PathSegment, ...] = (),
+        others: tuple[SchemaError, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.at = at
+        self.others = others  # more problems of the same schema, found with this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +157,9 @@ def compile_schema(schema: JSON, *, query: bool = False) -> CompiledSchema:
         raise SchemaError("schemas need the jsonschema-rs package") from None
     try:
         jsonschema_rs.meta.validate(schema)
+    except jsonschema_rs.ValidationError as exc:
+        raise _metaschema_errors(schema, exc) from None
+    try:
         validator = jsonschema_rs.validator_for(
             schema,
             validate_formats=True,
@@ -169,6 +179,28 @@ def compile_schema(schema: JSON, *, query: bool = False) -> CompiledSchema:
     except jsonschema_rs.ReferencingError as exc:  # pragma: no cover - $schema checked above
         raise SchemaError(exc.message) from None
     return CompiledSchema(validator, array_properties(schema) if query else frozenset())
+
+
+def _metaschema_errors(schema: JSON, first: Exception) -> SchemaError:
+    """Every error the schema's metaschema finds (``meta.validate`` stops at the first),
+    ordered by where they are."""
+    import jsonschema_rs
+
+    dialect = schema.get("$schema", DEFAULT_DIALECT) if isinstance(schema, dict) else None
+    try:
+        # the metaschemas of the known dialects are built in: nothing is fetched
+        meta = jsonschema_rs.validator_for({"$schema": dialect, "$ref": dialect}, retriever=_refuse)
+        found = [
+            SchemaError(e.message.split("\n", 1)[0], tuple(e.instance_path))
+            for e in meta.iter_errors(schema)
+        ]
+    except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError):
+        found = []
+    if not found:  # pragma: no cover - the metaschema refused the schema once already
+        message = getattr(first, "message", str(first)).split("\n", 1)[0]
+        return SchemaError(message, tuple(getattr(first, "instance_path", ())))
+    found.sort(key=lambda e: [str(s) for s in e.at])
+    return SchemaError(found[0].message, found[0].at, tuple(found[1:]))
 
 
 def array_properties(schema: JSON) -> frozenset[str]:
