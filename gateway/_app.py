@@ -537,8 +537,16 @@ class GatewayApp(QuartTrio):
                     added = endpoint_fields(match.target, scope["headers"])
                 not_acceptable: NotAcceptable | None = None
                 if match.target.compression is not None:
-                    # installed first, so it sees the head as configured fields leave it
-                    send, not_acceptable = compressing(send, match.target.compression, scope)
+                    # installed first, so it sees the head as configured fields leave it;
+                    # a 406 it sends instead of a response gets the same fields
+                    removed = match.target.removed_fields
+
+                    async def refuse(inner: Any, error: NotAcceptable) -> None:
+                        await send_error(_with_headers(inner, added, removed), error)
+
+                    send, not_acceptable = compressing(
+                        send, match.target.compression, scope, refuse
+                    )
                 if added or match.target.removed_fields:
                     # remove_headers, and response_headers replacing a field of their name
                     send = _with_headers(send, added, match.target.removed_fields)

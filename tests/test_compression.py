@@ -327,8 +327,78 @@ async def test_no_transform_is_respected(nursery: trio.Nursery) -> None:
         config = simple_config({"u": up}, [backend_config("b", "u", "/nt")], path="/nt")
         config["endpoints"][0]["passthrough"] = True
         gw = await start_gateway(nursery, config)
-        answer = await fetch(gw, "/nt", "gzip, identity;q=0")
+        answer = await fetch(gw, "/nt", "gzip")
         assert answer.coding is None and answer.raw == BIG_BYTES
+        # identity refused: never a silent identity, but the 406 of the request's start
+        refused = await fetch(gw, "/nt", "gzip, identity;q=0")
+        assert refused.status == 406 and refused.coding is None
+        assert refused.json()["error"]["code"] == "not_acceptable"
+        assert "no-transform" in refused.json()["error"]["message"]
+        assert refused.headers["content-type"] == "application/json"
+        assert "cache-control" not in refused.headers
+        assert vary(refused) == ["Accept-Encoding"]
+        head = await fetch(gw, "/nt", "gzip, identity;q=0", method="HEAD")
+        assert head.status == 406 and head.raw == b""
+        assert head.headers["content-length"] == refused.headers["content-length"]
+
+
+async def passthrough_of(nursery: trio.Nursery, reply: Reply, **endpoint: Any) -> Gateway:
+    """A gateway whose /p passes the upstream's ``reply`` through."""
+    up = await start_upstream(nursery, {"/p": reply})
+    config = simple_config({"u": up}, [backend_config("b", "u", "/p")], path="/p", **endpoint)
+    config["endpoints"][0]["passthrough"] = True
+    return await start_gateway(nursery, config)
+
+
+async def test_identity_refused_and_a_body_that_may_not_be_compressed_is_406(
+    nursery: trio.Nursery,
+) -> None:
+    """A part (206) or an upstream coding the client excludes: 406 with the endpoint's
+    response and CORS fields, the body dropped; a coding it accepts goes as it is."""
+    with trio.fail_after(TIMEOUT_S):
+        encoded = zlib.compress(BIG_BYTES, 9, wbits=31)
+        gz = await passthrough_of(
+            nursery,
+            Reply(
+                body=encoded,
+                headers=[("Content-Type", "application/json"), ("Content-Encoding", "gzip")],
+            ),
+            response_headers={"X-Frame-Options": "DENY"},
+            cors={"allow_origins": ["https://app.example"]},
+        )
+        origin = {"Origin": "https://app.example"}
+        refused = await fetch(gz, "/p", "br, identity;q=0", **origin)
+        assert refused.status == 406
+        error = refused.json()["error"]
+        assert error["code"] == "not_acceptable" and "gzip" in error["message"]
+        assert refused.headers["x-frame-options"] == "DENY"
+        assert refused.headers["access-control-allow-origin"] == "https://app.example"
+        assert "content-encoding" not in refused.headers
+        for accept in ("gzip, identity;q=0", "*, identity;q=0", "br, *;q=0.1, identity;q=0"):
+            kept = await fetch(gz, "/p", accept)
+            assert kept.status == 200 and kept.raw == encoded, accept
+        excluded = await fetch(gz, "/p", "*, gzip;q=0, identity;q=0")
+        assert excluded.status == 406
+        # a stream: the 406 goes at its head, not after a body that may never end
+        stream = await passthrough_of(
+            nursery,
+            Reply(
+                headers=[("Content-Type", "text/event-stream"), ("Content-Encoding", "br")],
+                chunks=3,
+                gate=trio.Event(),  # never set: the upstream holds the rest back
+            ),
+        )
+        assert (await fetch(stream, "/p", "gzip, identity;q=0")).status == 406
+        part = await passthrough_of(
+            nursery,
+            Reply(
+                status=206,
+                body=BIG_BYTES[:2000],
+                headers=[("Content-Type", "application/json"), ("Content-Range", "bytes 0-1999/*")],
+            ),
+        )
+        assert (await fetch(part, "/p", "zstd, identity;q=0")).status == 406
+        assert (await fetch(part, "/p", "zstd")).raw == BIG_BYTES[:2000]
 
 
 async def test_strong_etags_of_compressed_answers_become_weak(nursery: trio.Nursery) -> None:
