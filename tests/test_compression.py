@@ -318,6 +318,17 @@ async def test_a_passthrough_body_already_encoded_is_left_as_it_is(nursery: trio
         assert vary(answer) == ["Accept-Encoding"]
 
 
+async def test_an_identity_content_encoding_is_compressed(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        gw = await passthrough_of(
+            nursery,
+            Reply(json=BIG, headers=[("Content-Encoding", "identity")]),
+        )
+        answer = await fetch(gw, "/p", "zstd")
+        assert answer.headers.get_list("content-encoding") == ["zstd"]
+        assert answer.json() == BIG
+
+
 async def test_no_transform_is_respected(nursery: trio.Nursery) -> None:
     with trio.fail_after(TIMEOUT_S):
         up = await start_upstream(

@@ -235,6 +235,14 @@ def test_encoded_untransformable_or_digested_content_is_left_alone(
     assert allowed(200, ("Content-Type", "application/json"))
 
 
+def test_an_identity_content_encoding_is_not_encoded_and_gives_way_to_the_coding() -> None:
+    assert allowed(200, ("Content-Type", "application/json"), ("Content-Encoding", "Identity"))
+    assert read_head(head(("Content-Encoding", "identity, gzip"))).codings == ("gzip",)
+    original = head(("Content-Encoding", "identity"), ("Content-Type", "text/plain"))
+    out = encoded_head(original, "br", 10, merge_vary=False)
+    assert [v for n, v in out if n.lower() == b"content-encoding"] == [b"br"]
+
+
 def refused(status: int, accept: str, *fields: tuple[str, str]) -> bool:
     """Whether a client excluding identity gets 406 instead of this response."""
     return unacceptable(status, read_head(head(*fields)), parse_accept_encoding([accept.encode()]))

@@ -31,7 +31,8 @@ What is never compressed:
 - a part of a representation: 206 or a Content-Range (sections 14.4, 15.3.7): its ranges
   are offsets into the identity form;
 - a response that already has a Content-Encoding (section 8.4: a passthrough upstream's
-  coding is left as it is);
+  coding is left as it is); ``identity`` alone encodes nothing, so does not count (and
+  gives way to the coding compressed with);
 - ``Cache-Control: no-transform`` (RFC 9111 section 5.2.2.6: no intermediary may change
   the content coding);
 - a response carrying a digest of its content, Content-Digest or Repr-Digest (RFC 9530
@@ -282,11 +283,12 @@ def read_head(headers: Iterable[tuple[bytes, bytes]]) -> Head:
 
 
 def _content_codings(value: bytes) -> list[str]:
-    """The codings a Content-Encoding value lists (lower-case, aliases resolved)."""
+    """The codings a Content-Encoding value lists (lower-case, aliases resolved), without
+    ``identity``, which encodes nothing."""
     codings = []
     for member in value.decode("latin-1").split(","):
         coding = member.strip().lower()
-        if coding:
+        if coding and coding != IDENTITY:
             codings.append(_ALIASES.get(coding, coding))
     return codings
 
@@ -369,7 +371,8 @@ def with_vary(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes
     return kept
 
 
-_REPLACED = frozenset({b"content-length", b"accept-ranges", b"etag"})
+# content-encoding: only an identity one reaches a compressed head
+_REPLACED = frozenset({b"content-length", b"accept-ranges", b"etag", b"content-encoding"})
 
 
 def encoded_head(
