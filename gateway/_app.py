@@ -287,17 +287,35 @@ def refusal_of(exc: HTTPException) -> RequestError | None:
     return kind(message)
 
 
-async def send_options(send: Any, allow: Sequence[str]) -> None:
+async def send_options(
+    send: Any, allow: Sequence[str], fields: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     """The answer to ``OPTIONS`` on a routed path without CORS: 204 with ``Allow`` (RFC
-    9110 section 9.3.7), no upstream called."""
+    9110 section 9.3.7) and ``fields``, no upstream called."""
     await send(
         {
             "type": "http.response.start",
             "status": 204,
-            "headers": [(b"allow", ", ".join(allow).encode("ascii"))],
+            "headers": [(b"allow", ", ".join(allow).encode("ascii")), *fields],
         }
     )
     await send({"type": "http.response.body", "body": b""})
+
+
+def shared_fields(
+    plan: GatewayPlan, raw_path: str, methods: Sequence[str]
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The ``response_headers`` fields of the endpoints at a path (one per method of
+    ``methods``) when they all have the same ones, as a CORS preflight's answer has its
+    endpoint's; none when they differ, since the answer is no one endpoint's."""
+    found: dict[frozenset[tuple[bytes, bytes]], tuple[tuple[bytes, bytes], ...]] = {}
+    for method in methods:
+        try:
+            fields = plan.router.match(raw_path, method).target.configured_fields
+        except RequestError:
+            continue
+        found.setdefault(frozenset((n.lower(), v) for n, v in fields), fields)
+    return next(iter(found.values())) if len(found) == 1 else ()
 
 
 def server_methods(plan: GatewayPlan) -> tuple[str, ...]:
@@ -522,7 +540,8 @@ class GatewayApp(QuartTrio):
                     # section 9.3.7), so Allow names it too
                     allow = tuple(dict.fromkeys((*exc.allow, "OPTIONS")))
                     if scope["method"] == "OPTIONS":
-                        await send_options(send, allow)
+                        shared = shared_fields(plan, raw_path, exc.allow)
+                        await send_options(send, allow, shared)
                     else:
                         refusal = MethodNotAllowed(exc.message, allow=allow)
                         await send_error(send, refusal, head=scope["method"] == "HEAD")

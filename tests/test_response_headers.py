@@ -129,3 +129,35 @@ def test_a_tab_inside_a_value_is_allowed() -> None:
     }
     plan = load_config("gw.yaml", {}, text=json.dumps(doc))
     assert (b"X-Tab", b"a\tb") in plan.endpoints[0].response_fields
+
+
+async def test_a_plain_options_has_the_fields_its_paths_endpoints_share(
+    nursery: trio.Nursery,
+) -> None:
+    """OPTIONS without a preflight: 204 with Allow and the ``response_headers`` every
+    endpoint at the path has (the defaults' here); none where they differ."""
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={})})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["defaults"] = {"response_headers": {"Strict-Transport-Security": "max-age=60"}}
+        config["endpoints"].append(
+            {"path": "/api/{id}", "method": "POST", "backends": [backend_config("b", "u", "/x")]}
+        )
+        config["endpoints"].append({"path": "/two", "backends": [backend_config("c", "u", "/x")]})
+        config["endpoints"].append(
+            {
+                "path": "/two",
+                "method": "POST",
+                "response_headers": {"X-Frame-Options": "DENY"},
+                "backends": [backend_config("d", "u", "/x")],
+            }
+        )
+        gw = await start_gateway(nursery, config)
+        same = await gw.request("OPTIONS", "/api/1")
+        assert same.status_code == 204
+        assert same.headers["allow"] == "GET, HEAD, POST, OPTIONS"
+        assert same.headers["strict-transport-security"] == "max-age=60"
+        differ = await gw.request("OPTIONS", "/two")
+        assert differ.status_code == 204
+        assert "strict-transport-security" not in differ.headers
+        assert "x-frame-options" not in differ.headers

@@ -576,7 +576,11 @@ def _response_fields(
     removed = removed | defaults[1]
     # a configured field replaces the answer's own: its name is taken out first
     removed |= fields.keys()
-    return {"response_fields": tuple(fields.values()), "removed_fields": frozenset(removed)}
+    return {
+        "response_fields": tuple(fields.values()),
+        "removed_fields": frozenset(removed),
+        "configured_fields": tuple(fields.values()),
+    }
 
 
 def _endpoint_cors(
@@ -602,10 +606,10 @@ def _with_cors(fields: dict[str, Any], cors: CorsPolicy | None) -> dict[str, Any
     if cors is None:
         return fields
     return {
+        **fields,
         "response_fields": (*fields["response_fields"], *cors.static_fields),
         "removed_fields": fields["removed_fields"] | CORS_RESPONSE_FIELDS,
         "cors": cors,
-        "configured_fields": fields["response_fields"],
     }
 
 
