@@ -746,6 +746,21 @@ def test_gateway_check_refuses_a_bad_compression_setting(
     ]
 
 
+@pytest.mark.parametrize("zero", [0, "0", "0B", "0KiB"])
+def test_min_size_zero_compresses_every_body(zero: object) -> None:
+    doc = {
+        "version": 1,
+        "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+        "defaults": {"compression": {"min_size": zero}},
+        "endpoints": [{"path": "/a", "backends": [backend_config("a", "u", "/a")]}],
+    }
+    policy = load_config("gw.yaml", {}, text=json.dumps(doc)).endpoints[0].compression
+    assert policy is not None and policy.min_size_bytes == 0
+    doc["defaults"] = {"compression": {"min_size": -1}}
+    with pytest.raises(ConfigError, match="greater than zero"):
+        load_config("gw.yaml", {}, text=json.dumps(doc))
+
+
 def test_min_size_and_levels_compile_into_the_plan() -> None:
     doc = {
         "version": 1,
