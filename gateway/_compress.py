@@ -28,7 +28,13 @@ CPU on the 2-core development machine (``bench/compress_cost.py``; bench/README.
 table). At the default levels that is about 14.5 KiB for brotli 3, 67 KiB for zstd 3 and
 11.5 KiB for gzip 5; brotli 9 to 11 always go to a thread. brotli, zstandard and zlib
 release the GIL while they compress, so the loop keeps running meanwhile (checked by the
-same script). A request cancelled meanwhile (its client left) waits for its thread to end.
+same script). A request cancelled meanwhile (its client left) waits for its thread to end:
+a thread cannot be stopped. So a whole body over :data:`SLICE_BYTES` (1 MiB) is
+compressed a slice per thread call (:func:`whole_encoder`, nothing flushed between
+slices, so about the same size as in one shot; HEAD takes the same path for GET's exact
+length), and a cancelled request stops at the next slice
+rather than after the whole body (brotli 11 takes about 1.5 s a slice, the default
+levels a few ms). A stream is compressed chunk by chunk and is cancelled with it.
 """
 
 from __future__ import annotations
@@ -136,6 +142,30 @@ def accept_weights(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, float] |
     """The weights of a request's Accept-Encoding field lines (None: no field)."""
     values = [value for name, value in headers if name == b"accept-encoding"]
     return parse_accept_encoding(values) if values else None
+
+
+SLICE_BYTES = 1024 * 1024
+"""A whole body larger than this is compressed in slices of this size, one worker-thread
+call each (see the module docstring)."""
+
+
+def whole_encoder(coding: str, level: int, size: int) -> StreamEncoder:
+    """One whole body of ``size`` bytes compressed a slice at a time, nothing flushed in
+    between: the same bytes for the same body and slicing (a HEAD's length is GET's)."""
+    if coding == "br":
+        br = brotli.Compressor(quality=level)
+        return StreamEncoder(
+            lambda data: bytes(br.process(data)),
+            lambda data: bytes(br.process(data)) + bytes(br.finish()),
+        )
+    if coding == "zstd":
+        zstd = zstandard.ZstdCompressor(level=level).compressobj(size=size)
+        return StreamEncoder(
+            zstd.compress,
+            lambda data: zstd.compress(data) + zstd.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH),
+        )
+    gz = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+    return StreamEncoder(gz.compress, lambda data: gz.compress(data) + gz.flush(zlib.Z_FINISH))
 
 
 def negotiate(policy: CompressionPolicy, headers: Sequence[tuple[bytes, bytes]]) -> Choice:
@@ -308,8 +338,7 @@ class _Compressing:
                 await self.send(message)
                 return
             else:
-                level = self.policy.level(self.coding)
-                length = len(await self._run(one_shot, self.coding, level, content))
+                length = len(await self._whole(content))
             await self.send(
                 {
                     **self.start,
@@ -323,7 +352,7 @@ class _Compressing:
                 await self.send({**self.start, "headers": self._head(headers)})
                 await self.send(message)
                 return
-            data = await self._run(one_shot, self.coding, self.policy.level(self.coding), body)
+            data = await self._whole(body)
             start_headers = encoded_head(headers, self.coding, len(data), merge_vary=merge)
             await self.send({**self.start, "headers": start_headers})
             await self.send({**message, "body": data})
@@ -344,6 +373,22 @@ class _Compressing:
         self.state = _PASS
         data = await self._run(self.encoder.finish, body)
         await self.send({**message, "body": data})
+
+    async def _whole(self, body: bytes) -> bytes:
+        """``body`` compressed whole; over :data:`SLICE_BYTES`, a slice per worker-thread
+        call, so that a cancelled request (its client left) stops within one slice."""
+        level = self.policy.level(self.coding)
+        if len(body) <= SLICE_BYTES:
+            return await self._run(one_shot, self.coding, level, body)
+        encoder = whole_encoder(self.coding, level, len(body))
+        out = []
+        last = (len(body) - 1) // SLICE_BYTES * SLICE_BYTES
+        for start in range(0, last, SLICE_BYTES):
+            piece = body[start : start + SLICE_BYTES]  # a copy: 1 MiB, tens of us
+            # checks for cancellation first: a checkpoint between slices
+            out.append(await trio.to_thread.run_sync(encoder.chunk, piece))
+        out.append(await trio.to_thread.run_sync(encoder.finish, body[last:]))
+        return b"".join(out)
 
     async def _run(self, fn: Callable[..., bytes], *args: Any) -> bytes:
         """``fn(*args)``, in a worker thread when the data (the last argument) is at

@@ -647,16 +647,20 @@ async def test_a_large_body_is_compressed_off_the_event_loop(
     body arrives whole and correct."""
     entered = trio.Event()
     release = threading.Event()
-    real_one_shot = gateway._compress.one_shot
+    real_encoder = gateway._compress.whole_encoder
 
-    def held_one_shot(coding: str, level: int, data: bytes) -> bytes:
-        if len(data) > 1024 * 1024:
+    def held_encoder(coding: str, level: int, size: int) -> gateway._compress.StreamEncoder:
+        encoder = real_encoder(coding, level, size)
+
+        def held_chunk(data: bytes) -> bytes:
             # raises RuntimeError on the event loop's own thread: only a worker may call it
             trio.from_thread.run_sync(entered.set)
             assert release.wait(TIMEOUT_S)
-        return real_one_shot(coding, level, data)
+            return encoder.chunk(data)
 
-    monkeypatch.setattr(gateway._compress, "one_shot", held_one_shot)
+        return gateway._compress.StreamEncoder(held_chunk, encoder.finish)
+
+    monkeypatch.setattr(gateway._compress, "whole_encoder", held_encoder)
     huge = {"items": [{"id": i, "name": f"customer {i}", "tier": "gold"} for i in range(100_000)]}
     assert len(json.dumps(huge)) > 4 * 1024 * 1024
     with trio.fail_after(TIMEOUT_S):
@@ -679,6 +683,73 @@ async def test_a_large_body_is_compressed_off_the_event_loop(
         answer = answers[0]
         assert answer.coding == "br" and answer.json() == huge
         assert answer.headers["content-length"] == str(len(answer.raw))
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "gzip"])
+async def test_a_body_over_a_slice_is_compressed_a_slice_at_a_time(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, coding: str
+) -> None:
+    """The same bytes as whole (HEAD gives GET's exact length), and decodable."""
+    monkeypatch.setattr(gateway._compress, "SLICE_BYTES", 4096)
+    with trio.fail_after(TIMEOUT_S):
+        gw, _ = await aggregated(nursery)
+        got = await fetch(gw, "/api/big", coding)
+        head = await fetch(gw, "/api/big", coding, method="HEAD")
+        assert got.coding == coding and got.json() == BIG
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.raw))
+
+
+async def test_a_cancelled_request_stops_compressing_within_one_slice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker thread cannot be stopped, but the next slice is not started."""
+    monkeypatch.setattr(gateway._compress, "SLICE_BYTES", 4096)
+    real_encoder = gateway._compress.whole_encoder
+    slices: list[int] = []
+    scope = trio.CancelScope()
+
+    def counting(coding: str, level: int, size: int) -> gateway._compress.StreamEncoder:
+        encoder = real_encoder(coding, level, size)
+
+        def chunk(data: bytes) -> bytes:
+            slices.append(len(data))
+            trio.from_thread.run_sync(scope.cancel)  # the client left meanwhile
+            return encoder.chunk(data)
+
+        return gateway._compress.StreamEncoder(chunk, encoder.finish)
+
+    monkeypatch.setattr(gateway._compress, "whole_encoder", counting)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    policy = (
+        load_config(
+            "gw.yaml",
+            {},
+            text=json.dumps(
+                {
+                    "version": 1,
+                    "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+                    "endpoints": [{"path": "/a", "backends": [backend_config("a", "u", "/a")]}],
+                }
+            ),
+        )
+        .endpoints[0]
+        .compression
+    )
+    assert policy is not None
+    scope_of_request = {"headers": [(b"accept-encoding", b"gzip")], "method": "GET"}
+    wrapped, _ = compressing(send, policy, scope_of_request)
+    body = BIG_BYTES * 4
+    assert len(body) > 8 * 4096
+    with scope:
+        start = [(b"content-type", b"application/json")]
+        await wrapped({"type": "http.response.start", "status": 200, "headers": start})
+        await wrapped({"type": "http.response.body", "body": body})
+    assert scope.cancelled_caught
+    assert slices == [4096] and sent == []
 
 
 # --- the config -----------------------------------------------------------------------
