@@ -287,17 +287,35 @@ def refusal_of(exc: HTTPException) -> RequestError | None:
     return kind(message)
 
 
-async def send_options(send: Any, allow: Sequence[str]) -> None:
+async def send_options(
+    send: Any, allow: Sequence[str], fields: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     """The answer to ``OPTIONS`` on a routed path without CORS: 204 with ``Allow`` (RFC
-    9110 section 9.3.7), no upstream called."""
+    9110 section 9.3.7) and ``fields``, no upstream called."""
     await send(
         {
             "type": "http.response.start",
             "status": 204,
-            "headers": [(b"allow", ", ".join(allow).encode("ascii"))],
+            "headers": [(b"allow", ", ".join(allow).encode("ascii")), *fields],
         }
     )
     await send({"type": "http.response.body", "body": b""})
+
+
+def shared_fields(
+    plan: GatewayPlan, raw_path: str, methods: Sequence[str]
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The ``response_headers`` fields of the endpoints at a path (one per method of
+    ``methods``) when they all have the same ones, as a CORS preflight's answer has its
+    endpoint's; none when they differ, since the answer is no one endpoint's."""
+    found: dict[frozenset[tuple[bytes, bytes]], tuple[tuple[bytes, bytes], ...]] = {}
+    for method in methods:
+        try:
+            fields = plan.router.match(raw_path, method).target.configured_fields
+        except RequestError:
+            continue
+        found.setdefault(frozenset((n.lower(), v) for n, v in fields), fields)
+    return next(iter(found.values())) if len(found) == 1 else ()
 
 
 def server_methods(plan: GatewayPlan) -> tuple[str, ...]:
@@ -522,7 +540,8 @@ class GatewayApp(QuartTrio):
                     # section 9.3.7), so Allow names it too
                     allow = tuple(dict.fromkeys((*exc.allow, "OPTIONS")))
                     if scope["method"] == "OPTIONS":
-                        await send_options(send, allow)
+                        shared = shared_fields(plan, raw_path, exc.allow)
+                        await send_options(send, allow, shared)
                     else:
                         refusal = MethodNotAllowed(exc.message, allow=allow)
                         await send_error(send, refusal, head=scope["method"] == "HEAD")
@@ -537,8 +556,16 @@ class GatewayApp(QuartTrio):
                     added = endpoint_fields(match.target, scope["headers"])
                 not_acceptable: NotAcceptable | None = None
                 if match.target.compression is not None:
-                    # installed first, so it sees the head as configured fields leave it
-                    send, not_acceptable = compressing(send, match.target.compression, scope)
+                    # installed first, so it sees the head as configured fields leave it;
+                    # a 406 it sends instead of a response gets the same fields
+                    removed = match.target.removed_fields
+
+                    async def refuse(inner: Any, error: NotAcceptable) -> None:
+                        await send_error(_with_headers(inner, added, removed), error)
+
+                    send, not_acceptable = compressing(
+                        send, match.target.compression, scope, refuse
+                    )
                 if added or match.target.removed_fields:
                     # remove_headers, and response_headers replacing a field of their name
                     send = _with_headers(send, added, match.target.removed_fields)

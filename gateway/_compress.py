@@ -28,14 +28,20 @@ CPU on the 2-core development machine (``bench/compress_cost.py``; bench/README.
 table). At the default levels that is about 14.5 KiB for brotli 3, 67 KiB for zstd 3 and
 11.5 KiB for gzip 5; brotli 9 to 11 always go to a thread. brotli, zstandard and zlib
 release the GIL while they compress, so the loop keeps running meanwhile (checked by the
-same script). A request cancelled meanwhile (its client left) waits for its thread to end.
+same script). A request cancelled meanwhile (its client left) waits for its thread to end:
+a thread cannot be stopped. So a whole body over :data:`SLICE_BYTES` (1 MiB) is
+compressed a slice per thread call (:func:`whole_encoder`, nothing flushed between
+slices, so about the same size as in one shot; HEAD takes the same path for GET's exact
+length), and a cancelled request stops at the next slice
+rather than after the whole body (brotli 11 takes about 1.5 s a slice, the default
+levels a few ms). A stream is compressed chunk by chunk and is cancelled with it.
 """
 
 from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import brotli
@@ -46,12 +52,14 @@ from ._errors import NotAcceptable
 from ._rules.encoding import (
     Choice,
     CompressionPolicy,
+    Head,
     big_enough,
     choose,
     encoded_head,
     may_compress,
     parse_accept_encoding,
     read_head,
+    unacceptable,
     weakened,
     with_vary,
 )
@@ -63,6 +71,9 @@ HEAD_CONTENT = "gateway.head_content"
 aggregated answer): the content GET would send, so the head can give its exact
 Content-Length after compression, as GET's does. The server ignores the key."""
 Send = Callable[[Message], Awaitable[None]]
+Refuse = Callable[[Send, NotAcceptable], Awaitable[None]]
+"""Sends the 406 of a response the client cannot take through the given ``send``, with
+the fields the request's other answers get (the app's: CORS, response_headers)."""
 
 _GZIP_WBITS = 31  # a gzip header and trailer (RFC 1952), not a bare zlib stream
 _local = threading.local()  # per thread: a zstd context is not safe to share
@@ -127,21 +138,68 @@ def stream_encoder(coding: str, level: int) -> StreamEncoder:
     )
 
 
+def accept_weights(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, float] | None:
+    """The weights of a request's Accept-Encoding field lines (None: no field)."""
+    values = [value for name, value in headers if name == b"accept-encoding"]
+    return parse_accept_encoding(values) if values else None
+
+
+SLICE_BYTES = 1024 * 1024
+"""A whole body larger than this is compressed in slices of this size, one worker-thread
+call each (see the module docstring)."""
+
+
+def whole_encoder(coding: str, level: int, size: int) -> StreamEncoder:
+    """One whole body of ``size`` bytes compressed a slice at a time, nothing flushed in
+    between: the same bytes for the same body and slicing (a HEAD's length is GET's)."""
+    if coding == "br":
+        br = brotli.Compressor(quality=level)
+        return StreamEncoder(
+            lambda data: bytes(br.process(data)),
+            lambda data: bytes(br.process(data)) + bytes(br.finish()),
+        )
+    if coding == "zstd":
+        zstd = zstandard.ZstdCompressor(level=level).compressobj(size=size)
+        return StreamEncoder(
+            zstd.compress,
+            lambda data: zstd.compress(data) + zstd.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH),
+        )
+    gz = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+    return StreamEncoder(gz.compress, lambda data: gz.compress(data) + gz.flush(zlib.Z_FINISH))
+
+
 def negotiate(policy: CompressionPolicy, headers: Sequence[tuple[bytes, bytes]]) -> Choice:
     """The coding for a request's Accept-Encoding field lines (RFC 9110 section 12.5.3)."""
-    values = [value for name, value in headers if name == b"accept-encoding"]
-    return choose(parse_accept_encoding(values) if values else None, policy.codings)
+    return choose(accept_weights(headers), policy.codings)
+
+
+async def _plain_refusal(send: Send, error: NotAcceptable) -> None:
+    from ._endpoint import send_error  # here: that module imports this one
+
+    await send_error(send, error)
 
 
 def compressing(
-    send: Send, policy: CompressionPolicy, scope: dict[str, Any]
+    send: Send,
+    policy: CompressionPolicy,
+    scope: dict[str, Any],
+    refuse: Refuse = _plain_refusal,
 ) -> tuple[Send, NotAcceptable | None]:
     """The ``send`` for one request to an endpoint with ``policy``, and the refusal to
-    answer instead when its Accept-Encoding accepts nothing the gateway can send."""
-    choice = negotiate(policy, scope["headers"])
+    answer instead when its Accept-Encoding accepts nothing the gateway can send.
+
+    ``refuse`` sends the 406 that replaces a response the gateway may not compress to a
+    client that excludes identity (:func:`~gateway._rules.encoding.unacceptable`)."""
+    weights = accept_weights(scope["headers"])
+    choice = choose(weights, policy.codings)
     if choice.coding is not None:
         compressor = _Compressing(
-            send, policy, choice.coding, forced=choice.forced, head=scope["method"] == "HEAD"
+            send,
+            policy,
+            choice.coding,
+            weights if choice.forced else None,
+            head=scope["method"] == "HEAD",
+            refuse=refuse,
         )
         return compressor, None
     if policy.merge_vary:
@@ -165,12 +223,14 @@ def _vary_merging(send: Send) -> Send:
     return sending
 
 
-_PASS, _HOLD, _STREAM = 0, 1, 2
+_PASS, _HOLD, _STREAM, _SWALLOW = 0, 1, 2, 3
 
 
 class _Compressing:
     """The send wrapper of one response compressed with ``coding`` (see the module
-    docstring); ``forced``: identity is not acceptable, so size and type do not matter."""
+    docstring). ``forced`` (the weights of an Accept-Encoding that excludes identity):
+    size and type do not matter, and a response that may not be compressed is replaced
+    by a 406 unless its own coding is acceptable (the rest of its body is dropped)."""
 
     __slots__ = (
         "coding",
@@ -179,19 +239,30 @@ class _Compressing:
         "forced",
         "head",
         "policy",
+        "refuse",
         "send",
         "start",
         "state",
+        "weights",
     )
 
     def __init__(
-        self, send: Send, policy: CompressionPolicy, coding: str, *, forced: bool, head: bool
+        self,
+        send: Send,
+        policy: CompressionPolicy,
+        coding: str,
+        forced: Mapping[str, float] | None = None,
+        *,
+        head: bool,
+        refuse: Refuse = _plain_refusal,
     ) -> None:
         self.send = send
         self.policy = policy
         self.coding = coding
-        self.forced = forced
+        self.weights = forced
+        self.forced = forced is not None
         self.head = head
+        self.refuse = refuse
         self.cutoff = policy.thread_cutoff_bytes(coding)
         self.state = _PASS
         self.start: Message = {}
@@ -202,6 +273,8 @@ class _Compressing:
         if kind == "http.response.start":
             await self._start(message)
         elif kind == "http.response.body" and self.state != _PASS:
+            if self.state == _SWALLOW:
+                return  # the body of a response replaced by a 406
             if self.state == _HOLD:
                 await self._first_body(message)
             else:
@@ -216,7 +289,9 @@ class _Compressing:
         status: int = message["status"]
         headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
         head = read_head(headers)
-        if status == 304 and not head.encoded:
+        if self.weights is not None and unacceptable(status, head, self.weights):
+            await self._not_acceptable(head)
+        elif status == 304 and not head.encoded:
             # stands for a 200 that would have gone compressed: the same (weak) validator
             await self.send({**message, "headers": self._head(weakened(headers))})
         elif not may_compress(status, head, self.policy, self.forced):
@@ -224,6 +299,27 @@ class _Compressing:
         else:
             self.start = {**message, "headers": headers}
             self.state = _HOLD
+
+    async def _not_acceptable(self, head: Head) -> None:
+        """Answer 406 instead of a response the client cannot take: one it excludes
+        the coding of, or one it would get as identity."""
+        self.state = _SWALLOW
+        if head.codings:
+            why = f"does not accept the response's coding ({', '.join(head.codings)})"
+        else:
+            why = "the response may not be compressed (a part, no-transform or a digest)"
+        error = NotAcceptable(f"the request's Accept-Encoding refuses identity and {why}")
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": self._head(list(message["headers"]))}
+            elif self.head:  # the head of the 406 a GET would get
+                message = {"type": "http.response.body", "body": b""}
+            await self.send(message)
+
+        # its last message ends the response: not to be cut short by a cancellation
+        with trio.CancelScope(shield=True):
+            await self.refuse(sending, error)
 
     async def _first_body(self, message: Message) -> None:
         headers = self.start["headers"]
@@ -242,8 +338,7 @@ class _Compressing:
                 await self.send(message)
                 return
             else:
-                level = self.policy.level(self.coding)
-                length = len(await self._run(one_shot, self.coding, level, content))
+                length = len(await self._whole(content))
             await self.send(
                 {
                     **self.start,
@@ -257,7 +352,7 @@ class _Compressing:
                 await self.send({**self.start, "headers": self._head(headers)})
                 await self.send(message)
                 return
-            data = await self._run(one_shot, self.coding, self.policy.level(self.coding), body)
+            data = await self._whole(body)
             start_headers = encoded_head(headers, self.coding, len(data), merge_vary=merge)
             await self.send({**self.start, "headers": start_headers})
             await self.send({**message, "body": data})
@@ -278,6 +373,22 @@ class _Compressing:
         self.state = _PASS
         data = await self._run(self.encoder.finish, body)
         await self.send({**message, "body": data})
+
+    async def _whole(self, body: bytes) -> bytes:
+        """``body`` compressed whole; over :data:`SLICE_BYTES`, a slice per worker-thread
+        call, so that a cancelled request (its client left) stops within one slice."""
+        level = self.policy.level(self.coding)
+        if len(body) <= SLICE_BYTES:
+            return await self._run(one_shot, self.coding, level, body)
+        encoder = whole_encoder(self.coding, level, len(body))
+        out = []
+        last = (len(body) - 1) // SLICE_BYTES * SLICE_BYTES
+        for start in range(0, last, SLICE_BYTES):
+            piece = body[start : start + SLICE_BYTES]  # a copy: 1 MiB, tens of us
+            # checks for cancellation first: a checkpoint between slices
+            out.append(await trio.to_thread.run_sync(encoder.chunk, piece))
+        out.append(await trio.to_thread.run_sync(encoder.finish, body[last:]))
+        return b"".join(out)
 
     async def _run(self, fn: Callable[..., bytes], *args: Any) -> bytes:
         """``fn(*args)``, in a worker thread when the data (the last argument) is at

@@ -318,6 +318,17 @@ async def test_a_passthrough_body_already_encoded_is_left_as_it_is(nursery: trio
         assert vary(answer) == ["Accept-Encoding"]
 
 
+async def test_an_identity_content_encoding_is_compressed(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        gw = await passthrough_of(
+            nursery,
+            Reply(json=BIG, headers=[("Content-Encoding", "identity")]),
+        )
+        answer = await fetch(gw, "/p", "zstd")
+        assert answer.headers.get_list("content-encoding") == ["zstd"]
+        assert answer.json() == BIG
+
+
 async def test_no_transform_is_respected(nursery: trio.Nursery) -> None:
     with trio.fail_after(TIMEOUT_S):
         up = await start_upstream(
@@ -327,8 +338,78 @@ async def test_no_transform_is_respected(nursery: trio.Nursery) -> None:
         config = simple_config({"u": up}, [backend_config("b", "u", "/nt")], path="/nt")
         config["endpoints"][0]["passthrough"] = True
         gw = await start_gateway(nursery, config)
-        answer = await fetch(gw, "/nt", "gzip, identity;q=0")
+        answer = await fetch(gw, "/nt", "gzip")
         assert answer.coding is None and answer.raw == BIG_BYTES
+        # identity refused: never a silent identity, but the 406 of the request's start
+        refused = await fetch(gw, "/nt", "gzip, identity;q=0")
+        assert refused.status == 406 and refused.coding is None
+        assert refused.json()["error"]["code"] == "not_acceptable"
+        assert "no-transform" in refused.json()["error"]["message"]
+        assert refused.headers["content-type"] == "application/json"
+        assert "cache-control" not in refused.headers
+        assert vary(refused) == ["Accept-Encoding"]
+        head = await fetch(gw, "/nt", "gzip, identity;q=0", method="HEAD")
+        assert head.status == 406 and head.raw == b""
+        assert head.headers["content-length"] == refused.headers["content-length"]
+
+
+async def passthrough_of(nursery: trio.Nursery, reply: Reply, **endpoint: Any) -> Gateway:
+    """A gateway whose /p passes the upstream's ``reply`` through."""
+    up = await start_upstream(nursery, {"/p": reply})
+    config = simple_config({"u": up}, [backend_config("b", "u", "/p")], path="/p", **endpoint)
+    config["endpoints"][0]["passthrough"] = True
+    return await start_gateway(nursery, config)
+
+
+async def test_identity_refused_and_a_body_that_may_not_be_compressed_is_406(
+    nursery: trio.Nursery,
+) -> None:
+    """A part (206) or an upstream coding the client excludes: 406 with the endpoint's
+    response and CORS fields, the body dropped; a coding it accepts goes as it is."""
+    with trio.fail_after(TIMEOUT_S):
+        encoded = zlib.compress(BIG_BYTES, 9, wbits=31)
+        gz = await passthrough_of(
+            nursery,
+            Reply(
+                body=encoded,
+                headers=[("Content-Type", "application/json"), ("Content-Encoding", "gzip")],
+            ),
+            response_headers={"X-Frame-Options": "DENY"},
+            cors={"allow_origins": ["https://app.example"]},
+        )
+        origin = {"Origin": "https://app.example"}
+        refused = await fetch(gz, "/p", "br, identity;q=0", **origin)
+        assert refused.status == 406
+        error = refused.json()["error"]
+        assert error["code"] == "not_acceptable" and "gzip" in error["message"]
+        assert refused.headers["x-frame-options"] == "DENY"
+        assert refused.headers["access-control-allow-origin"] == "https://app.example"
+        assert "content-encoding" not in refused.headers
+        for accept in ("gzip, identity;q=0", "*, identity;q=0", "br, *;q=0.1, identity;q=0"):
+            kept = await fetch(gz, "/p", accept)
+            assert kept.status == 200 and kept.raw == encoded, accept
+        excluded = await fetch(gz, "/p", "*, gzip;q=0, identity;q=0")
+        assert excluded.status == 406
+        # a stream: the 406 goes at its head, not after a body that may never end
+        stream = await passthrough_of(
+            nursery,
+            Reply(
+                headers=[("Content-Type", "text/event-stream"), ("Content-Encoding", "br")],
+                chunks=3,
+                gate=trio.Event(),  # never set: the upstream holds the rest back
+            ),
+        )
+        assert (await fetch(stream, "/p", "gzip, identity;q=0")).status == 406
+        part = await passthrough_of(
+            nursery,
+            Reply(
+                status=206,
+                body=BIG_BYTES[:2000],
+                headers=[("Content-Type", "application/json"), ("Content-Range", "bytes 0-1999/*")],
+            ),
+        )
+        assert (await fetch(part, "/p", "zstd, identity;q=0")).status == 406
+        assert (await fetch(part, "/p", "zstd")).raw == BIG_BYTES[:2000]
 
 
 async def test_strong_etags_of_compressed_answers_become_weak(nursery: trio.Nursery) -> None:
@@ -566,16 +647,20 @@ async def test_a_large_body_is_compressed_off_the_event_loop(
     body arrives whole and correct."""
     entered = trio.Event()
     release = threading.Event()
-    real_one_shot = gateway._compress.one_shot
+    real_encoder = gateway._compress.whole_encoder
 
-    def held_one_shot(coding: str, level: int, data: bytes) -> bytes:
-        if len(data) > 1024 * 1024:
+    def held_encoder(coding: str, level: int, size: int) -> gateway._compress.StreamEncoder:
+        encoder = real_encoder(coding, level, size)
+
+        def held_chunk(data: bytes) -> bytes:
             # raises RuntimeError on the event loop's own thread: only a worker may call it
             trio.from_thread.run_sync(entered.set)
             assert release.wait(TIMEOUT_S)
-        return real_one_shot(coding, level, data)
+            return encoder.chunk(data)
 
-    monkeypatch.setattr(gateway._compress, "one_shot", held_one_shot)
+        return gateway._compress.StreamEncoder(held_chunk, encoder.finish)
+
+    monkeypatch.setattr(gateway._compress, "whole_encoder", held_encoder)
     huge = {"items": [{"id": i, "name": f"customer {i}", "tier": "gold"} for i in range(100_000)]}
     assert len(json.dumps(huge)) > 4 * 1024 * 1024
     with trio.fail_after(TIMEOUT_S):
@@ -598,6 +683,73 @@ async def test_a_large_body_is_compressed_off_the_event_loop(
         answer = answers[0]
         assert answer.coding == "br" and answer.json() == huge
         assert answer.headers["content-length"] == str(len(answer.raw))
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "gzip"])
+async def test_a_body_over_a_slice_is_compressed_a_slice_at_a_time(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, coding: str
+) -> None:
+    """The same bytes as whole (HEAD gives GET's exact length), and decodable."""
+    monkeypatch.setattr(gateway._compress, "SLICE_BYTES", 4096)
+    with trio.fail_after(TIMEOUT_S):
+        gw, _ = await aggregated(nursery)
+        got = await fetch(gw, "/api/big", coding)
+        head = await fetch(gw, "/api/big", coding, method="HEAD")
+        assert got.coding == coding and got.json() == BIG
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.raw))
+
+
+async def test_a_cancelled_request_stops_compressing_within_one_slice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker thread cannot be stopped, but the next slice is not started."""
+    monkeypatch.setattr(gateway._compress, "SLICE_BYTES", 4096)
+    real_encoder = gateway._compress.whole_encoder
+    slices: list[int] = []
+    scope = trio.CancelScope()
+
+    def counting(coding: str, level: int, size: int) -> gateway._compress.StreamEncoder:
+        encoder = real_encoder(coding, level, size)
+
+        def chunk(data: bytes) -> bytes:
+            slices.append(len(data))
+            trio.from_thread.run_sync(scope.cancel)  # the client left meanwhile
+            return encoder.chunk(data)
+
+        return gateway._compress.StreamEncoder(chunk, encoder.finish)
+
+    monkeypatch.setattr(gateway._compress, "whole_encoder", counting)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    policy = (
+        load_config(
+            "gw.yaml",
+            {},
+            text=json.dumps(
+                {
+                    "version": 1,
+                    "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+                    "endpoints": [{"path": "/a", "backends": [backend_config("a", "u", "/a")]}],
+                }
+            ),
+        )
+        .endpoints[0]
+        .compression
+    )
+    assert policy is not None
+    scope_of_request = {"headers": [(b"accept-encoding", b"gzip")], "method": "GET"}
+    wrapped, _ = compressing(send, policy, scope_of_request)
+    body = BIG_BYTES * 4
+    assert len(body) > 8 * 4096
+    with scope:
+        start = [(b"content-type", b"application/json")]
+        await wrapped({"type": "http.response.start", "status": 200, "headers": start})
+        await wrapped({"type": "http.response.body", "body": body})
+    assert scope.cancelled_caught
+    assert slices == [4096] and sent == []
 
 
 # --- the config -----------------------------------------------------------------------
@@ -663,6 +815,21 @@ def test_gateway_check_refuses_a_bad_compression_setting(
     assert capsys.readouterr().err.splitlines() == [
         f"{path}: defaults.compression.levels.gzip: gzip levels go from 1 to 9"
     ]
+
+
+@pytest.mark.parametrize("zero", [0, "0", "0B", "0KiB"])
+def test_min_size_zero_compresses_every_body(zero: object) -> None:
+    doc = {
+        "version": 1,
+        "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+        "defaults": {"compression": {"min_size": zero}},
+        "endpoints": [{"path": "/a", "backends": [backend_config("a", "u", "/a")]}],
+    }
+    policy = load_config("gw.yaml", {}, text=json.dumps(doc)).endpoints[0].compression
+    assert policy is not None and policy.min_size_bytes == 0
+    doc["defaults"] = {"compression": {"min_size": -1}}
+    with pytest.raises(ConfigError, match="greater than zero"):
+        load_config("gw.yaml", {}, text=json.dumps(doc))
 
 
 def test_min_size_and_levels_compile_into_the_plan() -> None:

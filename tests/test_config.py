@@ -479,8 +479,8 @@ def test_a_value_that_fits_no_member_of_a_union_is_one_problem_at_its_own_path()
     assert problems_of(text) == [
         "gw.yaml: endpoints[0].rate_limit.burst: Input should be greater than or equal to 1",
         "gw.yaml: endpoints[0].auth: Input should be a valid string or a valid list",
-        "gw.yaml: endpoints[0].cors: Input should be a valid dictionary or instance of "
-        "CorsConfig or False",
+        "gw.yaml: endpoints[0].cors: cors takes settings, like {allow_origins: "
+        "[https://app.example]}, or false (no CORS on this endpoint)",
         "gw.yaml: endpoints[0].backends[0].when[0].query: Input should be a valid string",
     ]
 

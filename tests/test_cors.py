@@ -470,6 +470,7 @@ async def test_an_endpoint_mapping_replaces_the_defaults_whole(nursery: trio.Nur
         ({"allow_origins": [APP], "max_age": "200ms"}, "max_age", "at least 1s"),
         ({"allow_origins": [APP], "allow_methods": ["FETCH"]}, "allow_methods[0]", "method must"),
         ({"allow_origins": []}, "allow_origins", "at least 1 item"),
+        ({"allow_origins": ["ftp://files.example"]}, "allow_origins[0]", "http:// or https://"),
     ],
 )
 @pytest.mark.parametrize("section", ["defaults", "endpoint"])
@@ -495,6 +496,29 @@ def test_config_problems_are_refused_with_their_path_and_check_exits_2(
     assert len(lines) == 1, lines  # a problem of defaults is reported once
     assert lines[0].startswith(f"{file}: {where}.{at}: "), lines
     assert says in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("section", "where", "says"),
+    [
+        ("defaults", "defaults.cors", "cors takes settings, like {allow_origins: ["),
+        ("endpoint", "endpoints[0].cors", "cors takes settings, like {allow_origins: ["),
+    ],
+)
+def test_cors_true_says_cors_takes_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, where: str, says: str
+) -> None:
+    doc = config("http://127.0.0.1:9", [endpoint("/a")])
+    if section == "defaults":
+        doc["defaults"] = {"cors": True}
+    else:
+        doc["endpoints"][0]["cors"] = True
+    file = tmp_path / "gw.yaml"
+    file.write_text(json.dumps(doc))
+    assert main(["check", str(file)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{file}: {where}: {says}"), lines
+    assert lines[0].endswith("or false (no CORS on this endpoint)") == (section == "endpoint")
 
 
 def test_cors_fields_cannot_be_set_as_response_headers(

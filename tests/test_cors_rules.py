@@ -72,6 +72,9 @@ def test_a_configured_origin_is_compared_as_browsers_send_it(written: str, seria
         ("https://app.example:", "not a port number"),
         ("https://bücher.example", "write https://xn--bcher-kva.example"),
         ("https://a b.example", "not a host name"),
+        ("ftp://files.example", "browsers send no ftp:// origin: an origin is http:// or https://"),
+        ("htps://app.example", "browsers send no htps:// origin"),
+        ("wss://app.example", "browsers send no wss:// origin"),
     ],
 )
 def test_what_is_not_an_origin_says_what_to_write(written: str, says: str) -> None:

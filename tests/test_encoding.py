@@ -27,6 +27,7 @@ from gateway._rules.encoding import (
     parse_accept_encoding,
     read_head,
     type_pattern_problem,
+    unacceptable,
     weak_etag,
     weakened,
     with_vary,
@@ -232,6 +233,35 @@ def test_encoded_untransformable_or_digested_content_is_left_alone(
 ) -> None:
     assert not allowed(200, ("Content-Type", "application/json"), field, forced=True)
     assert allowed(200, ("Content-Type", "application/json"))
+
+
+def test_an_identity_content_encoding_is_not_encoded_and_gives_way_to_the_coding() -> None:
+    assert allowed(200, ("Content-Type", "application/json"), ("Content-Encoding", "Identity"))
+    assert read_head(head(("Content-Encoding", "identity, gzip"))).codings == ("gzip",)
+    original = head(("Content-Encoding", "identity"), ("Content-Type", "text/plain"))
+    out = encoded_head(original, "br", 10, merge_vary=False)
+    assert [v for n, v in out if n.lower() == b"content-encoding"] == [b"br"]
+
+
+def refused(status: int, accept: str, *fields: tuple[str, str]) -> bool:
+    """Whether a client excluding identity gets 406 instead of this response."""
+    return unacceptable(status, read_head(head(*fields)), parse_accept_encoding([accept.encode()]))
+
+
+def test_identity_excluded_and_a_body_left_alone_is_refused_unless_its_coding_is_accepted() -> None:
+    never = "br, identity;q=0"
+    assert refused(200, never, ("Cache-Control", "no-transform"))
+    assert refused(206, never, ("Content-Range", "bytes 0-9/100"))
+    assert refused(200, never, ("Repr-Digest", "sha-256=:abc=:"))
+    assert refused(200, never, ("Content-Encoding", "gzip"))
+    assert refused(200, "*, gzip;q=0, identity;q=0", ("Content-Encoding", "gzip"))
+    assert refused(200, "gzip, identity;q=0", ("Content-Encoding", "gzip, br"))
+    assert not refused(200, "x-gzip, identity;q=0", ("Content-Encoding", "GZIP"))
+    assert not refused(200, "*, identity;q=0", ("Content-Encoding", "gzip"), ("Content-Range", "x"))
+    assert not refused(200, "gzip, br, identity;q=0", ("Content-Encoding", "gzip, br"))
+    assert not refused(200, never, ("Content-Type", "image/png"))  # compressed, not refused
+    for status in (101, 204, 304):  # no content
+        assert not refused(status, never, ("Cache-Control", "no-transform"))
 
 
 def test_type_and_declared_size_decide_unless_identity_is_excluded() -> None:

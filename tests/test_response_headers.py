@@ -99,6 +99,13 @@ async def test_configured_fields_are_set_and_removed_on_every_answer_of_an_endpo
         ({"remove_headers": ["X-Gateway-Backends"]}, "the response needs this field"),
         ({"remove_headers": ["Retry-After"]}, "the response needs this field"),
         ({"remove_headers": ["WWW-Authenticate"]}, "the response needs this field"),
+        (
+            {
+                "response_headers": {"X-Frame-Options": "DENY"},
+                "remove_headers": ["x-frame-options"],
+            },
+            "also in response_headers here: set it or remove it",
+        ),
     ],
 )
 def test_fields_the_gateway_owns_or_that_are_malformed_are_config_problems_reported_once(
@@ -129,3 +136,54 @@ def test_a_tab_inside_a_value_is_allowed() -> None:
     }
     plan = load_config("gw.yaml", {}, text=json.dumps(doc))
     assert (b"X-Tab", b"a\tb") in plan.endpoints[0].response_fields
+
+
+async def test_a_plain_options_has_the_fields_its_paths_endpoints_share(
+    nursery: trio.Nursery,
+) -> None:
+    """OPTIONS without a preflight: 204 with Allow and the ``response_headers`` every
+    endpoint at the path has (the defaults' here); none where they differ."""
+    with trio.fail_after(10):
+        up = await start_upstream(nursery, {"/x": Reply(json={})})
+        config = simple_config({"u": up}, [backend_config("a", "u", "/x")])
+        config["defaults"] = {"response_headers": {"Strict-Transport-Security": "max-age=60"}}
+        config["endpoints"].append(
+            {"path": "/api/{id}", "method": "POST", "backends": [backend_config("b", "u", "/x")]}
+        )
+        config["endpoints"].append({"path": "/two", "backends": [backend_config("c", "u", "/x")]})
+        config["endpoints"].append(
+            {
+                "path": "/two",
+                "method": "POST",
+                "response_headers": {"X-Frame-Options": "DENY"},
+                "backends": [backend_config("d", "u", "/x")],
+            }
+        )
+        gw = await start_gateway(nursery, config)
+        same = await gw.request("OPTIONS", "/api/1")
+        assert same.status_code == 204
+        assert same.headers["allow"] == "GET, HEAD, POST, OPTIONS"
+        assert same.headers["strict-transport-security"] == "max-age=60"
+        differ = await gw.request("OPTIONS", "/two")
+        assert differ.status_code == 204
+        assert "strict-transport-security" not in differ.headers
+        assert "x-frame-options" not in differ.headers
+
+
+def test_an_endpoint_removing_a_field_the_defaults_set_is_a_problem_at_its_path() -> None:
+    backend = [{"name": "a", "upstream": "u", "path": "/a"}]
+    doc = {
+        "version": 1,
+        "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+        "defaults": {"response_headers": {"Strict-Transport-Security": "max-age=60"}},
+        "endpoints": [
+            {"path": "/a", "backends": backend, "remove_headers": ["Server"]},
+            {"path": "/b", "backends": backend, "remove_headers": ["strict-transport-security"]},
+        ],
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config("gw.yaml", {}, text=json.dumps(doc))
+    assert [str(p) for p in caught.value.problems] == [
+        "gw.yaml: endpoints[1].remove_headers[0]: defaults.response_headers sets it on every"
+        " endpoint (to leave it out here, set it per endpoint instead)"
+    ]

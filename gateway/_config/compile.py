@@ -579,6 +579,10 @@ def _response_settings(
             problems.append(ConfigProblem(file, path, "not a valid field name"))
         elif _owned(lower) or lower in _NEVER_REMOVED:
             problems.append(ConfigProblem(file, path, "the response needs this field"))
+        elif lower in fields:
+            problems.append(
+                ConfigProblem(file, path, "also in response_headers here: set it or remove it")
+            )
         else:
             removed.add(lower)
     return fields, removed
@@ -595,11 +599,27 @@ def _response_fields(
     caller) and the endpoint, merged (names compare case-insensitively, RFC 9110 section
     5.1; the endpoint's value wins)."""
     fields, removed = _response_settings(ep, where, file, problems)
+    for i, name in enumerate(ep.remove_headers):
+        lower = name.lower().encode("latin-1", "replace")
+        if lower in removed and lower in defaults[0]:
+            # the defaults' field would be added after the removal: a silent no-op
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path((*where, "remove_headers", i)),
+                    "defaults.response_headers sets it on every endpoint (to leave it out"
+                    " here, set it per endpoint instead)",
+                )
+            )
     fields = {**defaults[0], **fields}
     removed = removed | defaults[1]
     # a configured field replaces the answer's own: its name is taken out first
     removed |= fields.keys()
-    return {"response_fields": tuple(fields.values()), "removed_fields": frozenset(removed)}
+    return {
+        "response_fields": tuple(fields.values()),
+        "removed_fields": frozenset(removed),
+        "configured_fields": tuple(fields.values()),
+    }
 
 
 def _endpoint_cors(
@@ -625,10 +645,10 @@ def _with_cors(fields: dict[str, Any], cors: CorsPolicy | None) -> dict[str, Any
     if cors is None:
         return fields
     return {
+        **fields,
         "response_fields": (*fields["response_fields"], *cors.static_fields),
         "removed_fields": fields["removed_fields"] | CORS_RESPONSE_FIELDS,
         "cors": cors,
-        "configured_fields": fields["response_fields"],
     }
 
 

@@ -428,6 +428,13 @@ def _one_union_member(errors: list[Any]) -> list[Any]:
     return out
 
 
+_CORS_SHAPE = {
+    False: "cors takes settings, like {allow_origins: [https://app.example]}, or false"
+    " (no CORS on this endpoint)",
+    True: "cors takes settings, like {allow_origins: [https://app.example]}",
+}
+
+
 def _problems_from_validation(exc: ValidationError, file: str) -> list[ConfigProblem]:
     problems = []
     for error in _one_union_member(exc.errors(include_url=False)):
@@ -451,6 +458,9 @@ def _problems_from_validation(exc: ValidationError, file: str) -> list[ConfigPro
         elif kind == "literal_error" and loc == ("version",):
             message = "unsupported config version (this gateway reads version: 1)"
         loc = _clean_loc(loc)
+        if loc[-1:] == ("cors",) and message.startswith("Input should be"):
+            # a value of the wrong shape (cors: true, say), not pydantic's type names
+            message = _CORS_SHAPE[loc[0] == "defaults"]
         problems.append(ConfigProblem(file, format_path(loc), message))
     return problems
 

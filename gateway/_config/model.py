@@ -22,7 +22,7 @@ from .._state.store import DEFAULT_TIMEOUT_S as DEFAULT_STATE_TIMEOUT_S
 from .._upstream.transport import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from .auth_model import AuthPolicyConfig, AuthRef
 from .types import METHODS as METHODS
-from .types import Duration, Method, Name, Size, _duration, _Model, yaml_kind
+from .types import Duration, Method, Name, Size, SizeOrZero, _duration, _Model, yaml_kind
 
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 2.0
@@ -161,9 +161,10 @@ class CorsConfig(_Model):
     is still served, without it, and the browser keeps the answer from the page."""
 
     allow_origins: list[str] = Field(min_length=1)
-    """Origins allowed, each `scheme://host[:port]` as browsers send it (no path, no
-    trailing slash; scheme and host are compared in lower case, a default port is left
-    out), `regex:PATTERN` (a Python regular expression the whole origin must match, like
+    """Origins allowed, each `scheme://host[:port]` as browsers send it (`http` or
+    `https`, or an app's or extension's scheme such as `capacitor` or `chrome-extension`;
+    no path, no trailing slash; scheme and host are compared in lower case, a default port
+    is left out), `regex:PATTERN` (a Python regular expression the whole origin must match, like
     `regex:^https://[a-z0-9-]+\\.example$`), or `*` alone for any origin (not with
     `allow_credentials`). `null` is refused: sandboxed documents and `file:` pages send it,
     so any site can."""
@@ -242,9 +243,9 @@ class CompressionConfig(_Model):
     """Content codings to compress with (`br`, `zstd`, `gzip`), in order of preference:
     among those a client weighs equally, the first listed wins."""
 
-    min_size: Size = DEFAULT_MIN_SIZE_BYTES
+    min_size: SizeOrZero = DEFAULT_MIN_SIZE_BYTES
     """Smaller bodies go uncompressed, unless the client refuses identity
-    (`identity;q=0`, or `*;q=0` without `identity`). A stream without `Content-Length`
+    (`identity;q=0`, or `*;q=0` without `identity`); `0` compresses every body. A stream without `Content-Length`
     (passthrough) is compressed whatever its size: its chunks are never held back."""
 
     types: list[str] = Field(default_factory=lambda: list(DEFAULT_TYPES))
@@ -297,7 +298,8 @@ class DefaultsConfig(_Model):
 
     remove_headers: list[str] = Field(default_factory=list)
     """Fields removed from every response of every endpoint (such as an upstream's
-    `Server` or `X-Powered-By` on passthrough); an endpoint's own list adds to this."""
+    `Server` or `X-Powered-By` on passthrough); an endpoint's own list adds to this. A
+    field named in `defaults.response_headers` too is a config problem."""
 
     cors: CorsConfig | None = None
     """Cross-origin calls from browsers, for every endpoint that does not set its own
@@ -821,7 +823,8 @@ class EndpointConfig(_Model):
     there)."""
 
     remove_headers: list[str] = Field(default_factory=list)
-    """Fields removed from this endpoint's responses, with `defaults.remove_headers`."""
+    """Fields removed from this endpoint's responses, with `defaults.remove_headers`. A
+    field named in `response_headers` too, here or in `defaults`, is a config problem."""
 
     cors: CorsConfig | Literal[False] | None = None
     """Cross-origin calls from browsers (see `defaults.cors`): this endpoint's own settings,

@@ -266,7 +266,8 @@ class EndpointPlan:
     response_fields: tuple[tuple[bytes, bytes], ...] = ()
     removed_fields: frozenset[bytes] = frozenset()
     # cors: its static fields are in response_fields already (Vary: Origin, or the
-    # wildcard's); configured_fields: response_headers alone, what a preflight answer adds
+    # wildcard's), as is compression's Vary; configured_fields: response_headers alone,
+    # what an OPTIONS answer (a preflight, or a plain one) adds
     cors: CorsPolicy | None = None
     configured_fields: tuple[tuple[bytes, bytes], ...] = ()
     # merge.arrays concat, group references, into, on_item_error, shape; None: none of

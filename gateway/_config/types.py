@@ -4,6 +4,7 @@ and the strict frozen base model (pure)."""
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -46,6 +47,23 @@ def _size(value: object) -> int:
     raise ValueError("a size must be a byte count or a string like 16MiB")
 
 
+def _size_or_zero(value: object) -> int:
+    """A size where 0 means "none at all" (``0``, ``"0"``, ``"0KiB"``)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return 0
+    if isinstance(value, str):
+        try:
+            return _size(value)
+        except ValueError:
+            if _ZERO.fullmatch(value):
+                return 0
+            raise
+    return _size(value)
+
+
+_ZERO = re.compile(r"\s*0+(\.0*)?\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*")
+
+
 def _method(value: object) -> str:
     if not isinstance(value, str) or value.upper() not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}")
@@ -60,6 +78,13 @@ Duration = Annotated[
 Size = Annotated[
     int,
     BeforeValidator(_size),
+    WithJsonSchema(
+        {"type": ["integer", "string"], "pattern": r"^\d+(\.\d+)?(B|KB|KiB|MB|MiB|GB|GiB)?$"}
+    ),
+]
+SizeOrZero = Annotated[
+    int,
+    BeforeValidator(_size_or_zero),
     WithJsonSchema(
         {"type": ["integer", "string"], "pattern": r"^\d+(\.\d+)?(B|KB|KiB|MB|MiB|GB|GiB)?$"}
     ),

@@ -80,6 +80,21 @@ TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")  # RFC 3986 section 3.1
 _HOST = re.compile(r"[a-z0-9._~\-]+|\[[0-9a-f:.]+\]")  # reg-name (ASCII) or IP literal
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+# Schemes a browser sends in Origin: a web page's, or an app's or extension's own pages'
+# (a Capacitor or Ionic app on iOS, a browser extension, a Tauri app). ftp:, file:, ws:
+# and the like never name a document's origin.
+ORIGIN_SCHEMES = frozenset(
+    {
+        "http",
+        "https",
+        "capacitor",
+        "ionic",
+        "chrome-extension",
+        "moz-extension",
+        "safari-web-extension",
+        "tauri",
+    }
+)
 
 
 def parse_origin(text: str) -> str:
@@ -100,6 +115,11 @@ def parse_origin(text: str) -> str:
             "an origin is scheme://host[:port], like https://app.example (or regex:... or *)"
         )
     scheme = scheme.lower()
+    if scheme not in ORIGIN_SCHEMES:
+        raise ValueError(
+            f"browsers send no {scheme}:// origin: an origin is http:// or https://, like"
+            " https://app.example (or an app's: capacitor://, chrome-extension://...)"
+        )
     authority, _, after = _split_authority(rest)
     if "@" in authority:
         suggestion = f"{scheme}://{authority.rpartition('@')[2]}"

@@ -20,7 +20,10 @@ Negotiation (RFC 9110 section 12.5.3, Accept-Encoding):
 - ``identity`` is acceptable unless excluded by ``identity;q=0``, or ``*;q=0`` without an
   entry for ``identity``. Excluded, with no supported coding acceptable: 406 (section
   15.5.7). Excluded, with a coding acceptable: every body is compressed, whatever its
-  size or type (never a silent identity), within the rules below.
+  size or type (never a silent identity), within the rules below; a body those rules
+  leave alone is answered 406 too unless it is encoded with codings the client accepts
+  (:func:`unacceptable`): a part (206), ``no-transform``, a digest, or a coding the
+  client excludes.
 
 What is never compressed:
 
@@ -28,7 +31,8 @@ What is never compressed:
 - a part of a representation: 206 or a Content-Range (sections 14.4, 15.3.7): its ranges
   are offsets into the identity form;
 - a response that already has a Content-Encoding (section 8.4: a passthrough upstream's
-  coding is left as it is);
+  coding is left as it is); ``identity`` alone encodes nothing, so does not count (and
+  gives way to the coding compressed with);
 - ``Cache-Control: no-transform`` (RFC 9111 section 5.2.2.6: no intermediary may change
   the content coding);
 - a response carrying a digest of its content, Content-Digest or Repr-Digest (RFC 9530
@@ -238,21 +242,30 @@ class CompressionPolicy:
 
 VARY_VALUE = b"Accept-Encoding"
 _NO_BODY_STATUS = frozenset({204, 304})
-# a coding already, a range of the identity bytes, a digest of the bytes as encoded
-_LEFT_ALONE = frozenset({b"content-encoding", b"content-range", b"content-digest", b"repr-digest"})
+# a range of the identity bytes, a digest of the bytes as encoded
+_LEFT_ALONE = frozenset({b"content-range", b"content-digest", b"repr-digest"})
 
 
 @dataclass(frozen=True)
 class Head:
     """What the compression rules read of a response head (one pass over its fields)."""
 
-    encoded: bool  # Content-Encoding, Content-Range, no-transform or a digest: leave it
     content_type: bytes | None
     content_length: int | None
+    # the Content-Encoding's codings in the order applied (lower-case, x-gzip as gzip)
+    codings: tuple[str, ...] = ()
+    # a Content-Range, no-transform or a digest: the gateway may not change the coding
+    fixed: bool = False
+
+    @property
+    def encoded(self) -> bool:
+        """Whether the body is to be left as it is (see the module docstring)."""
+        return self.fixed or bool(self.codings)
 
 
 def read_head(headers: Iterable[tuple[bytes, bytes]]) -> Head:
-    encoded = False
+    codings: list[str] = []
+    fixed = False
     content_type: bytes | None = None
     content_length: int | None = None
     for name, value in headers:
@@ -262,9 +275,22 @@ def read_head(headers: Iterable[tuple[bytes, bytes]]) -> Head:
         elif lower == b"content-length":
             if value.strip().isdigit():
                 content_length = int(value)
+        elif lower == b"content-encoding":
+            codings.extend(_content_codings(value))
         elif lower in _LEFT_ALONE or (lower == b"cache-control" and _no_transform(value)):
-            encoded = True
-    return Head(encoded, content_type, content_length)
+            fixed = True
+    return Head(content_type, content_length, tuple(codings), fixed)
+
+
+def _content_codings(value: bytes) -> list[str]:
+    """The codings a Content-Encoding value lists (lower-case, aliases resolved), without
+    ``identity``, which encodes nothing."""
+    codings = []
+    for member in value.decode("latin-1").split(","):
+        coding = member.strip().lower()
+        if coding and coding != IDENTITY:
+            codings.append(_ALIASES.get(coding, coding))
+    return codings
 
 
 def _no_transform(value: bytes) -> bool:
@@ -285,6 +311,26 @@ def may_compress(status: int, head: Head, policy: CompressionPolicy, forced: boo
     if not policy.types.matches(head.content_type):
         return False
     return head.content_length is None or head.content_length >= policy.min_size_bytes
+
+
+def accepts(weights: Mapping[str, float], codings: Sequence[str]) -> bool:
+    """Whether a client whose Accept-Encoding gave ``weights`` takes content encoded with
+    every one of ``codings``: each named with a weight above 0, or under a ``*`` with one."""
+    star = weights.get("*", 0.0)
+    return all(weights.get(coding, star) > 0 for coding in codings)
+
+
+def unacceptable(status: int, head: Head, weights: Mapping[str, float]) -> bool:
+    """Whether a response to a client that excludes identity would reach it in a form it
+    does not accept, since the gateway may not compress it: a body encoded with a coding
+    the client does not accept, or, not encoded, a part (206, a Content-Range),
+    ``no-transform`` or a digest. Its answer is 406 instead (never a silent identity); a
+    response without content (1xx, 204, 304) never is."""
+    if status < 200 or status in _NO_BODY_STATUS:
+        return False
+    if head.codings:
+        return not accepts(weights, head.codings)
+    return status == 206 or head.fixed
 
 
 def big_enough(size: int, policy: CompressionPolicy, forced: bool) -> bool:
@@ -325,7 +371,8 @@ def with_vary(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes
     return kept
 
 
-_REPLACED = frozenset({b"content-length", b"accept-ranges", b"etag"})
+# content-encoding: only an identity one reaches a compressed head
+_REPLACED = frozenset({b"content-length", b"accept-ranges", b"etag", b"content-encoding"})
 
 
 def encoded_head(
