@@ -3,6 +3,7 @@ group, each for_each result placed into its element, and the endpoint's shape.""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -601,3 +602,61 @@ async def test_a_group_reference_runs_while_one_backend_of_the_group_is_skipped(
         )
         assert r.status_code == 200
         assert r.json() == {}
+
+
+async def test_a_group_reference_in_a_body_template_and_graphql_variables_reads_the_group(
+    nursery: trio.Nursery,
+) -> None:
+    """The issue's example reads a group from a body template too: the body and the
+    GraphQL variables carry the merged group's values, in config order."""
+    with trio.fail_after(10):
+        base = shop()
+
+        async def handler(req: RecordedRequest) -> Reply:
+            if req.path in ("/quote", "/graphql"):
+                return Reply(json={"data": {"ok": True}} if req.path == "/graphql" else {})
+            return await base(req)
+
+        up = await start_upstream(nursery, handler)
+        gw = await start_gateway(
+            nursery,
+            config(
+                up,
+                {
+                    "path": "/api/{id}",
+                    "merge": {"arrays": "concat"},
+                    "backends": [
+                        *orders_backends(recent_delay_s=0.1),
+                        b(
+                            "quote",
+                            "/quote",
+                            method="POST",
+                            body={"template": {"ids": "{orders[*].product_id}"}},
+                            group="quote",
+                        ),
+                        {
+                            "name": "stock",
+                            "upstream": "u",
+                            "path": "/graphql",
+                            "graphql": {
+                                "query": "query($ids: [ID!]) { stock(ids: $ids) { id } }",
+                                "variables": {
+                                    "ids": "{orders[*].product_id}",
+                                    "first": "{orders[0].id}",
+                                },
+                            },
+                            "group": "stock",
+                        },
+                    ],
+                },
+            ),
+        )
+        r = await gw.get("/api/7")
+        assert r.status_code == 200, r.text
+        sent = {
+            req.path: json.loads(req.body)
+            for req in up.requests
+            if req.path in ("/quote", "/graphql")
+        }
+        assert sent["/quote"] == {"ids": ["p1", "p2", "p3", "p4"]}
+        assert sent["/graphql"]["variables"] == {"ids": ["p1", "p2", "p3", "p4"], "first": "o1"}

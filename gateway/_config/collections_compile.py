@@ -20,7 +20,6 @@ from .._rules.template import (
     WILDCARD,
     Ref,
     Segment,
-    Template,
     TemplateSyntaxError,
     UnresolvedReference,
     parse_template,
@@ -88,9 +87,9 @@ def _listed(members: Sequence[int], names: Mapping[str, int]) -> str:
 
 
 def template_refs(backend: BackendPlan) -> list[Ref]:
-    """Every reference of a backend's templates (path and headers)."""
-    templates: list[Template] = [backend.url, *(t for _, t in backend.header_templates)]
-    return [ref for template in templates for ref in template.refs]
+    """Every reference of a backend's call: path, headers, body template and GraphQL
+    variables."""
+    return list(backend.refs)
 
 
 def compile_collections(
