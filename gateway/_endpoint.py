@@ -59,6 +59,38 @@ class ClientGone(Exception):
     """The client disconnected while its request body was being read."""
 
 
+BIG_BODY_BYTES = 64 * 1024
+"""A JSON body from this size is parsed in a worker thread: parsing is linear in the
+body (orjson reads 1 MB in a few milliseconds), but the strict check's second parse
+(:func:`~gateway._rules.jsonvalue.read_json`, for a body that looks like it repeats a
+name) takes about 250 ms for 1 MB, which would stall every other request of the worker."""
+
+
+def parse_json_body(body: bytes) -> Any:
+    """The client's JSON body, parsed strictly (:func:`~gateway._rules.jsonvalue.read_json`).
+
+    Raises:
+        InvalidRequestBody: not JSON, nested beyond what can be checked, a name twice in
+            an object, or an integer beyond 64 bits (``fields["path"]``: where).
+    """
+    try:
+        return read_json(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequestBody(
+            "the request body is not valid JSON", fields={"in": "body"}
+        ) from None
+    except (orjson.JSONEncodeError, RecursionError):
+        # orjson reads deeper documents than it writes again (254 levels)
+        raise InvalidRequestBody(
+            "the request body is nested too deeply", fields={"in": "body"}
+        ) from None
+    except JsonRefused as exc:
+        at = json_path(exc.at)
+        raise InvalidRequestBody(
+            f"the request body at {at}: {exc.message}", fields={"in": "body", "path": at}
+        ) from None
+
+
 def build_context(
     endpoint: EndpointPlan,
     params: dict[str, str],
@@ -68,6 +100,7 @@ def build_context(
     guards: Mapping[str, UpstreamGuard] | None = None,
     state: SharedState | None = None,
     identity: Identity | None = None,
+    json_body: Any = None,
 ) -> CallContext:
     """Take from the client request only what this endpoint's config uses, plus the
     forwarding headers the gateway sets (``X-Forwarded-*``, ``Via``), and check every
@@ -133,19 +166,8 @@ def build_context(
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("utf-8", "surrogateescape")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    json_body: Any = None
-    if body:
-        try:
-            json_body = read_json(body)
-        except orjson.JSONDecodeError:
-            raise InvalidRequestBody(
-                "the request body is not valid JSON", fields={"in": "body"}
-            ) from None
-        except JsonRefused as exc:
-            at = json_path(exc.at)
-            raise InvalidRequestBody(
-                f"the request body at {at}: {exc.message}", fields={"in": "body", "path": at}
-            ) from None
+    if body and json_body is None:
+        json_body = parse_json_body(body)
     if endpoint.query_schema is not None or endpoint.request_schema is not None:
         if endpoint.query_schema is not None:
             _check_query_encoding(pairs, endpoint.query_schema.array_properties)
@@ -388,8 +410,19 @@ async def serve_aggregate(
         body = None
         if endpoint.reads_body:
             body = await read_body(scope, receive, server.max_request_body, server.body_timeout)
+        json_body = None
+        if body is not None and len(body) >= BIG_BODY_BYTES:
+            json_body = await trio.to_thread.run_sync(parse_json_body, body)
         ctx = build_context(
-            endpoint, match.params, scope, body, plan.trusted_proxies, guards, state, identity
+            endpoint,
+            match.params,
+            scope,
+            body,
+            plan.trusted_proxies,
+            guards,
+            state,
+            identity,
+            json_body,
         )
         if record is not None:
             record.client = ctx.client_address

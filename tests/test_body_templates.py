@@ -327,6 +327,14 @@ async def test_every_endpoint_reading_the_body_refuses_a_name_twice_or_a_huge_in
             assert r.status_code == 400, r.text
             error = r.json()["error"]
             assert (error["code"], error["path"]) == ("invalid_request_body", path)
+        # a big body is read in a worker thread: the same answer, the loop kept free
+        big = b'{"pad": "' + b"x" * 200_000 + b'", "a": {"n": 1, "n": 2}, "n": 1}'
+        r = await gw.request("POST", "/api/1", content=big)
+        assert (r.status_code, r.json()["error"].get("path")) == (400, "$.a.n"), r.text
+        # deeper than orjson writes back (254 levels): refused, not a 500
+        deep = b'{"a": {"n": 1}, "n": 1, "x": ' + b"[" * 300 + b"]" * 300 + b"}"
+        r = await gw.request("POST", "/api/1", content=deep)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_request_body")
         assert seen == []
         r = await gw.request("POST", "/api/1", content=b'{"a": {"n": 1}, "n": 2}')
         assert r.status_code == 200, r.text
