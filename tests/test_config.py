@@ -1617,3 +1617,22 @@ def test_several_hosts_compile_in_order_and_pool_per_host() -> None:
     # a reload with the same settings keeps the state
     again = build_guards(plan, guards)
     assert again["a"] is guards["a"] and again[q.guard_key] is guards[q.guard_key]
+
+
+def test_numbers_json_cannot_carry_exactly_are_config_problems_at_their_path() -> None:
+    """A static value answered as is must be one JSON can carry: 1e400 would be served as
+    null, an integer beyond 64 bits would make every answer fail."""
+    text = one_endpoint(
+        "- {name: a, static: {big: 99999999999999999999999, low: -9223372036854775809,"
+        " huge: 1e400, ok: [18446744073709551615, -9223372036854775808, 1e300]}}"
+    )
+    assert problems_of(text) == [
+        "gw.yaml: endpoints[0].backends[0].static.big: 99999999999999999999999 is an integer "
+        "beyond 64 bits, which JSON parsers read inexactly (RFC 7493 section 2.2): quote it "
+        "to send a string",
+        "gw.yaml: endpoints[0].backends[0].static.low: -9223372036854775809 is an integer "
+        "beyond 64 bits, which JSON parsers read inexactly (RFC 7493 section 2.2): quote it "
+        "to send a string",
+        "gw.yaml: endpoints[0].backends[0].static.huge: 1e400 is not a JSON number: JSON has "
+        "no infinity or NaN (and this one is beyond a double's range)",
+    ]

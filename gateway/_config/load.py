@@ -7,6 +7,7 @@ be a secret.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import types
@@ -149,15 +150,45 @@ def _yaml_gotchas(node: yaml.Node | None, file: str) -> list[ConfigProblem]:
             stack.extend(reversed(children))  # in document order
         elif isinstance(node, yaml.SequenceNode):
             stack.extend((item, (*at, i)) for i, item in reversed(list(enumerate(node.value))))
-        elif node.tag == _FLOAT and _NON_FINITE.match(node.value):
+        elif node.tag == _FLOAT and (
+            _NON_FINITE.match(node.value) or not math.isfinite(float(node.value))
+        ):
             problems.append(
                 ConfigProblem(
                     file,
                     format_path(at),
-                    f"{node.value} is not a JSON number: JSON has no infinity or NaN",
+                    f"{node.value} is not a JSON number: JSON has no infinity or NaN"
+                    + (
+                        ""
+                        if _NON_FINITE.match(node.value)
+                        else " (and this one is beyond a double's range)"
+                    ),
+                )
+            )
+        elif node.tag == _INT and not MIN_JSON_INT <= _int_value(node.value) <= MAX_JSON_INT:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    format_path(at),
+                    f"{node.value} is an integer beyond 64 bits, which JSON parsers read "
+                    "inexactly (RFC 7493 section 2.2): quote it to send a string",
                 )
             )
     return problems
+
+
+MIN_JSON_INT = -(2**63)
+MAX_JSON_INT = 2**64 - 1
+"""The integers a JSON value of the config may hold: those orjson writes exactly, as a
+client's body is held to (:mod:`gateway._rules.jsonvalue`)."""
+
+
+def _int_value(text: str) -> int:
+    """A YAML 1.2 integer's value (as :func:`_construct_int` reads it)."""
+    sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+    if digits[:2] in ("0o", "0x"):
+        return sign * int(digits[2:], 8 if digits[1] == "o" else 16)
+    return sign * int(digits, 10)
 
 
 _VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
