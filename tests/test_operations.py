@@ -450,15 +450,22 @@ async def test_spans_are_exported_and_match_what_upstreams_saw(nursery: trio.Nur
         assert r.status_code == 200
         exporter = gw.app.exporter
         assert exporter is not None
-        await trio.to_thread.run_sync(exporter.force_flush)  # the SDK posts from a thread
 
-        spans = []
-        for req in collector.requests:
-            export = ExportTraceServiceRequest.FromString(req.body)
-            for resource_spans in export.resource_spans:
-                for scope_spans in resource_spans.scope_spans:
-                    spans.extend(scope_spans.spans)
-        by_name = {s.name: s for s in spans}
+        def exported() -> dict[str, Any]:
+            spans = []
+            for req in collector.requests:
+                export = ExportTraceServiceRequest.FromString(req.body)
+                for resource_spans in export.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        spans.extend(scope_spans.spans)
+            return {s.name: s for s in spans}
+
+        # the server span ends after the answer has gone out (the access log and metrics
+        # come first), so the client may be back before it has: flush until it is there
+        while "GET /api/{id}" not in (by_name := exported()):
+            await trio.to_thread.run_sync(exporter.force_flush)  # the SDK posts from a thread
+            if "GET /api/{id}" not in (by_name := exported()):
+                await trio.sleep(0.01)
         server = by_name["GET /api/{id}"]
         assert server.trace_id.hex() == trace_id
         assert server.parent_span_id.hex() == parent
