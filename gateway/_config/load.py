@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from .._errors import ConfigError, ConfigProblem
+from .._rules.jsonvalue import MAX_INT, MIN_INT
 from .model import GatewayConfig
 from .salvage import Salvage, salvage
 from .types import yaml_kind
@@ -118,7 +119,10 @@ def _yaml_gotchas(node: yaml.Node | None, file: str) -> list[ConfigProblem]:
     - ``{body.x}`` unquoted, a flow mapping whose entry has no ``:`` (YAML 1.2 section
       7.4.3: its value is null): a template reference, or a mapping, was meant;
     - ``.inf`` and ``.nan``: numbers JSON has not (RFC 8259 section 6), which no value of
-      the config (a template, a static value, a default, a schema) can send or use.
+      the config (a template, a static value, a default, a schema) can send or use; a
+      float beyond a double's range (``1e400``) reads as infinity;
+    - an integer beyond 64 bits, which JSON parsers read inexactly (RFC 7493 section 2.2)
+      and a client's body may not hold either (:mod:`gateway._rules.jsonvalue`).
     """
     problems: list[ConfigProblem] = []
     seen: set[int] = set()
@@ -165,7 +169,7 @@ def _yaml_gotchas(node: yaml.Node | None, file: str) -> list[ConfigProblem]:
                     ),
                 )
             )
-        elif node.tag == _INT and not MIN_JSON_INT <= _int_value(node.value) <= MAX_JSON_INT:
+        elif node.tag == _INT and not MIN_INT <= _int_value(node.value) <= MAX_INT:
             problems.append(
                 ConfigProblem(
                     file,
@@ -175,12 +179,6 @@ def _yaml_gotchas(node: yaml.Node | None, file: str) -> list[ConfigProblem]:
                 )
             )
     return problems
-
-
-MIN_JSON_INT = -(2**63)
-MAX_JSON_INT = 2**64 - 1
-"""The integers a JSON value of the config may hold: those orjson writes exactly, as a
-client's body is held to (:mod:`gateway._rules.jsonvalue`)."""
 
 
 def _int_value(text: str) -> int:
