@@ -658,7 +658,8 @@ class BackendConfig(_Model):
     timeout: Duration | None = None
     """Bounds this call from connect to the last body byte (overrides the upstream's and
     `defaults.timeout`). For passthrough: the wait for the response head and each gap
-    between body chunks."""
+    between body chunks; for a server-sent event stream, make it longer than the stream's
+    heartbeat interval (a comment such as `: ping` counts), or a quiet stream is cut."""
 
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra headers for this call; values may use `${VAR}` and the same references as
@@ -804,7 +805,9 @@ class EndpointConfig(_Model):
 
     passthrough: bool = False
     """Stream one backend's response (status, headers, body) to the client unchanged,
-    and the client's method, body and Content-Type to the upstream."""
+    and the client's method, body and Content-Type to the upstream. Each chunk is sent on
+    as it arrives (compressed ones flushed), so server-sent events reach the client as
+    they are sent; a client that leaves closes the upstream connection."""
 
     rate_limit: RateLimitConfig | list[RateLimitConfig] | None = None
     """Limit requests to this endpoint; with a list, every limit applies (per client and
