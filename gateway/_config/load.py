@@ -97,13 +97,21 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _int_value(text: str) -> int:
+    """A YAML 1.2 integer: decimal (leading zeros allowed), ``0o`` octal, ``0x`` hex.
+
+    Raises:
+        ValueError: not one (an explicit ``!!int`` on something else).
+    """
+    if text[:2] in ("0o", "0x"):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
 def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
-    """YAML 1.2 integers: decimal (leading zeros allowed), ``0o`` octal, ``0x`` hex."""
     text = str(loader.construct_scalar(node))
     try:
-        if text[:2] in ("0o", "0x"):
-            return int(text[2:], 8 if text[1] == "o" else 16)
-        return int(text, 10)
+        return _int_value(text)
     except ValueError:  # an explicit !!int on something else
         raise yaml.constructor.ConstructorError(
             None, None, "not an integer", node.start_mark
@@ -169,7 +177,7 @@ def _yaml_gotchas(node: yaml.Node | None, file: str) -> list[ConfigProblem]:
                     ),
                 )
             )
-        elif node.tag == _INT and not MIN_INT <= _int_value(node.value) <= MAX_INT:
+        elif node.tag == _INT and not MIN_INT <= _int_or_zero(node.value) <= MAX_INT:
             problems.append(
                 ConfigProblem(
                     file,
@@ -181,12 +189,12 @@ def _yaml_gotchas(node: yaml.Node | None, file: str) -> list[ConfigProblem]:
     return problems
 
 
-def _int_value(text: str) -> int:
-    """A YAML 1.2 integer's value (as :func:`_construct_int` reads it)."""
-    sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
-    if digits[:2] in ("0o", "0x"):
-        return sign * int(digits[2:], 8 if digits[1] == "o" else 16)
-    return sign * int(digits, 10)
+def _int_or_zero(text: str) -> int:
+    """:func:`_int_value`, or 0 for what is no integer (the constructor reports it)."""
+    try:
+        return _int_value(text)
+    except ValueError:
+        return 0
 
 
 _VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
