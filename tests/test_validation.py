@@ -459,3 +459,16 @@ def test_a_yaml_value_that_is_not_json_in_an_inline_schema_is_named() -> None:
         "value (quote it)"
     ]
     load_config("gw.yaml", {}, text=text.replace("2024-01-01", "'2024-01-01'"))
+
+
+def test_a_query_schema_that_cannot_accept_an_object_is_a_config_problem(tmp_path: Path) -> None:
+    """The query is checked as an object of its parameters: a root type without object
+    would refuse every request."""
+    for schema_type in ("array", ["string", "null"]):
+        file = write_config(tmp_path, {"query_schema": {"type": schema_type}})
+        assert problems_of(file) == [
+            "endpoints[0].query_schema.type: the query is checked as an object of its "
+            "parameters: the type must allow object"
+        ]
+    file = write_config(tmp_path, {"query_schema": {"type": ["object", "null"]}})
+    assert load_config(str(file), {}).endpoints[0].query_schema is not None

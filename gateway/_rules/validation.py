@@ -159,6 +159,14 @@ def compile_schema(schema: JSON, *, query: bool = False) -> CompiledSchema:
         jsonschema_rs.meta.validate(schema)
     except jsonschema_rs.ValidationError as exc:
         raise _metaschema_errors(schema, exc) from None
+    if query and isinstance(schema, dict) and "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if "object" not in types:
+            # the instance is always an object (see query_instance): no request could pass
+            raise SchemaError(
+                "the query is checked as an object of its parameters: the type must allow object",
+                ("type",),
+            )
     try:
         validator = jsonschema_rs.validator_for(
             schema,
