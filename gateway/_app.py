@@ -78,6 +78,8 @@ from ._rules.resilience import GuardSettings, UpstreamGuard
 from ._rules.urls import BaseUrl
 from ._state.shared import SharedState, open_state
 from ._upstream.transport import GatewayTransport, PoolKey, PoolLimits
+from ._websocket import Relays, serve_websocket
+from ._wsstream import install as install_relay_stream
 
 if TYPE_CHECKING:  # imported when a JWT policy is configured (see build_authenticators)
     from ._auth.jwks import KeySet
@@ -425,6 +427,9 @@ class GatewayApp(QuartTrio):
         self.admin_listener: Listener | None = plan.admin_listener
         # the serving hypercorn settings, set by serve_app: a reload updates some in place
         self.listener_config: hypercorn.config.Config | None = None
+        # open WebSocket relays, and their close at the end of a drain
+        self.relays = Relays()
+        install_relay_stream()  # hypercorn's WebSocket stream, with close codes and pings
         for name in ADMIN_ROUTES:
             # no automatic OPTIONS (an HTML-less 200): the gateway answers 405 for it
             self.add_url_rule(
@@ -440,7 +445,8 @@ class GatewayApp(QuartTrio):
         self.register_error_handler(HTTPException, self._http_error)
 
     async def asgi_app(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
             await self._asgi(scope, receive, send, None)
             return
         trace = trace_context(scope["headers"])
@@ -451,7 +457,7 @@ class GatewayApp(QuartTrio):
                 if trace.parent_span_id is not None
                 else None
             )
-            span = self.exporter.start_request(f"{scope['method']} request", parent)
+            span = self.exporter.start_request(f"{scope.get('method', 'GET')} request", parent)
             trace_id, span_id, flags = self.exporter.ids(span)
             trace = dataclasses.replace(
                 trace,
@@ -470,9 +476,19 @@ class GatewayApp(QuartTrio):
             believed_client(
                 client[0] if client else None, scope["headers"], self.plan.trusted_proxies
             ),
-            scope["method"],
+            scope.get("method", "GET"),  # a WebSocket upgrade is a GET
             (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
         )
+
+        if kind == "websocket":
+            try:
+                await self._websocket(scope, receive, send, record, trace.request_id, token)
+            finally:
+                if trace.span is not None:
+                    trace.span.update_name(f"WEBSOCKET {record.endpoint or 'unmatched'}")
+                    trace.span.set_attribute("http.response.status_code", record.status)
+                    trace.span.end()
+            return
 
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -506,6 +522,38 @@ class GatewayApp(QuartTrio):
                 trace.span.set_attribute("http.response.status_code", record.status)
                 trace.span.set_attribute("gateway.request_id", record.request_id)
                 trace.span.end()
+
+    async def _websocket(
+        self,
+        scope: Any,
+        receive: Any,
+        send: Any,
+        record: AccessRecord,
+        request_id: bytes,
+        token: Any,
+    ) -> None:
+        """A WebSocket scope: its upgrade is answered (refused, or accepted and relayed) by
+        :func:`~gateway._websocket.serve_websocket`. Not counted in flight (a socket may
+        stay open for hours): ``gateway_websockets_open`` counts the open ones."""
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            kind = message["type"]
+            if kind == "websocket.http.response.start" or kind == "websocket.accept":
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                if kind == "websocket.http.response.start":
+                    record.status = message["status"]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await serve_websocket(self, scope, receive, send_with_id, record)
+        finally:
+            CURRENT.reset(token)
+            log_access(record)
+            if record.status != 101:  # an accepted upgrade was counted when it was
+                metrics.observe_request(
+                    record.endpoint, record.method, record.status, record.elapsed_s
+                )
 
     async def _asgi(self, scope: Any, receive: Any, send: Any, record: AccessRecord | None) -> None:
         plan = self.plan  # the whole request runs on the config it started with

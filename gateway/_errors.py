@@ -60,12 +60,18 @@ that the JSON error body carries. A failing *backend* is not an exception: it be
         ├── CorsPreflightRefused      403 cors_preflight_refused: a CORS preflight from an origin,
         │                             for a method or with request headers the endpoint's cors
         │                             does not allow; .fields["refused"] says which
+        ├── WebSocketNotAccepted      400 websocket_not_accepted: a WebSocket upgrade to an
+        │                             endpoint without ``websocket`` (RFC 6455 section 4.2.2)
+        ├── WebSocketOriginRefused    403 websocket_origin_refused: an upgrade whose Origin the
+        │                             endpoint's websocket.allow_origins does not list
         ├── RequestTimeout            408 request_timeout: the body took longer than body_timeout
         ├── RequestBodyTooLarge       413 request_body_too_large
         ├── UrlTooLong                414 url_too_long: path and query over max_url_length
         ├── TooManyRequests           429 rate_limited: over an endpoint's rate_limit
         ├── HeadersTooLarge           431 headers_too_large: request head over max_header_size
-        └── RateLimitUnavailable      503 rate_limit_unavailable: the store failed, on_error closed
+        ├── RateLimitUnavailable      503 rate_limit_unavailable: the store failed, on_error closed
+        └── TooManyWebSockets         503 too_many_websockets: the endpoint's websocket
+                                      max_connections are open in this worker
 """
 
 from __future__ import annotations
@@ -405,3 +411,28 @@ class UrlTooLong(RequestError):
 class HeadersTooLarge(RequestError):
     status = 431
     code = "headers_too_large"
+
+
+class WebSocketNotAccepted(RequestError):
+    """A WebSocket upgrade to an endpoint that does not relay WebSockets (no
+    ``websocket``): refused with an HTTP answer, as RFC 6455 section 4.2.2 lets a server
+    do, rather than served as a plain request the client did not ask for."""
+
+    status = 400
+    code = "websocket_not_accepted"
+
+
+class WebSocketOriginRefused(RequestError):
+    """A WebSocket upgrade whose ``Origin`` the endpoint's ``websocket.allow_origins`` does
+    not allow (RFC 6455 section 10.2); the upstream is not called."""
+
+    status = 403
+    code = "websocket_origin_refused"
+
+
+class TooManyWebSockets(RequestError):
+    """An upgrade to an endpoint whose ``websocket.max_connections`` sockets are open in
+    this worker; answered with ``Retry-After``, before any upstream call."""
+
+    status = 503
+    code = "too_many_websockets"

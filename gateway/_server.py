@@ -17,6 +17,7 @@ from hypercorn.utils import wrap_app
 from ._app import GatewayApp
 from ._config.plan import GatewayPlan
 from ._tls import ListenerConfig
+from ._websocket import CLOSE_ALLOWANCE_S
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 # a file a worker that cannot start writes its reason to (gateway.asgi), for the main process
@@ -183,6 +184,8 @@ async def serve_app(
     """
     if isinstance(app, GatewayApp):  # the demo serves its upstreams here too
         app.listener_config = config  # a reload updates the settings hypercorn reads live
+        if shutdown_trigger is not None:
+            shutdown_trigger = _closing_websockets(app, config, shutdown_trigger)
     listening = _Listening(app, config.bind, task_status)
     if sockets is None:
         await hypercorn.trio.serve(
@@ -196,6 +199,24 @@ async def serve_app(
         shutdown_trigger=shutdown_trigger,
         task_status=listening,
     )
+
+
+def _closing_websockets(
+    app: GatewayApp, config: hypercorn.config.Config, trigger: Callable[[], Awaitable[None]]
+) -> Callable[[], Awaitable[None]]:
+    """``trigger``, then the close of the WebSockets still open at the end of
+    ``graceful_timeout``: hypercorn would cancel them without a close frame, so the gateway
+    closes them with 1001 itself, and hypercorn's own stop comes
+    :data:`~gateway._websocket.CLOSE_ALLOWANCE_S` later for their close handshakes."""
+
+    async def closing() -> None:
+        await trigger()
+        graceful_s = app.plan.config.server.graceful_timeout
+        if app.relays.total:
+            config.graceful_timeout = graceful_s + CLOSE_ALLOWANCE_S
+        app.relays.close_at(trio.current_time() + graceful_s)
+
+    return closing
 
 
 class _Listening:

@@ -521,7 +521,7 @@ def test_validation_and_cross_reference_problems_come_out_in_one_run() -> None:
         "gw.yaml: endpoints[0].backends[0].timeout: a duration must be a string with a unit, "
         "like 250ms or 2s (got a number)",
         "gw.yaml: endpoints[0].foo: unknown key 'foo' (allowed: path, method, deadline, "
-        "forward_headers, forward_query, debug, passthrough, rate_limit, cache, auth, "
+        "forward_headers, forward_query, debug, passthrough, websocket, rate_limit, cache, auth, "
         "response_headers, remove_headers, cors, compression, merge, shape, request_schema, "
         "query_schema, backends)",
         # cross-references of every part that is valid, at its place in the file (the
@@ -1123,6 +1123,7 @@ def test_every_config_model_is_walked() -> None:
         "DefaultsConfig",
         "CorsConfig",
         "CompressionConfig",
+        "WebSocketConfig",
         "MergeConfig",
         "ShapeConfig",
         "UpstreamConfig",

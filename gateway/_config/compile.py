@@ -99,6 +99,7 @@ from .salvage import LeftOut
 from .schema_compile import endpoint_schemas
 from .tls import ca_file_problems, cert_pair_problems
 from .units import format_duration
+from .websocket_compile import compile_websocket
 
 
 def _check_headers(
@@ -435,6 +436,7 @@ def _compile(config: GatewayConfig, file: str, left_out: LeftOut) -> GatewayPlan
                     cache=cache,
                     auth=auth,
                     collections=collections,
+                    websocket=compile_websocket(ep, where, file, problems),
                     **_with_cors(
                         _response_fields(default_fields, ep, where, file, problems),
                         _endpoint_cors(config, ep, where, file, problems),

@@ -45,6 +45,7 @@ from .model import (
     StateConfig,
     TracingConfig,
     UpstreamConfig,
+    WebSocketConfig,
 )
 from .units import format_duration
 
@@ -62,6 +63,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`upstreams.NAME.hedge`", HedgeConfig),
     ("`upstreams.NAME.outlier_detection`", OutlierDetectionConfig),
     ("`endpoints[]`", EndpointConfig),
+    ("`endpoints[].websocket`", WebSocketConfig),
     ("`endpoints[].rate_limit`", RateLimitConfig),
     ("`endpoints[].cache`", EndpointCacheConfig),
     ("`endpoints[].merge`", MergeConfig),
@@ -101,6 +103,7 @@ DURATION_FIELDS = frozenset(
 SIZE_FIELDS = frozenset(
     {
         "max_response_size",
+        "max_message_size",
         "max_request_body",
         "max_header_size",
         "max_total_response_size",

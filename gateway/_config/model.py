@@ -17,6 +17,9 @@ from .._rules.admin import DEFAULT_ADMIN_ALLOW
 from .._rules.balance import OutlierSettings
 from .._rules.encoding import CODINGS, DEFAULT_MIN_SIZE_BYTES, DEFAULT_TYPES
 from .._rules.resilience import BreakerSettings
+from .._rules.websocket import DEFAULT_IDLE_TIMEOUT_S as DEFAULT_WS_IDLE_TIMEOUT_S
+from .._rules.websocket import DEFAULT_MAX_CONNECTIONS as DEFAULT_WS_MAX_CONNECTIONS
+from .._rules.websocket import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_WS_MAX_MESSAGE_BYTES
 from .._state.store import DEFAULT_MEMORY_MAX_BYTES, DEFAULT_NAMESPACE
 from .._state.store import DEFAULT_TIMEOUT_S as DEFAULT_STATE_TIMEOUT_S
 from .._upstream.transport import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
@@ -260,6 +263,33 @@ class CompressionConfig(_Model):
     as 3 on a 20 KiB JSON body for 17% instead of 20% of its size); above a size measured
     per level a body is compressed in a worker thread, so a high level costs CPU, not the
     event loop."""
+
+
+class WebSocketConfig(_Model):
+    """WebSocket upgrades through a passthrough endpoint (RFC 6455): the gateway accepts
+    the client's upgrade after authentication, rate limits and the origin check, opens a
+    WebSocket to the backend's upstream (`http://` becomes `ws://`, `https://` `wss://`)
+    and relays messages both ways. See the README's "WebSockets"."""
+
+    max_message_size: Size = DEFAULT_WS_MAX_MESSAGE_BYTES
+    """Largest message relayed, either way (its whole payload, all frames): a bigger one
+    closes both sides with 1009 (message too big)."""
+
+    idle_timeout: Duration = DEFAULT_WS_IDLE_TIMEOUT_S
+    """A connection with no message and no ping either way for this long is closed, both
+    sides with 1001 (going away). Clients that ping to keep alive (every 20-30 s, say)
+    stay open while they do: a ping counts as activity and is relayed."""
+
+    max_connections: int = Field(default=DEFAULT_WS_MAX_CONNECTIONS, ge=1)
+    """Open WebSockets of this endpoint, per worker process; an upgrade beyond it is
+    answered 503 `too_many_websockets` with `Retry-After`, before any upstream call."""
+
+    allow_origins: list[str] | None = Field(default=None, min_length=1)
+    """Origins whose pages may open the WebSocket, as in `cors.allow_origins`
+    (`scheme://host[:port]`, `regex:PATTERN` or `*`). An upgrade carrying another
+    `Origin` is refused 403 `websocket_origin_refused`; one without `Origin` (not a
+    browser) is let through. Browsers apply no CORS to WebSockets, so with cookie
+    authentication this list is what keeps other sites' pages out. Unset: any origin."""
 
 
 class DefaultsConfig(_Model):
@@ -808,6 +838,12 @@ class EndpointConfig(_Model):
     and the client's method, body and Content-Type to the upstream. Each chunk is sent on
     as it arrives (compressed ones flushed), so server-sent events reach the client as
     they are sent; a client that leaves closes the upstream connection."""
+
+    websocket: WebSocketConfig | bool = False
+    """With `passthrough: true` and `method: GET`: accept WebSocket upgrades too, relayed
+    to the backend's upstream (`true`: the default settings; or settings). Requests
+    without an upgrade are still passed through. Authentication and rate limits apply to
+    the upgrade."""
 
     rate_limit: RateLimitConfig | list[RateLimitConfig] | None = None
     """Limit requests to this endpoint; with a list, every limit applies (per client and

@@ -245,6 +245,25 @@ class BackendPlan:
 
 
 @dataclass(frozen=True)
+class WebSocketPlan:
+    """A passthrough endpoint's ``websocket`` settings, compiled.
+
+    Args:
+        max_message_bytes: the largest message relayed either way (all its frames).
+        idle_timeout_s: seconds without a message or ping either way before both sides
+            are closed with 1001.
+        max_connections: open sockets of the endpoint in one worker.
+        origins: the ``allow_origins`` policy (its origins and patterns alone), or None
+            for any origin.
+    """
+
+    max_message_bytes: int
+    idle_timeout_s: float
+    max_connections: int
+    origins: CorsPolicy | None = None
+
+
+@dataclass(frozen=True)
 class EndpointPlan:
     index: int
     path: str
@@ -277,6 +296,7 @@ class EndpointPlan:
     request_schema: CompiledSchema | None = None
     query_schema: CompiledSchema | None = None
     compression: CompressionPolicy | None = None  # None: off (compression: false)
+    websocket: WebSocketPlan | None = None  # None: upgrades are refused
 
     @cached_property
     def forward_header_names(self) -> frozenset[bytes]:

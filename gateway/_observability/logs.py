@@ -36,6 +36,8 @@ class AccessRecord:
     # the endpoint's auth: {"policy": NAME} once passed, {"refused": CODE, "reason": WORD}
     # when refused; never a token, a key or a claim
     auth: dict[str, str] | None = None
+    # a WebSocket relay's end: {"ended_by", "close_code", "from_client", "from_upstream"}
+    websocket: dict[str, Any] | None = None
 
     @property
     def elapsed_s(self) -> float:
@@ -53,6 +55,8 @@ class AccessRecord:
         }
         if self.auth is not None:
             out["auth"] = self.auth
+        if self.websocket is not None:
+            out["websocket"] = self.websocket
         if self.backends:
             out["backends"] = self.backends
         elif self.backends_header:

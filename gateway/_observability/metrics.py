@@ -59,6 +59,12 @@ BACKEND_DURATION = Histogram(
 IN_FLIGHT = Gauge(
     "gateway_requests_in_flight", "Requests being answered", multiprocess_mode="livesum"
 )
+WEBSOCKETS_OPEN = Gauge(
+    "gateway_websockets_open",
+    "WebSocket relays open, by endpoint",
+    ["endpoint"],
+    multiprocess_mode="livesum",
+)
 UPSTREAM_CONNECTIONS = Gauge(
     "gateway_upstream_connections",
     "Upstream connections by state",

@@ -423,6 +423,34 @@ class ConnectionPool:
             return conn
         return None
 
+    async def open_stream(self) -> PlainStream | trio.SSLStream[trio.SocketStream]:
+        """A connection of the pool's origin and client identity that the pool does not
+        keep or count (a WebSocket's, which lives as long as the socket): TCP, and the TLS
+        handshake for https. Waits under the caller's cancel scope.
+
+        Raises:
+            httpx.ConnectError: the connection or the TLS handshake failed.
+        """
+        scheme, host, port = self.origin
+        try:
+            if scheme != "https":
+                return await connect_plain(host, port)
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        assert self._ssl_context is not None
+        tls = trio.SSLStream(
+            stream, self._ssl_context, server_hostname=self.limits.server_name or host
+        )
+        try:
+            await tls.do_handshake()
+        except BaseException as exc:
+            stream.socket.close()
+            if isinstance(exc, (trio.BrokenResourceError, OSError, ssl.SSLError)):
+                raise httpx.ConnectError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
+            raise
+        return tls
+
     async def _connect(self) -> _Connection:
         scheme, host, port = self.origin
         try:
@@ -745,6 +773,11 @@ class GatewayTransport(httpx.AsyncBaseTransport):
             if unused or pool.limits != self._limits.get(key, self._default_limits):
                 pool.retire()
                 del self._pools[key]
+
+    async def open_stream(self, key: PoolKey) -> PlainStream | trio.SSLStream[trio.SocketStream]:
+        """A connection to ``key``'s origin with its TLS settings and client identity,
+        outside the pool (see :meth:`ConnectionPool.open_stream`)."""
+        return await self.pool(key).open_stream()
 
     def statistics(self) -> list[PoolStatistics]:
         return [pool.statistics() for pool in self._pools.values()]

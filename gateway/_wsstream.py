@@ -1,0 +1,179 @@
+"""hypercorn's WebSocket stream, with what a relay needs and hypercorn 0.18 does not give an
+ASGI app.
+
+Written here because hypercorn serves the client side and its ASGI interface has no room
+for these; each is a few lines over hypercorn's own ``WSStream`` (the class is replaced in
+its protocol modules by :func:`install`, once per process):
+
+- **The client's close code.** hypercorn reports every close by the client as 1000 or
+  1006, whatever code the client sent (pgjones/hypercorn#127, open). Here the code and
+  reason of the client's close frame reach the app in ``websocket.disconnect`` (``code``,
+  and ``reason`` as ASGI 2.4 has it); a connection that dropped without one is still 1006.
+- **Pings.** hypercorn answers a client's ping and tells the app nothing, so a client that
+  keeps a quiet connection alive with pings would look idle. Here the app also gets
+  ``{"type": PING_EVENT, "bytes": payload}`` after the pong is sent, and may send the same
+  message to ping the client.
+- **A message limit per connection.** hypercorn's ``websocket_max_message_size`` is one
+  for the whole server. Here ``websocket.accept`` may carry :data:`MAX_MESSAGE_KEY`, the
+  connection's own limit (bytes of one message, all frames); a bigger message is answered
+  with a close frame 1009 at once and the app gets ``websocket.disconnect`` 1009, with no
+  wait for the client's close reply.
+- **No permessage-deflate.** hypercorn accepts the extension whenever a client offers it,
+  and wsproto inflates a frame whole before any size is checked: a small compressed frame
+  could take gigabytes. The offer is ignored (RFC 7692 section 5: a server may decline).
+
+The app learns the stream is this one from ``scope["extensions"]``, which holds
+:data:`EXTENSION` (hypercorn's own stream, without it, would refuse the extra messages).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import hypercorn.protocol.h2
+import hypercorn.protocol.h11
+from hypercorn.protocol.events import EndData, StreamClosed
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection, Message, Ping
+from wsproto.frame_protocol import CloseReason
+
+EXTENSION = "gateway.websocket"
+"""Key of ``scope["extensions"]`` present when the server is this stream."""
+PING_EVENT = "gateway.websocket.ping"
+"""A ping, received from the client (to the app) or to send to it (from the app)."""
+MAX_MESSAGE_KEY = "gateway.max_message_bytes"
+"""Key of ``websocket.accept``: the connection's message limit in bytes."""
+
+_MESSAGE_TOO_BIG = 1009
+_NO_STATUS = 1005
+
+
+class RelayStream(WSStream):
+    """hypercorn's ``WSStream`` with the client's close code, pings and a limit per
+    connection passed to the app (see the module)."""
+
+    # set once the client's side has ended with a code: its close frame's, or 1009
+    peer_close: tuple[int, str | None] | None = None
+    reported = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.task_group = _MarkingTaskGroup(self.task_group)  # type: ignore[assignment]
+
+    async def handle(self, event: Any) -> None:
+        if isinstance(event, StreamClosed) and not self.closed and self.app_put is not None:
+            self.closed = True
+            if not self.reported:
+                self.reported = True
+                code, reason = self._closing_code()
+                await self.app_put({"type": "websocket.disconnect", "code": code, "reason": reason})
+            return
+        await super().handle(event)
+
+    def _closing_code(self) -> tuple[int, str | None]:
+        if self.peer_close is not None:
+            return self.peer_close
+        if self.state in {ASGIWebsocketState.HTTPCLOSED, ASGIWebsocketState.CLOSED}:
+            return 1000, None  # the app closed first: hypercorn's own answer
+        return 1006, None
+
+    async def app_send(self, message: Any) -> None:
+        if message is not None and not self.closed:
+            kind = message["type"]
+            if kind == PING_EVENT:
+                if self.state == ASGIWebsocketState.CONNECTED:
+                    await self._send_wsproto_event(Ping(payload=bytes(message["bytes"])))
+                return
+            if (
+                kind == "websocket.close"
+                and message.get("code") == _NO_STATUS
+                and self.state == ASGIWebsocketState.CONNECTED
+            ):
+                # a close frame without a code, as the other side sent (hypercorn would
+                # send 1000: wsproto leaves the code out only for its enum member)
+                self.state = ASGIWebsocketState.CLOSED
+                await self._send_wsproto_event(CloseConnection(code=CloseReason.NO_STATUS_RCVD))
+                await self.send(EndData(stream_id=self.stream_id))
+                return
+            if kind == "websocket.accept" and self.state == ASGIWebsocketState.HANDSHAKE:
+                limit = message.get(MAX_MESSAGE_KEY)
+                if limit is not None:
+                    self.buffer.max_length = int(limit)
+                self.handshake.extensions = None  # permessage-deflate declined
+        await super().app_send(message)
+
+    async def _handle_events(self) -> None:
+        assert self.app_put is not None
+        for event in self.connection.events():
+            if isinstance(event, Message):
+                try:
+                    self.buffer.extend(event)
+                except FrameTooLargeError:
+                    self.buffer.clear()
+                    await self._send_wsproto_event(CloseConnection(code=_MESSAGE_TOO_BIG))
+                    self.peer_close = (_MESSAGE_TOO_BIG, "message too big")
+                    if not self.reported:
+                        self.reported = True
+                        await self.app_put(
+                            {
+                                "type": "websocket.disconnect",
+                                "code": _MESSAGE_TOO_BIG,
+                                "reason": "message too big",
+                            }
+                        )
+                    break
+                if event.message_finished:
+                    await self.app_put(self.buffer.to_message())
+                    self.buffer.clear()
+            elif isinstance(event, Ping):
+                await self._send_wsproto_event(event.response())
+                await self.app_put({"type": PING_EVENT, "bytes": bytes(event.payload)})
+            elif isinstance(event, CloseConnection):
+                if self.peer_close is None:
+                    self.peer_close = (event.code, event.reason or None)
+                if self.connection.state == ConnectionState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+class _MarkingTaskGroup:
+    """The connection's task group, marking the scope of the app it starts with
+    :data:`EXTENSION` (the scope is built and the app started within hypercorn's
+    ``handle``: this is the one place between the two)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def spawn_app(self, app: Any, config: Any, scope: Any, send: Any) -> Any:
+        scope["extensions"][EXTENSION] = {}
+        return await self._inner.spawn_app(app, config, scope, send)
+
+    def spawn(self, func: Any, *args: Any) -> None:
+        self._inner.spawn(func, *args)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Make hypercorn's HTTP/1.1, HTTP/2 and HTTP/3 protocols serve WebSockets with
+    :class:`RelayStream` (idempotent). The scope of each then carries :data:`EXTENSION`."""
+    global _installed
+    if _installed:
+        return
+    for module in (hypercorn.protocol.h11, hypercorn.protocol.h2):
+        setattr(module, "WSStream", RelayStream)  # noqa: B010 (a module's global)
+    try:  # HTTP/3 needs aioquic, an extra of hypercorn's
+        h3 = importlib.import_module("hypercorn.protocol.h3")
+    except ImportError:
+        pass
+    else:
+        setattr(h3, "WSStream", RelayStream)  # noqa: B010
+    _installed = True
+
+
+def installed() -> bool:
+    """Whether :func:`install` has run in this process."""
+    return _installed
