@@ -4,6 +4,7 @@ misbehave)."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 import trio_websocket
-from conftest import Gateway, start_gateway
+from conftest import Gateway, config_text, start_gateway
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -23,7 +24,14 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from gateway import create_app, hypercorn_config, load_config, serve_app
+from gateway._server import drain_on_stop
+
 MiB = 1024 * 1024
+UPGRADE = (
+    b"GET /live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 @dataclass
@@ -66,6 +74,7 @@ class WsUpstream:
                 extra_headers=[(b"content-type", b"application/json")],
                 body=b'{"why": "no"}',
             )
+            seen.closed.set()
             return
         chosen = "chat.v2" if "chat.v2" in request.proposed_subprotocols else None
         ws = await request.accept(subprotocol=chosen, extra_headers=[(b"x-upstream", b"yes")])
@@ -320,10 +329,7 @@ async def test_a_client_that_vanishes_closes_the_upstream_connection(
     port = int(gw.url.rsplit(":", 1)[1])
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(
-            b"GET /live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        await stream.send_all(UPGRADE)
         head = b""
         while b"\r\n\r\n" not in head:
             head += await stream.receive_some(4096)
@@ -342,3 +348,176 @@ async def test_a_client_that_vanishes_closes_the_upstream_connection(
 async def wait_until(condition: Callable[[], bool]) -> None:
     while not condition():  # noqa: ASYNC110 - a counter the relay tasks change
         await trio.sleep(0.01)
+
+
+async def refused_upgrade(url: str, **kwargs: Any) -> ConnectionRejected:
+    with pytest.raises(ConnectionRejected) as refused:
+        async with connected(url, **kwargs):
+            pass
+    return refused.value
+
+
+def error_code(refusal: ConnectionRejected) -> str:
+    import orjson
+
+    code: str = orjson.loads(refusal.body or b"")["error"]["code"]
+    return code
+
+
+async def test_auth_rate_limits_origin_and_connection_limit_apply_at_the_upgrade(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    import hashlib
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"acme {hashlib.sha256(b'k-acme').hexdigest()}\n")
+    up = await start_ws_upstream(nursery)
+    config = ws_config(
+        up.url,
+        auth="partners",
+        rate_limit={"rate": "3/h", "key": "ip"},
+        websocket={"allow_origins": ["https://app.example"], "max_connections": 1},
+    )
+    config["auth"] = {"partners": {"api_key": {"keys_file": str(keys)}}}
+    gw = await start_gateway(nursery, config)
+    key = [(b"x-api-key", b"k-acme")]
+    with trio.fail_after(10):
+        refusal = await refused_upgrade(ws_url(gw))
+        assert (refusal.status_code, error_code(refusal)) == (401, "unauthorized")
+        refusal = await refused_upgrade(
+            ws_url(gw), extra_headers=[*key, (b"origin", b"https://evil.example")]
+        )
+        assert (refusal.status_code, error_code(refusal)) == (403, "websocket_origin_refused")
+        assert up.seen == []  # nothing refused reached the upstream
+        # an allowed origin, and a client without Origin (not a browser), are let through
+        async with connected(
+            ws_url(gw), extra_headers=[*key, (b"origin", b"https://app.example")]
+        ) as ws:
+            await ws.send_message("one")
+            assert await ws.get_message() == "one"
+            refusal = await refused_upgrade(ws_url(gw), extra_headers=key)  # the second socket
+            assert (refusal.status_code, error_code(refusal)) == (503, "too_many_websockets")
+            assert dict(refusal.headers)[b"retry-after"] == b"1"
+        assert len(up.seen) == 1
+        await wait_until(lambda: gw.app.relays.total == 0)
+        async with connected(ws_url(gw), extra_headers=key) as ws:  # the limit freed
+            await ws.send_message("two")
+            assert await ws.get_message() == "two"
+        refusal = await refused_upgrade(ws_url(gw), extra_headers=key)  # the fourth upgrade
+        assert (refusal.status_code, error_code(refusal)) == (429, "rate_limited")
+        assert len(up.seen) == 2
+
+
+async def test_an_upgrade_to_an_endpoint_without_websocket_is_refused_and_plain_gets_still_pass(
+    nursery: trio.Nursery,
+) -> None:
+    from conftest import recorder, start_upstream
+    from upstream import Reply
+
+    seen, handler = recorder(lambda req: Reply(json={"plain": True}))
+    plain = await start_upstream(nursery, handler)
+    config = ws_config(plain.url, path="/data")
+    config["endpoints"].append(
+        {
+            "path": "/plain",
+            "passthrough": True,
+            "backends": [{"name": "p", "upstream": "ws", "path": "/data"}],
+        }
+    )
+    gw = await start_gateway(nursery, config)
+    with trio.fail_after(10):
+        refusal = await refused_upgrade(ws_url(gw, "/plain"))
+        assert (refusal.status_code, error_code(refusal)) == (400, "websocket_not_accepted")
+        refusal = await refused_upgrade(ws_url(gw, "/nowhere"))
+        assert (refusal.status_code, error_code(refusal)) == (404, "not_found")
+        assert seen == []
+        # a WebSocket endpoint still passes plain requests through
+        response = await gw.get("/live")
+        assert response.status_code == 200
+        assert response.json() == {"plain": True}
+
+
+async def test_a_drain_closes_open_sockets_with_1001_at_the_end_of_graceful_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    up = await start_ws_upstream(nursery)
+    config = ws_config(up.url)
+    config["server"] = {"graceful_timeout": "600ms"}
+    plan = load_config("test.yaml", {}, text=config_text(config))
+    app = create_app(plan)
+    stop = trio.Event()
+    hc = hypercorn_config(plan, bind="127.0.0.1:0")
+    served = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+        await serve_app(app, hc, shutdown_trigger=drain_on_stop(app, stop), task_status=task_status)
+        served.set()
+
+    binds = await nursery.start(serve)
+    url = "ws://" + binds[0].removeprefix("http://") + "/live"
+    with trio.fail_after(10):
+        async with connected(url) as ws:
+            await ws.send_message("before")
+            assert await ws.get_message() == "before"
+            stop.set()
+            await wait_until(lambda: app.relays.closing.is_set())
+            started = trio.current_time()
+            # messages still flow during graceful_timeout
+            await ws.send_message("during")
+            assert await ws.get_message() == "during"
+            code, reason = await closed_reason(ws)
+            waited = trio.current_time() - started
+        assert (code, reason) == (1001, "server shutting down")
+        assert 0.5 <= waited < 1.5
+        await up.seen[0].closed.wait()
+        assert up.seen[0].close_code == 1001
+        await served.wait()  # and the server stops
+
+
+async def test_thousands_of_failed_and_cancelled_sockets_leak_nothing(
+    nursery: trio.Nursery,
+) -> None:
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(nursery, ws_config(up.url))
+    refusing = await start_gateway(nursery, ws_config(up.url, path="/refuse"))
+    port = int(gw.url.rsplit(":", 1)[1])
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def tasks() -> int:
+        def count(task: trio.lowlevel.Task) -> int:
+            return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
+
+        return count(trio.lowlevel.current_root_task())
+
+    async def rounds(n: int) -> None:
+        for i in range(n):
+            if i % 3 == 0:  # refused by the upstream
+                with pytest.raises(ConnectionRejected):
+                    async with connected(ws_url(refusing)):
+                        pass
+            elif i % 3 == 1:  # a relay the client ends
+                async with connected(ws_url(gw)) as ws:
+                    await ws.send_message("x")
+                    assert await ws.get_message() == "x"
+            else:  # the client vanishes once upgraded, without a close frame
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(UPGRADE)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await stream.receive_some(4096)
+                assert head.startswith(b"HTTP/1.1 101")
+                await stream.aclose()
+
+    with trio.fail_after(120):
+        await rounds(60)  # warm: pools, caches, the first connections
+        await wait_until(lambda: gw.app.relays.total == 0)
+        before, tasks_before = open_fds(), tasks()
+        await rounds(1500)
+        await wait_until(lambda: gw.app.relays.total == 0)
+        await wait_until(lambda: all(s.closed.is_set() for s in up.seen))
+        # the upstream's and the clients' sockets are in this process too: all closed
+        assert open_fds() <= before + 5
+        assert tasks() <= tasks_before + 5  # every relay's and connection's tasks ended
+        assert len(up.seen) >= 1000
