@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import trio
 
 from ._auth.gate import authenticate
@@ -98,7 +99,7 @@ class Relays:
     the server stops, the time they are closed with 1001 (:meth:`close_at`)."""
 
     def __init__(self) -> None:
-        self.open: dict[int, int] = {}
+        self.open: dict[str, int] = {}  # by route: the same across a reload
         self.closing = trio.Event()
         self.close_deadline = float("inf")
 
@@ -212,7 +213,7 @@ async def serve_websocket(
             await send_error(answer, limited, headers=[*fields, *limit_fields])
             return
     relays = app.relays
-    if relays.open.get(endpoint.index, 0) >= settings.max_connections:
+    if relays.open.get(endpoint.path, 0) >= settings.max_connections:
         refusal = TooManyWebSockets(
             f"this endpoint has its {settings.max_connections} WebSockets open"
         )
@@ -231,14 +232,14 @@ async def serve_websocket(
     except RequestError as exc:
         await send_error(answer, exc, headers=fields)
         return
-    relays.open[endpoint.index] = relays.open.get(endpoint.index, 0) + 1
+    relays.open[endpoint.path] = relays.open.get(endpoint.path, 0) + 1
     metrics.WEBSOCKETS_OPEN.labels(endpoint.path).inc()
     try:
         await _upgrade(
             app, endpoint, ctx, offered, receive, send, answer, [*fields, *limit_fields], record
         )
     finally:
-        relays.open[endpoint.index] -= 1
+        relays.open[endpoint.path] -= 1
         metrics.WEBSOCKETS_OPEN.labels(endpoint.path).dec()
 
 
@@ -273,7 +274,7 @@ class Upgrading:
                 headers.append((name, value))
         try:
             stream = await self.app.transport.open_stream(request.base.key)
-        except Exception as exc:  # httpx.ConnectError: the message says which
+        except httpx.TransportError as exc:  # the connection or the TLS handshake
             return Reply(Outcome.UNREACHABLE, detail=str(exc) or type(exc).__name__)
         try:
             result = await open_websocket(

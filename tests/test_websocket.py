@@ -177,6 +177,7 @@ async def test_text_and_binary_messages_are_relayed_both_ways(nursery: trio.Nurs
         assert seen.subprotocols == ("chat.v1", "chat.v2")
         assert seen.headers["x-trace"] == "t-1"
         assert seen.headers["x-forwarded-for"] == "127.0.0.1"
+        assert seen.headers["x-forwarded-proto"] == "http"  # the scheme, never ws
         await seen.closed.wait()
         assert seen.close_code == 1000
 
@@ -521,3 +522,35 @@ async def test_thousands_of_failed_and_cancelled_sockets_leak_nothing(
         assert open_fds() <= before + 5
         assert tasks() <= tasks_before + 5  # every relay's and connection's tasks ended
         assert len(up.seen) >= 1000
+
+
+async def test_an_https_upstream_is_reached_over_wss_with_its_ca(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    up = WsUpstream()
+    server = await nursery.start(
+        partial(trio_websocket.serve_websocket, up.handler, "127.0.0.1", 0, server_context)
+    )
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    config = ws_config(f"https://127.0.0.1:{server.port}")
+    config["upstreams"]["ws"]["ca_file"] = str(ca_file)
+    gw = await start_gateway(nursery, config)
+    with trio.fail_after(10):
+        async with connected(ws_url(gw)) as ws:
+            await ws.send_message("over tls")
+            assert await ws.get_message() == "over tls"
+    # without the CA the upstream's certificate is refused: a 502, never a plain connection
+    del config["upstreams"]["ws"]["ca_file"]
+    strict = await start_gateway(nursery, config)
+    with trio.fail_after(10):
+        refusal = await refused_upgrade(ws_url(strict))
+    assert (refusal.status_code, error_code(refusal)) == (502, "upstream_failed")
+    assert len(up.seen) == 1
