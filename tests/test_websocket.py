@@ -554,3 +554,58 @@ async def test_an_https_upstream_is_reached_over_wss_with_its_ca(
         refusal = await refused_upgrade(ws_url(strict))
     assert (refusal.status_code, error_code(refusal)) == (502, "upstream_failed")
     assert len(up.seen) == 1
+
+
+async def test_a_websocket_over_http2_extended_connect_is_relayed(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    """RFC 8441: browsers open WebSockets on an HTTP/2 connection when the server allows
+    it (hypercorn does), with a CONNECT whose ``:protocol`` is ``websocket``."""
+    from test_sse import H2Client, tls_files
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import CloseConnection, TextMessage
+
+    ca, tls = tls_files(tmp_path)
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(nursery, {**ws_config(up.url), "server": {"tls": tls}})
+    with trio.fail_after(10):
+        client = await H2Client.connect(gw.url, ca)
+        async with client.stream:
+            await client.receive()  # the server's SETTINGS (ENABLE_CONNECT_PROTOCOL)
+            sid: int = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(
+                sid,
+                [
+                    (":method", "CONNECT"),
+                    (":protocol", "websocket"),
+                    (":scheme", "https"),
+                    (":authority", client.authority),
+                    (":path", "/live"),
+                    ("sec-websocket-version", "13"),
+                    ("sec-websocket-protocol", "chat.v2"),
+                ],
+            )
+            client.bodies[sid] = b""
+            await client.flush()
+            while sid not in client.heads:
+                await client.receive()
+            head = dict(client.heads[sid])
+            assert head[b":status"] == b"200"
+            assert head[b"sec-websocket-protocol"] == b"chat.v2"
+            ws = Connection(ConnectionType.CLIENT)
+            client.conn.send_data(sid, ws.send(TextMessage(data="over h2")))
+            await client.flush()
+            received: list[Any] = []
+            while not received:
+                await client.receive()
+                ws.receive_data(client.bodies[sid])
+                client.bodies[sid] = b""
+                received = list(ws.events())
+            assert isinstance(received[0], TextMessage)
+            assert received[0].data == "over h2"
+            client.conn.send_data(sid, ws.send(CloseConnection(code=4003, reason="h2 bye")))
+            await client.flush()
+            seen = up.seen[0]
+            await seen.closed.wait()
+            assert (seen.close_code, seen.close_reason) == (4003, "h2 bye")
+            assert seen.headers["x-forwarded-proto"] == "https"
