@@ -11,7 +11,7 @@ or 5xx has that answer passed to the client (body up to 64 KiB), anything else t
 a WebSocket is a JSON 502 (504 on the timeout).
 
 Once both sides are open, one nursery holds the relay: a task per direction, the idle
-watch and the shutdown watch. Whichever ends first decides (:meth:`Relay.end`): the other
+watch and the shutdown watch (one task). Whichever ends first decides (:meth:`Relay.end`): the other
 side is closed with the code and reason of the first (see :mod:`gateway._rules.websocket`
 for the codes that cannot be passed as they are), the close handshake gets the backend's
 ``timeout``, and the nursery is cancelled, so nothing of the relay outlives it. Cancelled
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -453,8 +452,7 @@ class Relay:
                 self._nursery = nursery
                 nursery.start_soon(self._from_client)
                 nursery.start_soon(self._from_upstream)
-                nursery.start_soon(self._watch_idle)
-                nursery.start_soon(self._watch_shutdown)
+                nursery.start_soon(self._watch)
             with trio.move_on_after(self.close_timeout_s):
                 await self._close_other_side()
         finally:
@@ -471,9 +469,11 @@ class Relay:
         assert self._nursery is not None
         self._nursery.cancel_scope.deadline = trio.current_time() + self.close_timeout_s
 
-    async def _next(self, wait: Callable[[], Awaitable[Any]]) -> Any:
-        """``wait()``'s result, or None once the relay has ended."""
-        with trio.CancelScope() as scope:
+    async def _next(
+        self, wait: Callable[[], Awaitable[Any]], deadline: float = float("inf")
+    ) -> Any:
+        """``wait()``'s result, or None once the relay has ended or at ``deadline``."""
+        with trio.CancelScope(deadline=deadline) as scope:
             self._waits.add(scope)
             try:
                 if self.ended is None:
@@ -527,22 +527,23 @@ class Relay:
             else:
                 await self.send({"type": "websocket.send", "bytes": received})
 
-    async def _watch_idle(self) -> None:
+    async def _watch(self) -> None:
+        """The idle timeout and the server's shutdown, in one task (a task and its frames
+        are a good part of what a held socket costs)."""
+        relays = self.relays
         while self.ended is None:
-            deadline = self.last_activity + self.idle_timeout_s
-            if trio.current_time() >= deadline:
+            now = trio.current_time()
+            if relays.closing.is_set() and now >= relays.close_deadline:
+                self.end("shutdown", GOING_AWAY, "server shutting down")
+                return
+            idle_at = self.last_activity + self.idle_timeout_s
+            if now >= idle_at:
                 self.end("idle", GOING_AWAY, "idle timeout")
                 return
-            await self._next(partial(trio.sleep_until, deadline))
-
-    async def _watch_shutdown(self) -> None:
-        async def wait() -> bool:
-            await self.relays.closing.wait()
-            await trio.sleep_until(self.relays.close_deadline)
-            return True
-
-        if await self._next(wait):
-            self.end("shutdown", GOING_AWAY, "server shutting down")
+            if relays.closing.is_set():
+                await self._next(trio.sleep_forever, min(idle_at, relays.close_deadline))
+            else:  # until the idle deadline, or the shutdown's start
+                await self._next(relays.closing.wait, idle_at)
 
     async def _close_other_side(self) -> None:
         """The close handshake of the side that did not end the relay (both sides, for
