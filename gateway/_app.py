@@ -76,6 +76,7 @@ from ._rules.balance import HostSet
 from ._rules.forwarded import believed_client
 from ._rules.resilience import GuardSettings, UpstreamGuard
 from ._rules.urls import BaseUrl
+from ._sendbounds import bound_sends, bounds_of
 from ._state.shared import SharedState, open_state
 from ._upstream.transport import GatewayTransport, PoolKey, PoolLimits
 from ._websocket import Relays, serve_websocket
@@ -550,7 +551,7 @@ class GatewayApp(QuartTrio):
         finally:
             CURRENT.reset(token)
             log_access(record)
-            if record.status != 101:  # an accepted upgrade was counted when it was
+            if record.websocket is None:  # an accepted upgrade was counted when it was
                 metrics.observe_request(
                     record.endpoint, record.method, record.status, record.elapsed_s
                 )
@@ -810,6 +811,8 @@ class GatewayApp(QuartTrio):
         if listener is not None:
             # hypercorn reads these when a connection opens and when it shuts down
             listener.graceful_timeout = config.server.graceful_timeout
+            if bounds_of(listener) is not None:
+                bound_sends(listener, config.server.send_timeout)
             listener.h11_max_incomplete_size = config.server.max_header_size
         self.config["MAX_CONTENT_LENGTH"] = config.server.max_request_body
         if self._transport is not None:

@@ -123,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # main().)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from ._app import create_app
+    from ._sendbounds import bounds_of
     from ._server import (
         drain_on_stop,
         hypercorn_config,
@@ -170,6 +171,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             def force() -> None:
                 nonlocal forced
                 forced = True
+                bounds = bounds_of(config)
+                if bounds is not None:  # writes to clients that do not read end now too
+                    bounds.end_all_by(trio.current_time())
                 nursery.cancel_scope.cancel()  # in-flight requests are cancelled
 
             await nursery.start(watch_stop_signals, stop, force)

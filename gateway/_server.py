@@ -16,6 +16,7 @@ from hypercorn.utils import wrap_app
 
 from ._app import GatewayApp
 from ._config.plan import GatewayPlan
+from ._sendbounds import bound_sends, bounds_of
 from ._tls import ListenerConfig
 from ._websocket import CLOSE_ALLOWANCE_S
 
@@ -184,6 +185,7 @@ async def serve_app(
     """
     if isinstance(app, GatewayApp):  # the demo serves its upstreams here too
         app.listener_config = config  # a reload updates the settings hypercorn reads live
+        bound_sends(config, app.plan.config.server.send_timeout)
         if shutdown_trigger is not None:
             shutdown_trigger = _closing_websockets(app, config, shutdown_trigger)
     listening = _Listening(app, config.bind, task_status)
@@ -207,14 +209,19 @@ def _closing_websockets(
     """``trigger``, then the close of the WebSockets still open at the end of
     ``graceful_timeout``: hypercorn would cancel them without a close frame, so the gateway
     closes them with 1001 itself, and hypercorn's own stop comes
-    :data:`~gateway._websocket.CLOSE_ALLOWANCE_S` later for their close handshakes."""
+    :data:`~gateway._websocket.CLOSE_ALLOWANCE_S` later for their close handshakes. Writes
+    to clients end by then too (:mod:`gateway._sendbounds`)."""
 
     async def closing() -> None:
         await trigger()
         graceful_s = app.plan.config.server.graceful_timeout
         if app.relays.total:
             config.graceful_timeout = graceful_s + CLOSE_ALLOWANCE_S
-        app.relays.close_at(trio.current_time() + graceful_s)
+        now = trio.current_time()
+        app.relays.close_at(now + graceful_s)
+        bounds = bounds_of(config)
+        if bounds is not None:  # a write to a client that does not read ends with the rest
+            bounds.end_all_by(now + config.graceful_timeout)
 
     return closing
 

@@ -178,7 +178,7 @@ async def serve_websocket(
         refusal = WebSocketOriginRefused("pages of this origin may not open this WebSocket")
         await send_error(answer, refusal, headers=fields)
         return
-    offered: list[str] = list(scope.get("subprotocols") or ())
+    offered: list[str] = list(dict.fromkeys(scope.get("subprotocols") or ()))
     bad = invalid_subprotocol(offered)
     if bad is not None:
         refusal = InvalidHeader(
@@ -235,7 +235,16 @@ async def serve_websocket(
     metrics.WEBSOCKETS_OPEN.labels(endpoint.path).inc()
     try:
         await _upgrade(
-            app, endpoint, ctx, offered, receive, send, answer, [*fields, *limit_fields], record
+            app,
+            endpoint,
+            ctx,
+            offered,
+            receive,
+            send,
+            answer,
+            [*fields, *limit_fields],
+            record,
+            http2=scope.get("http_version") == "2",
         )
     finally:
         relays.open[endpoint.path] -= 1
@@ -298,6 +307,8 @@ async def _upgrade(
     answer: Send,
     fields: list[tuple[bytes, bytes]],
     record: AccessRecord | None,
+    *,
+    http2: bool = False,
 ) -> None:
     backend = endpoint.backends[0]
     settings = endpoint.websocket
@@ -351,12 +362,15 @@ async def _upgrade(
             }
         )
         if record is not None:
-            record.status = 101
-            metrics.observe_request(endpoint.path, "GET", 101, record.elapsed_s)
+            # RFC 8441 section 5: over HTTP/2 the upgrade's answer is a 200
+            record.status = 200 if http2 else 101
+            metrics.observe_request(endpoint.path, "GET", record.status, record.elapsed_s)
         relay = Relay(upstream, receive, send, settings.idle_timeout_s, timeout_s, app.relays)
-        await relay.run()
-        if record is not None:
-            record.websocket = relay.summary()
+        try:
+            await relay.run()
+        finally:
+            if record is not None:
+                record.websocket = relay.summary()
     finally:
         upstream.abort()
 

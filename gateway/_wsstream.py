@@ -18,6 +18,12 @@ its protocol modules by :func:`install`, once per process):
   connection's own limit (bytes of one message, all frames); a bigger message is answered
   with a close frame 1009 at once and the app gets ``websocket.disconnect`` 1009, with no
   wait for the client's close reply.
+- **A handshake hypercorn cannot decode** (a non-ASCII byte in the path, ``Connection``,
+  ``Sec-WebSocket-Protocol`` or ``-Extensions``) would raise out of hypercorn and stop the
+  whole server: it is answered 400 ``invalid_header`` (JSON) instead.
+- **A client's protocol error** (a bad frame, invalid UTF-8) gets a close frame with
+  wsproto's code (1002, 1007) before the connection closes, as RFC 6455 section 7.1.7
+  asks; hypercorn drops the connection without one.
 - **No permessage-deflate.** hypercorn accepts the extension whenever a client offers it,
   and wsproto inflates a frame whole before any size is checked: a small compressed frame
   could take gigabytes. The offer is ignored (RFC 7692 section 5: a server may decline).
@@ -33,7 +39,8 @@ from typing import Any
 
 import hypercorn.protocol.h2
 import hypercorn.protocol.h11
-from hypercorn.protocol.events import EndData, StreamClosed
+import orjson
+from hypercorn.protocol.events import Body, EndBody, EndData, Request, Response, StreamClosed
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping
@@ -63,6 +70,11 @@ class RelayStream(WSStream):
         self.task_group = _MarkingTaskGroup(self.task_group)  # type: ignore[assignment]
 
     async def handle(self, event: Any) -> None:
+        if isinstance(event, Request) and not self.closed and _not_ascii(event):
+            # hypercorn would fail decoding the handshake fields, and the exception take
+            # the whole server down: a client's mistake, answered as one
+            await self._refuse_not_ascii()
+            return
         if isinstance(event, StreamClosed) and not self.closed and self.app_put is not None:
             self.closed = True
             if not self.reported:
@@ -71,6 +83,25 @@ class RelayStream(WSStream):
                 await self.app_put({"type": "websocket.disconnect", "code": code, "reason": reason})
             return
         await super().handle(event)
+
+    async def _refuse_not_ascii(self) -> None:
+        body = orjson.dumps(
+            {
+                "error": {
+                    "code": "invalid_header",
+                    "message": "a WebSocket handshake field or the path is not ASCII",
+                }
+            }
+        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await self.send(Response(stream_id=self.stream_id, status_code=400, headers=headers))
+        await self.send(Body(stream_id=self.stream_id, data=body))
+        await self.send(EndBody(stream_id=self.stream_id))
+        self.closed = True
 
     def _closing_code(self) -> tuple[int, str | None]:
         if self.peer_close is not None:
@@ -133,9 +164,28 @@ class RelayStream(WSStream):
             elif isinstance(event, CloseConnection):
                 if self.peer_close is None:
                     self.peer_close = (event.code, event.reason or None)
-                if self.connection.state == ConnectionState.REMOTE_CLOSING:
+                state = self.connection.state
+                if state == ConnectionState.REMOTE_CLOSING:
                     await self._send_wsproto_event(event.response())
+                elif state == ConnectionState.OPEN:
+                    # wsproto's verdict on a frame the client got wrong (1002, 1007):
+                    # the client is told before the connection closes (RFC 6455 7.1.7)
+                    await self._send_wsproto_event(
+                        CloseConnection(code=event.code, reason=event.reason)
+                    )
                 await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+# the fields hypercorn decodes as ASCII while it reads a handshake
+_DECODED_FIELDS = frozenset({b"connection", b"sec-websocket-extensions", b"sec-websocket-protocol"})
+
+
+def _not_ascii(request: Request) -> bool:
+    if not request.raw_path.isascii():
+        return True
+    return any(
+        not value.isascii() for name, value in request.headers if name.lower() in _DECODED_FIELDS
+    )
 
 
 class _MarkingTaskGroup:

@@ -56,7 +56,8 @@ class WsUpstream:
       (``"4002 bye"``);
     - ``/big``: accepts and sends one binary message of the size the first message names;
     - ``/refuse``: answers 403 with a JSON body;
-    - ``/silent``: accepts and never sends.
+    - ``/silent``: accepts and never sends;
+    - ``/flood``: accepts and sends 64 KiB messages as fast as they are taken.
     """
 
     url: str = ""
@@ -103,6 +104,9 @@ class WsUpstream:
             await ws.get_message()
         elif path == "/silent":
             await ws.get_message()
+        elif path == "/flood":
+            while True:
+                await ws.send_message(b"f" * 65536)
 
 
 async def start_ws_upstream(nursery: trio.Nursery) -> WsUpstream:
@@ -609,3 +613,142 @@ async def test_a_websocket_over_http2_extended_connect_is_relayed(
             await seen.closed.wait()
             assert (seen.close_code, seen.close_reason) == (4003, "h2 bye")
             assert seen.headers["x-forwarded-proto"] == "https"
+
+
+async def read_upgrade(stream: trio.SocketStream) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = await stream.receive_some(4096)
+        assert data, "closed before the answer"
+        head += data
+    return head
+
+
+async def test_a_non_ascii_handshake_field_is_a_400_and_the_server_goes_on(
+    nursery: trio.Nursery,
+) -> None:
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(nursery, ws_config(up.url))
+    port = int(gw.url.rsplit(":", 1)[1])
+    with trio.fail_after(10):
+        for field in (
+            b"Sec-WebSocket-Protocol: \xc3\xbc",
+            b"Sec-WebSocket-Extensions: x\xff",
+            b"Connection: Upgrade, \xc3\xbc",
+        ):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(UPGRADE.replace(b"\r\n\r\n", b"\r\n" + field + b"\r\n\r\n"))
+                head = await read_upgrade(stream)
+                assert head.startswith(b"HTTP/1.1 400"), head
+                assert b'"code":"invalid_header"' in head + await stream.receive_some(4096)
+        assert up.seen == []
+        async with connected(ws_url(gw)) as ws:  # still serving
+            await ws.send_message("alive")
+            assert await ws.get_message() == "alive"
+
+
+async def test_a_client_that_stops_reading_is_cut_at_send_timeout(nursery: trio.Nursery) -> None:
+    up = await start_ws_upstream(nursery)
+    config = ws_config(up.url, path="/flood")
+    config["server"] = {"send_timeout": "500ms"}
+    gw = await start_gateway(nursery, config)
+    port = int(gw.url.rsplit(":", 1)[1])
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await stream.send_all(UPGRADE)
+        await up.upgraded.wait()
+        # never reads again: the gateway's writes fill the buffers, then stall
+        await up.seen[0].closed.wait()
+        assert up.seen[0].close_code in (1006, 1011, 1001)
+        await wait_until(lambda: gw.app.relays.total == 0)
+        await stream.aclose()
+
+
+async def test_a_drain_ends_by_graceful_timeout_even_with_a_client_that_does_not_read(
+    nursery: trio.Nursery,
+) -> None:
+    up = await start_ws_upstream(nursery)
+    config = ws_config(up.url, path="/flood")
+    config["server"] = {"graceful_timeout": "500ms", "send_timeout": "1h"}
+    plan = load_config("test.yaml", {}, text=config_text(config))
+    app = create_app(plan)
+    stop = trio.Event()
+    hc = hypercorn_config(plan, bind="127.0.0.1:0")
+    served = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+        await serve_app(app, hc, shutdown_trigger=drain_on_stop(app, stop), task_status=task_status)
+        served.set()
+
+    binds = await nursery.start(serve)
+    port = int(binds[0].rsplit(":", 1)[1])
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(UPGRADE)
+        await up.upgraded.wait()
+        await trio.sleep(0.2)  # the flood fills every buffer on the way
+        stop.set()
+        started = trio.current_time()
+        await served.wait()
+        assert trio.current_time() - started < 2.5  # graceful 0.5 s and the 1 s allowance
+        await up.seen[0].closed.wait()
+        await stream.aclose()
+
+
+async def test_an_upstream_protocol_error_closes_the_client_with_1011(
+    nursery: trio.Nursery,
+) -> None:
+    """An upstream that sends a text frame of invalid UTF-8 is told 1007; the client,
+    which did nothing wrong, gets 1011."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+
+    told: list[int] = []
+    done = trio.Event()
+
+    async def broken(stream: trio.SocketStream) -> None:
+        conn = WSConnection(ConnectionType.SERVER)
+        async with stream:
+            while True:
+                conn.receive_data(await stream.receive_some(4096))
+                if any(isinstance(e, Request) for e in conn.events()):
+                    break
+            await stream.send_all(conn.send(AcceptConnection()))
+            await stream.send_all(b"\x81\x02\xff\xfe")  # text, not UTF-8
+            while not told:
+                data = await stream.receive_some(4096)
+                if not data:
+                    break
+                conn.receive_data(data)
+                told.extend(e.code for e in conn.events() if isinstance(e, CloseConnection))
+            done.set()
+
+    listeners = await nursery.start(trio.serve_tcp, broken, 0)
+    port = listeners[0].socket.getsockname()[1]
+    gw = await start_gateway(nursery, ws_config(f"http://127.0.0.1:{port}"))
+    with trio.fail_after(10):
+        async with connected(ws_url(gw)) as ws:
+            code, _ = await closed_reason(ws)
+        assert code == 1011
+        await done.wait()
+        assert told == [1007]
+
+
+async def test_a_client_protocol_error_gets_a_close_frame(nursery: trio.Nursery) -> None:
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(nursery, ws_config(up.url))
+    port = int(gw.url.rsplit(":", 1)[1])
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(UPGRADE)
+            assert (await read_upgrade(stream)).startswith(b"HTTP/1.1 101")
+            # a masked text frame whose payload is not UTF-8 (mask 0: payload as is)
+            await stream.send_all(b"\x81\x82\x00\x00\x00\x00\xff\xfe")
+            frame = await stream.receive_some(4096)
+            assert frame[:1] == b"\x88"  # a close frame
+            assert int.from_bytes(frame[2:4], "big") == 1007
+        await up.seen[0].closed.wait()
+        assert up.seen[0].close_code == 1007

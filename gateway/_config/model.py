@@ -36,6 +36,7 @@ DEFAULT_MAX_TOTAL_RESPONSE_BYTES = 64 * 1024 * 1024
 DEFAULT_BACKLOG = 1024
 DEFAULT_GRACEFUL_TIMEOUT_S = 3.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_SEND_TIMEOUT_S = 30.0
 DEFAULT_MAX_URL_BYTES = 8192
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 # The state machines' own defaults are the config's: one definition each.
@@ -94,6 +95,12 @@ class ServerConfig(_Model):
     body_timeout: Duration = DEFAULT_BODY_TIMEOUT_S
     """Total time to receive a client's request body for aggregated endpoints (408
     beyond). Passthrough uploads are bounded by the backend's timeout between chunks."""
+
+    send_timeout: Duration = DEFAULT_SEND_TIMEOUT_S
+    """Longest a write to a client may wait for the client to read (its socket buffers
+    full): a client that reads nothing for this long is disconnected, whatever it was
+    receiving (a large body, an event stream, a WebSocket). During a drain, writes also
+    end with `graceful_timeout`."""
 
     max_url_length: int = Field(default=DEFAULT_MAX_URL_BYTES, ge=256, le=65536)
     """Longest request target (path and query) accepted (414 beyond)."""

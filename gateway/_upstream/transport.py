@@ -447,7 +447,9 @@ class ConnectionPool:
         except BaseException as exc:
             stream.socket.close()
             if isinstance(exc, (trio.BrokenResourceError, OSError, ssl.SSLError)):
-                raise httpx.ConnectError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
+                # trio wraps the SSL error, with no message of its own
+                why = str(exc) or str(exc.__cause__ or "") or type(exc).__name__
+                raise httpx.ConnectError(f"TLS handshake with {host}:{port} failed: {why}") from exc
             raise
         return tls
 

@@ -283,7 +283,14 @@ class UpstreamWebSocket:
             await self._send(event.response())
             return Pinged(bytes(event.payload))
         if isinstance(event, CloseConnection):
-            if self._conn.state == ConnectionState.REMOTE_CLOSING:
+            state = self._conn.state
+            if state == ConnectionState.OPEN:
+                # wsproto's verdict on a frame the upstream got wrong (1002, 1007): the
+                # upstream is told; the client is not blamed (see code_for_client)
+                await self._send(CloseConnection(code=event.code, reason=event.reason))
+                self._ended = Closed(None, f"protocol error: {event.reason}")
+                return self._ended
+            if state == ConnectionState.REMOTE_CLOSING:
                 await self._send(event.response())
             self._ended = Closed(int(event.code), event.reason or None)
             return self._ended
