@@ -57,6 +57,13 @@ def summary(plan: GatewayPlan) -> str:
             f"rate_limit {r.name} {r.limit.rate_per_s:g}/s burst {r.limit.burst}"
             for r in ep.rate_limits
         ]
+        if ep.websocket is not None:
+            ws = ep.websocket
+            extras.append(
+                f"websocket max_message_size {ws.max_message_bytes} idle_timeout "
+                f"{format_duration(ws.idle_timeout_s)} max_connections {ws.max_connections}"
+                + (" allow_origins" if ws.origins is not None else "")
+            )
         if ep.cache is not None:
             extras.append(f"cache {format_duration(ep.cache.ttl_s)}")
         if ep.collections is not None and ep.collections.concat_arrays:

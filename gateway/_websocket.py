@@ -319,11 +319,31 @@ async def _upgrade(
     spec = CallSpec(backend, ctx.guards.get(backend.guard_name), None, stats)
     stack = compose(spec, PASSTHROUGH, Upgrading(app, offered, settings.max_message_bytes))
     reply: Reply | None = None
+    client_left = False
     try:
-        with scope:
-            reply = await stack.send(build_request(backend, ctx, default_accept=False))
+        async with trio.open_nursery() as nursery:
+
+            async def watch_client() -> None:
+                # before the accept, only the client's leaving can come: it cancels the
+                # upstream's handshake (no verdict for the breaker)
+                nonlocal client_left
+                await receive()
+                client_left = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_client)
+            with scope:
+                reply = await stack.send(build_request(backend, ctx, default_accept=False))
+            nursery.cancel_scope.cancel()
     except RequestError as exc:
         await send_error(answer, exc, headers=fields)
+        return
+    if client_left:
+        if reply is not None and isinstance(reply.stream, UpstreamWebSocket):
+            reply.stream.abort()
+        if record is not None:
+            record.status = 0  # as for a request whose client left before the answer
+            record.backends = {backend.name: {"outcome": Outcome.CANCELLED}}
         return
     if reply is None:
         reply = Reply(Outcome.TIMEOUT, detail=f"no handshake answer within {timeout_s:g}s")

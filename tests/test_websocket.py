@@ -752,3 +752,32 @@ async def test_a_client_protocol_error_gets_a_close_frame(nursery: trio.Nursery)
             assert int.from_bytes(frame[2:4], "big") == 1007
         await up.seen[0].closed.wait()
         assert up.seen[0].close_code == 1007
+
+
+async def test_a_client_that_leaves_during_the_upstream_handshake_cancels_it(
+    nursery: trio.Nursery,
+) -> None:
+    connected_at: list[float] = []
+    closed_at: list[float] = []
+
+    async def never_answers(stream: trio.SocketStream) -> None:
+        connected_at.append(trio.current_time())
+        async with stream:
+            while await stream.receive_some(4096):
+                pass
+        closed_at.append(trio.current_time())
+
+    listeners = await nursery.start(trio.serve_tcp, never_answers, 0)
+    port = listeners[0].socket.getsockname()[1]
+    config = ws_config(f"http://127.0.0.1:{port}")
+    config["endpoints"][0]["backends"][0]["timeout"] = "30s"
+    gw = await start_gateway(nursery, config)
+    gw_port = int(gw.url.rsplit(":", 1)[1])
+    with trio.fail_after(10):
+        client = await trio.open_tcp_stream("127.0.0.1", gw_port)
+        await client.send_all(UPGRADE)
+        await wait_until(lambda: bool(connected_at))
+        await client.aclose()
+        await wait_until(lambda: bool(closed_at))
+        assert closed_at[0] - connected_at[0] < 5  # not the backend's 30 s timeout
+        await wait_until(lambda: gw.app.relays.total == 0)
