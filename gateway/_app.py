@@ -26,7 +26,6 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ._auth.gate import authenticate
 from ._auth.rules import Identity
 from ._call.context import CallContext
 from ._compress import compressing
@@ -37,6 +36,7 @@ from ._cors import answer_preflight, endpoint_fields
 from ._endpoint import (
     ambiguous_framing,
     build_context,
+    check_auth,
     check_limits,
     check_rate_limits,
     request_error_body,
@@ -626,21 +626,12 @@ class GatewayApp(QuartTrio):
                 identity: Identity | None = None
                 if match.target.auth is not None:
                     try:
-                        identity = await authenticate(
-                            match.target.auth,
-                            scope["headers"],
-                            scope.get("query_string") or b"",
-                            self.transport.send,
-                            self.authenticators,
+                        identity = await check_auth(
+                            match.target, scope, self.transport.send, self.authenticators, record
                         )
                     except AuthError as exc:
-                        if record is not None:
-                            record.auth = {"refused": exc.code, "reason": exc.reason}
-                        metrics.AUTH_REFUSED.labels(match.target.path, exc.code).inc()
                         await send_auth_refusal(send, exc, head=scope["method"] == "HEAD")
                         return
-                    if record is not None:
-                        record.auth = {"policy": identity.policy}
                 if match.target.rate_limits and self.state is not None:
                     fields, refusal = await check_rate_limits(
                         self.state, plan, match, scope, identity

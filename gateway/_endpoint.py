@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import trio
 
+from ._auth.gate import authenticate
 from ._auth.rules import Identity
 from ._call.context import CallContext
 from ._call.exchange import ByteBudget, Sender
@@ -496,3 +497,35 @@ async def serve_aggregate(
         meta = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]
         await state.set(cache_key, pack(meta, data), endpoint.cache.ttl_s)
     await send_body(send, result.status, data, [*headers, (b"x-cache", cache_status)], head=head)
+
+
+async def check_auth(
+    endpoint: EndpointPlan,
+    scope: Scope,
+    send_upstream: Any,
+    authenticators: Any,
+    record: AccessRecord | None,
+) -> Identity:
+    """The endpoint's auth policies applied to the request (its headers and query), with
+    the outcome in the access record and, for a refusal, ``gateway_auth_refused_total``.
+
+    Raises:
+        AuthError: the policies refused the request.
+    """
+    assert endpoint.auth is not None
+    try:
+        identity = await authenticate(
+            endpoint.auth,
+            scope["headers"],
+            scope.get("query_string") or b"",
+            send_upstream,
+            authenticators,
+        )
+    except AuthError as exc:
+        if record is not None:
+            record.auth = {"refused": exc.code, "reason": exc.reason}
+        metrics.AUTH_REFUSED.labels(endpoint.path, exc.code).inc()
+        raise
+    if record is not None:
+        record.auth = {"policy": identity.policy}
+    return identity

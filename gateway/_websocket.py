@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
-from ._auth.gate import authenticate
 from ._auth.rules import Identity
 from ._call.exchange import Reply
 from ._call.pipeline import PASSTHROUGH, CallSpec, CallStats, compose
@@ -39,6 +38,7 @@ from ._call.request import UpstreamRequest, build_request
 from ._config.plan import EndpointPlan
 from ._endpoint import (
     build_context,
+    check_auth,
     check_limits,
     check_rate_limits,
     send_auth_refusal,
@@ -190,21 +190,12 @@ async def serve_websocket(
     identity: Identity | None = None
     if endpoint.auth is not None:
         try:
-            identity = await authenticate(
-                endpoint.auth,
-                scope["headers"],
-                scope.get("query_string") or b"",
-                app.transport.send,
-                app.authenticators,
+            identity = await check_auth(
+                endpoint, scope, app.transport.send, app.authenticators, record
             )
         except AuthError as exc:
-            if record is not None:
-                record.auth = {"refused": exc.code, "reason": exc.reason}
-            metrics.AUTH_REFUSED.labels(endpoint.path, exc.code).inc()
             await send_auth_refusal(_with_fields(answer, fields), exc)
             return
-        if record is not None:
-            record.auth = {"policy": identity.policy}
     limit_fields: list[tuple[bytes, bytes]] = []
     if endpoint.rate_limits and app.state is not None:
         limit_fields, limited = await check_rate_limits(app.state, plan, match, http, identity)

@@ -424,9 +424,9 @@ class ConnectionPool:
         return None
 
     async def open_stream(self) -> PlainStream | trio.SSLStream[trio.SocketStream]:
-        """A connection of the pool's origin and client identity that the pool does not
-        keep or count (a WebSocket's, which lives as long as the socket): TCP, and the TLS
-        handshake for https. Waits under the caller's cancel scope.
+        """A connection of the pool's origin and client identity, TCP and, for https, the
+        TLS handshake; not counted by the pool (its own connections are, by ``_connect``;
+        a WebSocket's lives outside it). Waits under the caller's cancel scope.
 
         Raises:
             httpx.ConnectError: the connection or the TLS handshake failed.
@@ -440,7 +440,10 @@ class ConnectionPool:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         assert self._ssl_context is not None
         tls = trio.SSLStream(
-            stream, self._ssl_context, server_hostname=self.limits.server_name or host
+            stream,
+            self._ssl_context,
+            server_hostname=self.limits.server_name or host,
+            https_compatible=True,
         )
         try:
             await tls.do_handshake()
@@ -454,34 +457,11 @@ class ConnectionPool:
         return tls
 
     async def _connect(self) -> _Connection:
-        scheme, host, port = self.origin
-        try:
-            if scheme != "https":
-                plain = await connect_plain(host, port)
-            else:
-                stream = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        conn = _Connection(await self.open_stream())
         self._open += 1
         self._opened_total += 1
         self._report()
-        if scheme != "https":
-            return _Connection(plain)
-        assert self._ssl_context is not None
-        tls = trio.SSLStream(
-            stream,
-            self._ssl_context,
-            server_hostname=self.limits.server_name or host,
-            https_compatible=True,
-        )
-        try:
-            await tls.do_handshake()
-        except BaseException as exc:
-            self._discard(_Connection(tls))
-            if isinstance(exc, (trio.BrokenResourceError, OSError, ssl.SSLError)):
-                raise httpx.ConnectError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
-            raise
-        return _Connection(tls)
+        return conn
 
     def _discard(self, conn: _Connection) -> None:
         conn.close_now()
