@@ -58,6 +58,7 @@ from ._errors import (
     RequestTimeout,
     UrlTooLong,
 )
+from ._h2streams import install as install_h2_guard
 from ._observability import metrics as metrics
 from ._observability.logs import AccessRecord, log_access
 from ._observability.otel import SpanExporter
@@ -431,6 +432,7 @@ class GatewayApp(QuartTrio):
         # open WebSocket relays, and their close at the end of a drain
         self.relays = Relays()
         install_relay_stream()  # hypercorn's WebSocket stream, with close codes and pings
+        install_h2_guard()  # DATA on a closed HTTP/2 stream must not stop the server
         for name in ADMIN_ROUTES:
             # no automatic OPTIONS (an HTML-less 200): the gateway answers 405 for it
             self.add_url_rule(

@@ -26,6 +26,7 @@ from ._config.units import format_duration
 from ._errors import ConfigError, ListenError
 from ._listen import check_binds, listen_error_in
 from ._observability.logs import configure_logging
+from ._rules.cors import CorsPolicy
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -62,7 +63,7 @@ def summary(plan: GatewayPlan) -> str:
             extras.append(
                 f"websocket max_message_size {ws.max_message_bytes} idle_timeout "
                 f"{format_duration(ws.idle_timeout_s)} max_connections {ws.max_connections}"
-                + (" allow_origins" if ws.origins is not None else "")
+                + (f" allow_origins {_origins(ws.origins)}" if ws.origins is not None else "")
             )
         if ep.cache is not None:
             extras.append(f"cache {format_duration(ep.cache.ttl_s)}")
@@ -332,3 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _origins(policy: CorsPolicy) -> str:
+    listed = sorted(policy.origins) + [f"regex:{p.pattern}" for p in policy.patterns]
+    return "*" if policy.any_origin else ",".join(listed)

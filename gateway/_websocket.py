@@ -89,8 +89,14 @@ CLOSE_ALLOWANCE_S = 1.0
 """After ``graceful_timeout``, how long the close handshakes of the sockets still open get
 before the server stops: they are closed with 1001 at ``graceful_timeout``."""
 RETRY_AFTER_S = b"1"
+WRITE_GRACE_S = 0.25
+"""When a relay ends, how long a message being written gets to go out whole before the
+close handshakes start (an upstream write cut midway makes the gateway drop that
+connection instead of closing it with a frame)."""
 _GATEWAY_PREFIX_BYTES = GATEWAY_PREFIX.encode("ascii")
 _UPGRADE_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
+# an upgrade's answer has no content (RFC 9110 sections 8.6 and 15.2.2, RFC 8441 section 5)
+_NO_CONTENT_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"trailer"})
 
 
 class Relays:
@@ -282,6 +288,9 @@ class Upgrading:
         except HandshakeFailed as exc:
             return Reply(Outcome.INVALID_RESPONSE, detail=str(exc))
         if isinstance(result, Refusal):
+            if result.truncated:  # cut, it would be a body the upstream never sent
+                detail = f"refused the upgrade with {result.status} and a body over 64 KiB"
+                return Reply(Outcome.TOO_LARGE, detail=detail)
             return Reply(
                 http_outcome(result.status), result.status, result.headers, body=result.body
             )
@@ -359,6 +368,7 @@ async def _upgrade(
                 without_handshake_fields(upstream.headers), also=NOT_PASSED_BACK
             )
             if not name.lower().startswith(_GATEWAY_PREFIX_BYTES)
+            and name.lower() not in _NO_CONTENT_FIELDS
         ]
         removed = endpoint.removed_fields
         accept_fields = [(n, v) for n, v in accept_fields if n.lower() not in removed]
@@ -492,7 +502,8 @@ class Relay:
         for scope in self._waits:
             scope.cancel()
         assert self._nursery is not None
-        self._nursery.cancel_scope.deadline = trio.current_time() + self.close_timeout_s
+        grace_s = min(self.close_timeout_s, WRITE_GRACE_S)
+        self._nursery.cancel_scope.deadline = trio.current_time() + grace_s
 
     async def _next(
         self, wait: Callable[[], Awaitable[Any]], deadline: float = float("inf")
@@ -523,7 +534,8 @@ class Relay:
                 text = message.get("text")
                 data = text if text is not None else message.get("bytes") or b""
                 if not await upstream.send_message(data):
-                    self.end("upstream", None, "upstream connection lost")
+                    # the upstream's side is closing or lost: its reader reports which,
+                    # with the upstream's own code when it sent one
                     return
             elif kind == PING_EVENT:
                 self._touch()
@@ -589,6 +601,8 @@ class Relay:
             upstream_code = relayed
         if upstream_code == NO_STATUS_RECEIVED:
             reason = None
+        if self.upstream.broken:
+            return  # a frame was cut midway: the connection is dropped on return
         await self.upstream.close(upstream_code, reason)
         # RFC 6455 section 7.1.1: a client waits for the server's close, then the TCP close
         while not isinstance(await self.upstream.receive(), Closed):

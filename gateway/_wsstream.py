@@ -34,12 +34,16 @@ The app learns the stream is this one from ``scope["extensions"]``, which holds
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
+import math
 from typing import Any
 
 import hypercorn.protocol.h2
 import hypercorn.protocol.h11
 import orjson
+import trio
 from hypercorn.protocol.events import Body, EndBody, EndData, Request, Response, StreamClosed
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
 from wsproto.connection import ConnectionState
@@ -64,6 +68,18 @@ class RelayStream(WSStream):
     # set once the client's side has ended with a code: its close frame's, or 1009
     peer_close: tuple[int, str | None] | None = None
     reported = False
+    app_done = False  # the app has returned: nothing is queued for it any more
+    limit_bytes: int | None = None  # the connection's message limit, in bytes
+    message_bytes = 0  # of the message being assembled
+
+    async def _put(self, message: dict[str, Any]) -> None:
+        """Queue ``message`` for the app, unless it has returned. hypercorn's queue is
+        bounded and never closed: a put after the app stopped reading would wait for
+        good, and with it the connection's reader (the socket then stays open)."""
+        if self.app_done or self.app_put is None:
+            return
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self.app_put(message)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -75,12 +91,14 @@ class RelayStream(WSStream):
             # the whole server down: a client's mistake, answered as one
             await self._refuse_not_ascii()
             return
+        if isinstance(event, Request) and not self.closed:
+            event = _merged_lists(event)
         if isinstance(event, StreamClosed) and not self.closed and self.app_put is not None:
             self.closed = True
             if not self.reported:
                 self.reported = True
                 code, reason = self._closing_code()
-                await self.app_put({"type": "websocket.disconnect", "code": code, "reason": reason})
+                await self._put({"type": "websocket.disconnect", "code": code, "reason": reason})
             return
         await super().handle(event)
 
@@ -111,6 +129,11 @@ class RelayStream(WSStream):
         return 1006, None
 
     async def app_send(self, message: Any) -> None:
+        if message is None:  # the app has returned
+            self.app_done = True
+            channel = getattr(self.app_put, "__self__", None)
+            if isinstance(channel, trio.MemorySendChannel):
+                channel.close()  # a put waiting on the full queue returns
         if message is not None and not self.closed:
             kind = message["type"]
             if kind == PING_EVENT:
@@ -131,7 +154,9 @@ class RelayStream(WSStream):
             if kind == "websocket.accept" and self.state == ASGIWebsocketState.HANDSHAKE:
                 limit = message.get(MAX_MESSAGE_KEY)
                 if limit is not None:
-                    self.buffer.max_length = int(limit)
+                    # counted here in bytes (hypercorn's buffer counts text in characters)
+                    self.limit_bytes = int(limit)
+                    self.buffer.max_length = math.inf  # type: ignore[assignment]
                 self.handshake.extensions = None  # permessage-deflate declined
         await super().app_send(message)
 
@@ -139,15 +164,22 @@ class RelayStream(WSStream):
         assert self.app_put is not None
         for event in self.connection.events():
             if isinstance(event, Message):
+                data = event.data
+                self.message_bytes += (
+                    len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
+                )
                 try:
+                    if self.limit_bytes is not None and self.message_bytes > self.limit_bytes:
+                        raise FrameTooLargeError
                     self.buffer.extend(event)
                 except FrameTooLargeError:
                     self.buffer.clear()
+                    self.message_bytes = 0
                     await self._send_wsproto_event(CloseConnection(code=_MESSAGE_TOO_BIG))
                     self.peer_close = (_MESSAGE_TOO_BIG, "message too big")
                     if not self.reported:
                         self.reported = True
-                        await self.app_put(
+                        await self._put(
                             {
                                 "type": "websocket.disconnect",
                                 "code": _MESSAGE_TOO_BIG,
@@ -156,11 +188,12 @@ class RelayStream(WSStream):
                         )
                     break
                 if event.message_finished:
-                    await self.app_put(self.buffer.to_message())
+                    self.message_bytes = 0
+                    await self._put(self.buffer.to_message())
                     self.buffer.clear()
             elif isinstance(event, Ping):
                 await self._send_wsproto_event(event.response())
-                await self.app_put({"type": PING_EVENT, "bytes": bytes(event.payload)})
+                await self._put({"type": PING_EVENT, "bytes": bytes(event.payload)})
             elif isinstance(event, CloseConnection):
                 if self.peer_close is None:
                     self.peer_close = (event.code, event.reason or None)
@@ -178,6 +211,32 @@ class RelayStream(WSStream):
 
 # the fields hypercorn decodes as ASCII while it reads a handshake
 _DECODED_FIELDS = frozenset({b"connection", b"sec-websocket-extensions", b"sec-websocket-protocol"})
+_LIST_FIELDS = frozenset({b"sec-websocket-extensions", b"sec-websocket-protocol"})
+
+
+def _merged_lists(request: Request) -> Request:
+    """The request with each list field of the handshake on one line: hypercorn keeps only
+    the last line of ``Sec-WebSocket-Protocol`` or ``-Extensions``, where RFC 6455 section
+    11.3.4 (and RFC 9110 section 5.3) make several lines one list."""
+    seen: dict[bytes, int] = {}
+    for name, _ in request.headers:
+        lower = name.lower()
+        if lower in _LIST_FIELDS:
+            seen[lower] = seen.get(lower, 0) + 1
+    if all(count == 1 for count in seen.values()):
+        return request
+    headers: list[tuple[bytes, bytes]] = []
+    merged: dict[bytes, int] = {}
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower in _LIST_FIELDS and seen[lower] > 1:
+            if lower in merged:
+                index = merged[lower]
+                headers[index] = (headers[index][0], headers[index][1] + b", " + value)
+                continue
+            merged[lower] = len(headers)
+        headers.append((name, value))
+    return dataclasses.replace(request, headers=headers)
 
 
 def _not_ascii(request: Request) -> bool:

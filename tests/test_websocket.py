@@ -4,6 +4,7 @@ misbehave)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -69,6 +70,10 @@ class WsUpstream:
         seen = Seen(request.path, headers, tuple(request.proposed_subprotocols))
         self.seen.append(seen)
         self.upgraded.set()
+        if request.path == "/refuse-big":
+            await request.reject(404, body=b"x" * 70_000)
+            seen.closed.set()
+            return
         if request.path == "/refuse":
             await request.reject(
                 403,
@@ -78,7 +83,10 @@ class WsUpstream:
             seen.closed.set()
             return
         chosen = "chat.v2" if "chat.v2" in request.proposed_subprotocols else None
-        ws = await request.accept(subprotocol=chosen, extra_headers=[(b"x-upstream", b"yes")])
+        ws = await request.accept(
+            subprotocol=chosen,
+            extra_headers=[(b"x-upstream", b"yes"), (b"content-length", b"0")],
+        )
         try:
             await self._behave(request.path, ws)
         except ConnectionClosed:
@@ -104,6 +112,15 @@ class WsUpstream:
             await ws.get_message()
         elif path == "/silent":
             await ws.get_message()
+        elif path == "/deaf":
+            await trio.sleep_forever()
+        elif path == "/bigtext":
+            size = int(await ws.get_message())
+            await ws.send_message("\U0001f600" * size)
+            await ws.get_message()
+        elif path == "/close-4000":
+            await ws.get_message()
+            await ws.aclose(4000, "bye")
         elif path == "/flood":
             while True:
                 await ws.send_message(b"f" * 65536)
@@ -781,3 +798,165 @@ async def test_a_client_that_leaves_during_the_upstream_handshake_cancels_it(
         await wait_until(lambda: bool(closed_at))
         assert closed_at[0] - connected_at[0] < 5  # not the backend's 30 s timeout
         await wait_until(lambda: gw.app.relays.total == 0)
+
+
+async def test_text_limits_count_bytes_not_characters(nursery: trio.Nursery) -> None:
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(nursery, ws_config(up.url, websocket={"max_message_size": "64KiB"}))
+    with trio.fail_after(10):
+        async with connected(ws_url(gw)) as ws:
+            await ws.send_message("\U0001f600" * 16_384)  # 64 KiB of UTF-8: at the limit
+            assert len(await ws.get_message()) == 16_384
+            await ws.send_message("\U0001f600" * 16_385)  # 20 characters, 65,540 bytes
+            assert (await closed_reason(ws))[0] == 1009
+    big = await start_gateway(
+        nursery, ws_config(up.url, path="/bigtext", websocket={"max_message_size": "64KiB"})
+    )
+    with trio.fail_after(10):
+        async with connected(ws_url(big)) as ws:
+            await ws.send_message("16385")
+            assert (await closed_reason(ws))[0] == 1009
+
+
+async def test_the_upstreams_close_code_wins_over_a_client_still_sending(
+    nursery: trio.Nursery,
+) -> None:
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(nursery, ws_config(up.url, path="/close-4000"))
+
+    async def one() -> tuple[int, str | None]:
+        async with connected(ws_url(gw)) as ws:
+            async with trio.open_nursery() as inner:
+
+                async def flood() -> None:
+                    with contextlib.suppress(ConnectionClosed):
+                        while True:
+                            await ws.send_message(b"z" * 16384)
+
+                inner.start_soon(flood)
+                result = await closed_reason(ws)
+                inner.cancel_scope.cancel()
+            return result
+
+    with trio.fail_after(20):
+        for _ in range(10):
+            assert await one() == (4000, "bye")
+
+
+async def test_a_relay_that_ends_with_the_clients_messages_queued_closes_the_connection(
+    nursery: trio.Nursery,
+) -> None:
+    """The upstream never reads; the client floods until the gateway's queue for it is
+    full; at the idle timeout the client is closed with 1001, answers, and the gateway's
+    side of the connection must close (a put into the full queue held it open)."""
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(
+        nursery, ws_config(up.url, path="/deaf", websocket={"idle_timeout": "500ms"})
+    )
+    port = int(gw.url.rsplit(":", 1)[1])
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage, CloseConnection
+
+    with trio.fail_after(15):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(UPGRADE)
+            head = await read_upgrade(stream)
+            assert head.startswith(b"HTTP/1.1 101")
+            ws = Connection(ConnectionType.CLIENT)
+            ws.receive_data(head.split(b"\r\n\r\n", 1)[1])
+            frame = ws.send(BytesMessage(data=b"q" * 65536))
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+                while True:  # until the gateway stops reading, or closes
+                    await stream.send_all(frame)
+            closed: list[int] = []
+            with contextlib.suppress(trio.BrokenResourceError):
+                while not closed:
+                    data = await stream.receive_some(65536)
+                    assert data, "dropped without a close frame"
+                    ws.receive_data(data)
+                    for event in ws.events():
+                        if isinstance(event, CloseConnection):
+                            closed.append(event.code)
+                            await stream.send_all(ws.send(event.response()))
+                while await stream.receive_some(65536):  # the gateway closes its side
+                    pass
+            assert closed == [1001]
+        await wait_until(lambda: gw.app.relays.total == 0)
+
+
+async def test_an_http2_client_sending_on_a_closed_stream_does_not_stop_the_server(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    from test_sse import H2Client, tls_files
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    ca, tls = tls_files(tmp_path)
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(
+        nursery, {**ws_config(up.url, path="/close-4000"), "server": {"tls": tls}}
+    )
+    with trio.fail_after(10):
+        client = await H2Client.connect(gw.url, ca)
+        async with client.stream:
+            await client.receive()
+            sid: int = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(
+                sid,
+                [
+                    (":method", "CONNECT"),
+                    (":protocol", "websocket"),
+                    (":scheme", "https"),
+                    (":authority", client.authority),
+                    (":path", "/live"),
+                    ("sec-websocket-version", "13"),
+                ],
+            )
+            client.bodies[sid] = b""
+            await client.flush()
+            while sid not in client.heads:
+                await client.receive()
+            ws = Connection(ConnectionType.CLIENT)
+            client.conn.send_data(sid, ws.send(TextMessage(data="go")))
+            await client.flush()
+            while sid not in client.ended:  # the upstream's 4000 comes, the stream ends
+                await client.receive()
+            # a late message, as a page still sending would: DATA on the closed stream
+            client.conn.send_data(sid, ws.send(TextMessage(data="late")), end_stream=True)
+            await client.flush()
+            ping_id = await client.get("/__gateway/health")  # the same connection goes on
+            while ping_id not in client.ended:
+                await client.receive()
+            assert dict(client.heads[ping_id])[b":status"] == b"200"
+
+
+async def test_an_upgrade_answer_carries_no_content_fields_and_a_huge_refusal_is_a_502(
+    nursery: trio.Nursery,
+) -> None:
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(nursery, ws_config(up.url))
+    with trio.fail_after(10):
+        async with connected(ws_url(gw)) as ws:
+            names = {k.decode().lower() for k, _ in ws.handshake_headers}
+            assert "x-upstream" in names
+            assert "content-length" not in names
+    refusing = await start_gateway(nursery, ws_config(up.url, path="/refuse-big"))
+    with trio.fail_after(10):
+        refusal = await refused_upgrade(ws_url(refusing))
+    assert (refusal.status_code, error_code(refusal)) == (502, "upstream_failed")
+
+
+async def test_subprotocols_offered_on_several_lines_are_one_list(nursery: trio.Nursery) -> None:
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(nursery, ws_config(up.url))
+    port = int(gw.url.rsplit(":", 1)[1])
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            lines = b"Sec-WebSocket-Protocol: chat.v2\r\nSec-WebSocket-Protocol: other\r\n"
+            await stream.send_all(UPGRADE[:-2] + lines + b"\r\n")
+            head = await read_upgrade(stream)
+            assert head.startswith(b"HTTP/1.1 101")
+            assert b"sec-websocket-protocol: chat.v2" in head.lower()
+        assert up.seen[0].subprotocols == ("chat.v2", "other")

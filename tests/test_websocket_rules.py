@@ -185,3 +185,20 @@ def test_a_valid_websocket_endpoint_compiles() -> None:
     assert ws.origins is None
     plain = load_config("c.yaml", {}, text=json.dumps(config(passthrough=True)))
     assert plain.endpoints[0].websocket is None
+
+
+def test_gateway_check_summary_shows_the_websocket_settings(tmp_path: Path) -> None:
+    file = tmp_path / "gw.yaml"
+    settings = {"max_connections": 50, "allow_origins": ["https://app.example"]}
+    file.write_text(json.dumps(config(passthrough=True, websocket=settings)))
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "websocket max_message_size 1048576 idle_timeout 60s max_connections 50 "
+        "allow_origins https://app.example"
+    ) in result.stdout

@@ -88,6 +88,7 @@ DURATION_FIELDS = frozenset(
         "deadline",
         "idle_timeout",
         "graceful_timeout",
+        "send_timeout",
         "body_timeout",
         "drain_delay",
         "backoff",

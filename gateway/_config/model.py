@@ -279,8 +279,9 @@ class WebSocketConfig(_Model):
     and relays messages both ways. See the README's "WebSockets"."""
 
     max_message_size: Size = DEFAULT_WS_MAX_MESSAGE_BYTES
-    """Largest message relayed, either way (its whole payload, all frames): a bigger one
-    closes both sides with 1009 (message too big)."""
+    """Largest message relayed, either way, in bytes (its whole payload, all frames; text
+    as UTF-8): a bigger one closes both sides with 1009 (message too big). Each message is
+    held whole in memory while it crosses."""
 
     idle_timeout: Duration = DEFAULT_WS_IDLE_TIMEOUT_S
     """A connection with no message and no ping either way for this long is closed, both
@@ -849,8 +850,8 @@ class EndpointConfig(_Model):
     websocket: WebSocketConfig | bool = False
     """With `passthrough: true` and `method: GET`: accept WebSocket upgrades too, relayed
     to the backend's upstream (`true`: the default settings; or settings). Requests
-    without an upgrade are still passed through. Authentication and rate limits apply to
-    the upgrade."""
+    without an upgrade are still passed through. The origin check, authentication, rate
+    limits and `query_schema` apply to the upgrade, before any upstream call."""
 
     rate_limit: RateLimitConfig | list[RateLimitConfig] | None = None
     """Limit requests to this endpoint; with a list, every limit applies (per client and

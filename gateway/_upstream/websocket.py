@@ -189,6 +189,7 @@ class UpstreamWebSocket:
         self._parts: list[str] | list[bytes] = []
         self._size = 0
         self._ended: Closed | None = None
+        self._broken = False  # a write failed or was cut: no frame may be sent any more
 
     def call_on_close(self, fn: Callable[[], object]) -> None:
         """A bulkhead slot is held for the handshake only (the socket's own limit is the
@@ -208,10 +209,17 @@ class UpstreamWebSocket:
                 data = self._conn.send(event)
             except LocalProtocolError:
                 return False
+            if self._broken:
+                return False
             try:
                 await self._stream.send_all(data)
             except _STREAM_ERRORS:
+                self._broken = True
                 return False
+            except BaseException:
+                # cancelled midway: part of a frame may have gone, nothing may follow it
+                self._broken = True
+                raise
         return True
 
     async def send_message(self, message: str | bytes) -> bool:
@@ -224,6 +232,11 @@ class UpstreamWebSocket:
     async def ping(self, payload: bytes) -> bool:
         """Send a ping (its pong is dropped when it comes)."""
         return await self._send(Ping(payload=payload))
+
+    @property
+    def broken(self) -> bool:
+        """Whether a write failed or was cut midway (only dropping the connection is left)."""
+        return self._broken
 
     async def close(self, code: int, reason: str | None = None) -> None:
         """Start the close handshake (RFC 6455 section 7.1.2) with ``code`` (1005: a close
@@ -266,7 +279,9 @@ class UpstreamWebSocket:
 
     async def _handle(self, event: Event) -> Received | None:
         if isinstance(event, (TextMessage, BytesMessage)):
-            self._size += len(event.data)
+            data = event.data  # the limit is in bytes: text counted as UTF-8
+            text = isinstance(data, str) and not data.isascii()
+            self._size += len(data.encode()) if isinstance(data, str) and text else len(data)
             if self._size > self._max_message_bytes:
                 self._parts, self._size = [], 0
                 await self._send(CloseConnection(code=MESSAGE_TOO_BIG))
