@@ -64,6 +64,7 @@ from ._rules.websocket import (
     code_for_client,
     code_for_upstream,
     invalid_subprotocol,
+    offered_subprotocols,
     origin_allowed,
     without_handshake_fields,
 )
@@ -184,7 +185,7 @@ async def serve_websocket(
         refusal = WebSocketOriginRefused("pages of this origin may not open this WebSocket")
         await send_error(answer, refusal, headers=fields)
         return
-    offered: list[str] = list(dict.fromkeys(scope.get("subprotocols") or ()))
+    offered = offered_subprotocols(scope.get("subprotocols") or ())
     bad = invalid_subprotocol(offered)
     if bad is not None:
         refusal = InvalidHeader(

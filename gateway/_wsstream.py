@@ -206,6 +206,9 @@ class RelayStream(WSStream):
                     await self._send_wsproto_event(
                         CloseConnection(code=event.code, reason=event.reason)
                     )
+                # the end of the data: over HTTP/2 the stream's END_STREAM (RFC 8441
+                # section 5), which hypercorn leaves out here; nothing over HTTP/1.1
+                await self.send(EndData(stream_id=self.stream_id))
                 await self.send(StreamClosed(stream_id=self.stream_id))
 
 

@@ -85,7 +85,11 @@ class WsUpstream:
         chosen = "chat.v2" if "chat.v2" in request.proposed_subprotocols else None
         ws = await request.accept(
             subprotocol=chosen,
-            extra_headers=[(b"x-upstream", b"yes"), (b"content-length", b"0")],
+            extra_headers=[
+                (b"x-upstream", b"yes"),
+                (b"content-length", b"0"),
+                (b"x-request-id", b"from-upstream"),
+            ],
         )
         try:
             await self._behave(request.path, ws)
@@ -189,7 +193,8 @@ async def test_text_and_binary_messages_are_relayed_both_ways(nursery: trio.Nurs
             assert ws.subprotocol == "chat.v2"
             headers = {k.decode().lower(): v.decode() for k, v in ws.handshake_headers}
             assert headers["x-upstream"] == "yes"
-            assert headers["x-request-id"]
+            ids = [v for k, v in ws.handshake_headers if k.lower() == b"x-request-id"]
+            assert len(ids) == 1 and ids[0] != b"from-upstream"  # the gateway's own id
             await ws.send_message("héllo")
             assert await ws.get_message() == "héllo"
             await ws.send_message(b"\x00\xffbin")
@@ -626,6 +631,8 @@ async def test_a_websocket_over_http2_extended_connect_is_relayed(
             assert received[0].data == "over h2"
             client.conn.send_data(sid, ws.send(CloseConnection(code=4003, reason="h2 bye")))
             await client.flush()
+            while sid not in client.ended:  # the close reply, then END_STREAM (RFC 8441)
+                await client.receive()
             seen = up.seen[0]
             await seen.closed.wait()
             assert (seen.close_code, seen.close_reason) == (4003, "h2 bye")
@@ -960,3 +967,29 @@ async def test_subprotocols_offered_on_several_lines_are_one_list(nursery: trio.
             assert head.startswith(b"HTTP/1.1 101")
             assert b"sec-websocket-protocol: chat.v2" in head.lower()
         assert up.seen[0].subprotocols == ("chat.v2", "other")
+
+
+async def test_empty_subprotocol_elements_are_ignored_and_upstream_request_ids_not_passed(
+    nursery: trio.Nursery,
+) -> None:
+    from conftest import start_upstream
+    from upstream import Reply
+
+    up = await start_ws_upstream(nursery)
+    gw = await start_gateway(nursery, ws_config(up.url))
+    with trio.fail_after(10):
+        port = int(gw.url.rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(UPGRADE[:-2] + b"Sec-WebSocket-Protocol: ,chat.v2,,\r\n\r\n")
+            head = await read_upgrade(stream)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            assert b"sec-websocket-protocol: chat.v2" in head.lower()
+        assert up.seen[0].subprotocols == ("chat.v2",)
+    # a plain passthrough answer: one X-Request-Id, the gateway's
+    plain = await start_upstream(nursery, {"/echo": Reply(headers=[("X-Request-Id", "up-1")])})
+    gw = await start_gateway(nursery, ws_config(plain.url))
+    with trio.fail_after(10):
+        response = await gw.get("/live")
+    ids = response.headers.get_list("x-request-id")
+    assert len(ids) == 1 and ids[0] != "up-1"

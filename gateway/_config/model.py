@@ -173,8 +173,9 @@ class CorsConfig(_Model):
     allow_origins: list[str] = Field(min_length=1)
     """Origins allowed, each `scheme://host[:port]` as browsers send it (`http` or
     `https`, or an app's or extension's scheme such as `capacitor` or `chrome-extension`;
-    no path, no trailing slash; scheme and host are compared in lower case, a default port
-    is left out), `regex:PATTERN` (a Python regular expression the whole origin must match, like
+    no path, no trailing slash; written in any case and with or without the default port,
+    each is compared in the form browsers send: scheme and host in lower case, no default
+    port), `regex:PATTERN` (a Python regular expression the whole origin must match, like
     `regex:^https://[a-z0-9-]+\\.example$`), or `*` alone for any origin (not with
     `allow_credentials`). `null` is refused: sandboxed documents and `file:` pages send it,
     so any site can."""

@@ -66,9 +66,10 @@ KEYED_FORWARDING = frozenset({b"x-forwarded-host", b"x-forwarded-proto"})
 NOT_CACHE_KEYED = FRAMING | (GATEWAY_SET - KEYED_FORWARDING)
 
 # Upstream response fields a passthrough response does not copy: the server sets its own
-# Date (RFC 9110 section 6.6.1: an origin server with a clock sends one), so an
+# Date (RFC 9110 section 6.6.1: an origin server with a clock sends one), and the gateway
+# its own X-Request-Id (the id of the client's request, in the access log too), so an
 # upstream's would be sent twice. Hop-by-hop fields are dropped besides these.
-NOT_PASSED_BACK = frozenset({b"date"})
+NOT_PASSED_BACK = frozenset({b"date", b"x-request-id"})
 
 # Upstream response fields a backend's ``return_headers`` may not copy into an aggregated
 # response: everything never forwarded, and the representation and server fields the

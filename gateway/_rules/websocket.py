@@ -76,11 +76,18 @@ def is_token(text: str) -> bool:
 
 def invalid_subprotocol(offered: Sequence[str]) -> str | None:
     """The first subprotocol the client offered that is not a token (RFC 6455 section
-    4.1), or None when all are."""
+    4.1), or None when all are. Empty elements are not offers (RFC 9110 section 5.6.1.2:
+    a recipient ignores them); see :func:`offered_subprotocols`."""
     for name in offered:
-        if not is_token(name):
+        if name and not is_token(name):
             return name
     return None
+
+
+def offered_subprotocols(listed: Sequence[str]) -> list[str]:
+    """The subprotocols a client offered, once each, in its order, without the empty list
+    elements RFC 9110 section 5.6.1.2 has a recipient ignore."""
+    return [name for name in dict.fromkeys(listed) if name]
 
 
 def origin_allowed(policy: CorsPolicy | None, headers: Iterable[tuple[bytes, bytes]]) -> bool:
