@@ -22,6 +22,7 @@ from gateway._rules.websocket import (
     code_for_upstream,
     invalid_subprotocol,
     is_token,
+    offered_subprotocols,
     origin_allowed,
     without_handshake_fields,
 )
@@ -63,7 +64,11 @@ def test_origin_check() -> None:
 def test_a_subprotocol_is_a_token(text: str) -> None:
     allowed = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
     assert is_token(text) == (bool(text) and set(text) <= allowed)
-    assert invalid_subprotocol(["chat", text]) == (None if is_token(text) else text)
+    # an empty list element is no offer (RFC 9110 section 5.6.1.2): ignored, not refused
+    assert invalid_subprotocol(["chat", text]) == (None if is_token(text) or not text else text)
+    assert offered_subprotocols(["", "chat", text, "chat", ""]) == [
+        name for name in dict.fromkeys(["chat", text]) if name
+    ]
 
 
 @given(
