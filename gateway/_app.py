@@ -483,16 +483,6 @@ class GatewayApp(QuartTrio):
             (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
         )
 
-        if kind == "websocket":
-            try:
-                await self._websocket(scope, receive, send, record, trace.request_id, token)
-            finally:
-                if trace.span is not None:
-                    trace.span.update_name(f"WEBSOCKET {record.endpoint or 'unmatched'}")
-                    trace.span.set_attribute("http.response.status_code", record.status)
-                    trace.span.end()
-            return
-
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
@@ -510,18 +500,28 @@ class GatewayApp(QuartTrio):
                 message = {**message, "headers": headers}
             await send(message)
 
-        metrics.IN_FLIGHT.inc()
+        # a WebSocket is not a request in flight (it may stay open for hours):
+        # gateway_websockets_open counts the open ones
+        websocket = kind == "websocket"
+        if not websocket:
+            metrics.IN_FLIGHT.inc()
         try:
-            await self._asgi(scope, receive, send_with_id, record)
+            if websocket:
+                await self._websocket(scope, receive, send, record, trace.request_id)
+            else:
+                await self._asgi(scope, receive, send_with_id, record)
         finally:
             CURRENT.reset(token)
-            metrics.IN_FLIGHT.dec()
+            if not websocket:
+                metrics.IN_FLIGHT.dec()
             log_access(record)
-            metrics.observe_request(
-                record.endpoint, record.method, record.status, record.elapsed_s, record.timings
-            )
+            if record.websocket is None:  # an accepted upgrade was counted when it was
+                metrics.observe_request(
+                    record.endpoint, record.method, record.status, record.elapsed_s, record.timings
+                )
             if trace.span is not None:
-                trace.span.update_name(f"{record.method} {record.endpoint or 'unmatched'}")
+                name = "WEBSOCKET" if websocket else record.method
+                trace.span.update_name(f"{name} {record.endpoint or 'unmatched'}")
                 trace.span.set_attribute("http.response.status_code", record.status)
                 trace.span.set_attribute("gateway.request_id", record.request_id)
                 trace.span.end()
@@ -533,11 +533,9 @@ class GatewayApp(QuartTrio):
         send: Any,
         record: AccessRecord,
         request_id: bytes,
-        token: Any,
     ) -> None:
         """A WebSocket scope: its upgrade is answered (refused, or accepted and relayed) by
-        :func:`~gateway._websocket.serve_websocket`. Not counted in flight (a socket may
-        stay open for hours): ``gateway_websockets_open`` counts the open ones."""
+        :func:`~gateway._websocket.serve_websocket`, with the request id on the answer."""
 
         async def send_with_id(message: dict[str, Any]) -> None:
             kind = message["type"]
@@ -548,15 +546,7 @@ class GatewayApp(QuartTrio):
                 message = {**message, "headers": headers}
             await send(message)
 
-        try:
-            await serve_websocket(self, scope, receive, send_with_id, record)
-        finally:
-            CURRENT.reset(token)
-            log_access(record)
-            if record.websocket is None:  # an accepted upgrade was counted when it was
-                metrics.observe_request(
-                    record.endpoint, record.method, record.status, record.elapsed_s
-                )
+        await serve_websocket(self, scope, receive, send_with_id, record)
 
     async def _asgi(self, scope: Any, receive: Any, send: Any, record: AccessRecord | None) -> None:
         plan = self.plan  # the whole request runs on the config it started with

@@ -299,18 +299,25 @@ async def send_error(
     await send_json(send, exc.status, request_error_body(exc), fields, head=head)
 
 
-async def send_auth_refusal(send: Send, exc: AuthError, *, head: bool = False) -> None:
+async def send_auth_refusal(
+    send: Send,
+    exc: AuthError,
+    *,
+    head: bool = False,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
     """An auth refusal: the gateway's JSON error with its ``WWW-Authenticate`` challenge,
     or, for a forward auth service's 401/403, that answer as it came (status,
-    ``WWW-Authenticate``, ``Content-Type``, body)."""
+    ``WWW-Authenticate``, ``Content-Type``, body); ``headers`` are added to either."""
     if not isinstance(exc, ForwardAuthRefused):
-        await send_error(send, exc, head=head, headers=exc.response_headers)
+        await send_error(send, exc, head=head, headers=[*exc.response_headers, *headers])
         return
+    length = (b"content-length", str(len(exc.body)).encode())
     await send(
         {
             "type": "http.response.start",
             "status": exc.status,
-            "headers": [*exc.headers, (b"content-length", str(len(exc.body)).encode())],
+            "headers": [*exc.headers, *headers, length],
         }
     )
     await send({"type": "http.response.body", "body": b"" if head else exc.body})

@@ -22,22 +22,19 @@ _original = H2Protocol._handle_events
 
 
 async def _handle_events(self: H2Protocol, events: list[h2.events.Event]) -> None:
-    kept: list[h2.events.Event] = []
+    # one at a time: an earlier event of a batch may close the stream a DATA is for
+    dropped = False
     for event in events:
         if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
             with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
                 self.connection.acknowledge_received_data(
                     event.flow_controlled_length, event.stream_id
                 )
+            dropped = True
             continue
-        if isinstance(event, h2.events.DataReceived) and kept:
-            # an earlier event of the batch may close the stream: look it up after them
-            await _original(self, kept)
-            kept = []
-            if event.stream_id not in self.streams:
-                continue
-        kept.append(event)
-    await _original(self, kept)
+        await _original(self, [event])
+    if dropped:
+        await _original(self, [])  # sends the acknowledgements
 
 
 _installed = False

@@ -26,10 +26,8 @@ from ._call.request import UpstreamRequest, build_request
 from ._config.plan import EndpointPlan
 from ._errors import RequestBodyTooLarge
 from ._rules.aggregate import Outcome, http_outcome
-from ._rules.headers import GATEWAY_PREFIX, NOT_PASSED_BACK, RawHeaders, strip_hop_by_hop
+from ._rules.headers import RawHeaders, passed_back
 from ._upstream.transport import CLIENT_IDENTITY
-
-_GATEWAY_PREFIX_BYTES = GATEWAY_PREFIX.encode("ascii")
 
 
 class PassthroughAborted(Exception):
@@ -186,12 +184,7 @@ async def open_passthrough(
     return PassthroughResult(
         reply.outcome,
         reply.status,
-        [
-            (name, value)
-            for name, value in strip_hop_by_hop(reply.headers, also=NOT_PASSED_BACK)
-            # X-Gateway-* fields are the gateway's own: never taken from an upstream
-            if not name.lower().startswith(_GATEWAY_PREFIX_BYTES)
-        ],
+        passed_back(reply.headers),
         _stream_body(reply.stream, timeout_s),
         f"{backend.name}={reply.outcome}",
     )

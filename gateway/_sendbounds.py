@@ -32,6 +32,8 @@ import trio
 from hypercorn.events import Closed, RawData
 from hypercorn.trio.tcp_server import TCPServer
 
+from ._upstream.plainstream import close_now
+
 
 class SendBounds:
     """The write bounds of one server: ``timeout_s`` per write, and ``end_by`` (trio time)
@@ -72,11 +74,6 @@ def bounds_of(config: Any) -> SendBounds | None:
     return _BOUNDS.get(config)
 
 
-def _close_now(stream: Any) -> None:
-    transport = getattr(stream, "transport_stream", stream)
-    transport.socket.close()
-
-
 _original_send = TCPServer.protocol_send
 _original_close = TCPServer._close
 
@@ -100,7 +97,7 @@ async def _protocol_send(self: TCPServer, event: Any) -> None:
             await self.protocol.handle(Closed())
             return
     if stalled:
-        _close_now(self.stream)
+        close_now(self.stream)
         await self.protocol.handle(Closed())
 
 

@@ -57,9 +57,10 @@ from ._errors import (
 from ._observability import metrics
 from ._observability.logs import AccessRecord
 from ._rules.aggregate import Outcome, error_body, http_outcome
-from ._rules.headers import GATEWAY_PREFIX, NOT_PASSED_BACK, strip_hop_by_hop
+from ._rules.headers import passed_back
 from ._rules.websocket import (
     GOING_AWAY,
+    HANDSHAKE_FIELDS,
     NO_STATUS_RECEIVED,
     code_for_client,
     code_for_upstream,
@@ -94,7 +95,6 @@ WRITE_GRACE_S = 0.25
 """When a relay ends, how long a message being written gets to go out whole before the
 close handshakes start (an upstream write cut midway makes the gateway drop that
 connection instead of closing it with a frame)."""
-_GATEWAY_PREFIX_BYTES = GATEWAY_PREFIX.encode("ascii")
 _UPGRADE_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
 # an upgrade's answer has no content (RFC 9110 sections 8.6 and 15.2.2, RFC 8441 section 5)
 _NO_CONTENT_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"trailer"})
@@ -201,7 +201,7 @@ async def serve_websocket(
                 endpoint, scope, app.transport.send, app.authenticators, record
             )
         except AuthError as exc:
-            await send_auth_refusal(_with_fields(answer, fields), exc)
+            await send_auth_refusal(answer, exc, headers=fields)
             return
     limit_fields: list[tuple[bytes, bytes]] = []
     if endpoint.rate_limits and app.state is not None:
@@ -247,15 +247,6 @@ async def serve_websocket(
     finally:
         relays.open[endpoint.path] -= 1
         metrics.WEBSOCKETS_OPEN.labels(endpoint.path).dec()
-
-
-def _with_fields(send: Send, fields: Any) -> Send:
-    async def sending(message: dict[str, Any]) -> None:
-        if message["type"].endswith("http.response.start") and fields:
-            message = {**message, "headers": [*message.get("headers", ()), *fields]}
-        await send(message)
-
-    return sending
 
 
 class Upgrading:
@@ -358,23 +349,9 @@ async def _upgrade(
         await _refuse(answer, backend.name, reply, backends_header, fields)
         return
     try:
-        if upstream.subprotocol is not None and upstream.subprotocol not in offered:
-            # wsproto refuses such an answer already; kept for any other path to it
-            invalid = reply._replace(outcome=Outcome.INVALID_RESPONSE, status=0)
-            await _refuse(answer, backend.name, invalid, backends_header, fields)
-            return
-        accept_fields = [
-            (name, value)
-            for name, value in strip_hop_by_hop(
-                without_handshake_fields(upstream.headers), also=NOT_PASSED_BACK
-            )
-            if not name.lower().startswith(_GATEWAY_PREFIX_BYTES)
-            and name.lower() not in _NO_CONTENT_FIELDS
-        ]
-        removed = endpoint.removed_fields
-        accept_fields = [(n, v) for n, v in accept_fields if n.lower() not in removed]
-        configured = {name for name, _ in fields}
-        accept_fields = [(n, v) for n, v in accept_fields if n.lower() not in configured]
+        # wsproto has checked the subprotocol is one the client offered
+        dropped = HANDSHAKE_FIELDS | _NO_CONTENT_FIELDS | endpoint.removed_fields
+        accept_fields = passed_back(upstream.headers, dropped | {name for name, _ in fields})
         await send(
             {
                 "type": "websocket.accept",
@@ -408,13 +385,7 @@ async def _refuse(
     5xx answer, or a JSON 502 (504 on the handshake timeout)."""
     gateway_fields = [(b"x-gateway-complete", b"false"), (b"x-gateway-backends", backends_header)]
     if reply.status >= 300:
-        kept = [
-            (name, value)
-            for name, value in strip_hop_by_hop(
-                without_handshake_fields(reply.headers), also=NOT_PASSED_BACK | {b"content-length"}
-            )
-            if not name.lower().startswith(_GATEWAY_PREFIX_BYTES)
-        ]
+        kept = passed_back(reply.headers, HANDSHAKE_FIELDS | {b"content-length"})
         body = reply.body or b""
         await answer(
             {

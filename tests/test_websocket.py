@@ -470,17 +470,7 @@ async def test_a_drain_closes_open_sockets_with_1001_at_the_end_of_graceful_time
     up = await start_ws_upstream(nursery)
     config = ws_config(up.url)
     config["server"] = {"graceful_timeout": "600ms"}
-    plan = load_config("test.yaml", {}, text=config_text(config))
-    app = create_app(plan)
-    stop = trio.Event()
-    hc = hypercorn_config(plan, bind="127.0.0.1:0")
-    served = trio.Event()
-
-    async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve_app(app, hc, shutdown_trigger=drain_on_stop(app, stop), task_status=task_status)
-        served.set()
-
-    binds = await nursery.start(serve)
+    app, stop, served, binds = await serve_draining(nursery, config)
     url = "ws://" + binds[0].removeprefix("http://") + "/live"
     with trio.fail_after(10):
         async with connected(url) as ws:
@@ -598,23 +588,7 @@ async def test_a_websocket_over_http2_extended_connect_is_relayed(
         client = await H2Client.connect(gw.url, ca)
         async with client.stream:
             await client.receive()  # the server's SETTINGS (ENABLE_CONNECT_PROTOCOL)
-            sid: int = client.conn.get_next_available_stream_id()
-            client.conn.send_headers(
-                sid,
-                [
-                    (":method", "CONNECT"),
-                    (":protocol", "websocket"),
-                    (":scheme", "https"),
-                    (":authority", client.authority),
-                    (":path", "/live"),
-                    ("sec-websocket-version", "13"),
-                    ("sec-websocket-protocol", "chat.v2"),
-                ],
-            )
-            client.bodies[sid] = b""
-            await client.flush()
-            while sid not in client.heads:
-                await client.receive()
+            sid = await h2_websocket(client, [("sec-websocket-protocol", "chat.v2")])
             head = dict(client.heads[sid])
             assert head[b":status"] == b"200"
             assert head[b"sec-websocket-protocol"] == b"chat.v2"
@@ -696,17 +670,7 @@ async def test_a_drain_ends_by_graceful_timeout_even_with_a_client_that_does_not
     up = await start_ws_upstream(nursery)
     config = ws_config(up.url, path="/flood")
     config["server"] = {"graceful_timeout": "500ms", "send_timeout": "1h"}
-    plan = load_config("test.yaml", {}, text=config_text(config))
-    app = create_app(plan)
-    stop = trio.Event()
-    hc = hypercorn_config(plan, bind="127.0.0.1:0")
-    served = trio.Event()
-
-    async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve_app(app, hc, shutdown_trigger=drain_on_stop(app, stop), task_status=task_status)
-        served.set()
-
-    binds = await nursery.start(serve)
+    _, stop, served, binds = await serve_draining(nursery, config)
     port = int(binds[0].rsplit(":", 1)[1])
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -908,22 +872,7 @@ async def test_an_http2_client_sending_on_a_closed_stream_does_not_stop_the_serv
         client = await H2Client.connect(gw.url, ca)
         async with client.stream:
             await client.receive()
-            sid: int = client.conn.get_next_available_stream_id()
-            client.conn.send_headers(
-                sid,
-                [
-                    (":method", "CONNECT"),
-                    (":protocol", "websocket"),
-                    (":scheme", "https"),
-                    (":authority", client.authority),
-                    (":path", "/live"),
-                    ("sec-websocket-version", "13"),
-                ],
-            )
-            client.bodies[sid] = b""
-            await client.flush()
-            while sid not in client.heads:
-                await client.receive()
+            sid = await h2_websocket(client)
             ws = Connection(ConnectionType.CLIENT)
             client.conn.send_data(sid, ws.send(TextMessage(data="go")))
             await client.flush()
@@ -993,3 +942,41 @@ async def test_empty_subprotocol_elements_are_ignored_and_upstream_request_ids_n
         response = await gw.get("/live")
     ids = response.headers.get_list("x-request-id")
     assert len(ids) == 1 and ids[0] != "up-1"
+
+
+async def h2_websocket(client: Any, fields: list[tuple[str, str]] | None = None) -> int:
+    """Open a WebSocket to ``/live`` on ``client``'s HTTP/2 connection (RFC 8441 extended
+    CONNECT, after the server's SETTINGS); the stream id, once its answer has come."""
+    sid: int = client.conn.get_next_available_stream_id()
+    pseudo = [
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "https"),
+        (":authority", client.authority),
+        (":path", "/live"),
+    ]
+    client.conn.send_headers(sid, [*pseudo, ("sec-websocket-version", "13"), *(fields or [])])
+    client.bodies[sid] = b""
+    await client.flush()
+    while sid not in client.heads:
+        await client.receive()
+    return sid
+
+
+async def serve_draining(
+    nursery: trio.Nursery, config: dict[str, Any]
+) -> tuple[Any, trio.Event, trio.Event, list[str]]:
+    """Serve ``config`` in ``nursery`` with the drain trigger of ``gateway serve``: the app,
+    the event standing for the first SIGTERM, one set once the server has stopped, and
+    the bound URLs."""
+    plan = load_config("test.yaml", {}, text=config_text(config))
+    app = create_app(plan)
+    stop, served = trio.Event(), trio.Event()
+    hc = hypercorn_config(plan, bind="127.0.0.1:0")
+
+    async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+        await serve_app(app, hc, shutdown_trigger=drain_on_stop(app, stop), task_status=task_status)
+        served.set()
+
+    binds: list[str] = await nursery.start(serve)
+    return app, stop, served, binds

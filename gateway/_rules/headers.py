@@ -112,3 +112,19 @@ def select_headers(headers: Iterable[tuple[bytes, bytes]], wanted: frozenset[byt
     headers = list(headers)
     drop = HOP_BY_HOP | connection_named(headers)
     return [(n, v) for n, v in headers if (low := n.lower()) in wanted and low not in drop]
+
+
+def passed_back(
+    headers: Sequence[tuple[bytes, bytes]], also: frozenset[bytes] = frozenset()
+) -> RawHeaders:
+    """An upstream's response fields as a passthrough answer (or a WebSocket's) carries
+    them: without hop-by-hop fields (:func:`strip_hop_by_hop`), :data:`NOT_PASSED_BACK`,
+    the gateway's own ``X-Gateway-*`` and ``also`` (lower-case names)."""
+    return [
+        (name, value)
+        for name, value in strip_hop_by_hop(headers, also=NOT_PASSED_BACK | also)
+        if not name.lower().startswith(_GATEWAY_PREFIX_BYTES)
+    ]
+
+
+_GATEWAY_PREFIX_BYTES = GATEWAY_PREFIX.encode("ascii")

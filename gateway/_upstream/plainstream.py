@@ -20,9 +20,11 @@ Errors are ``OSError`` as the socket raises them. TLS connections keep using
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
+from typing import Any
 
 import trio
 
@@ -111,3 +113,14 @@ async def connect_plain(host: str, port: int) -> PlainStream:
         sock.close()
         raise
     return PlainStream(sock)
+
+
+def close_now(stream: Any) -> None:
+    """Close a connection without awaiting (safe in cancelled scopes and ``finally``
+    blocks): a :class:`PlainStream`, a ``trio.SocketStream`` or a ``trio.SSLStream`` over
+    one (its socket: no TLS close_notify). An already broken socket is no error."""
+    with contextlib.suppress(OSError):
+        if isinstance(stream, PlainStream):
+            stream.close()
+        else:
+            getattr(stream, "transport_stream", stream).socket.close()

@@ -40,7 +40,6 @@ from the next response).
 
 from __future__ import annotations
 
-import contextlib
 import re
 import select
 import socket
@@ -52,7 +51,7 @@ import httptools
 import httpx
 import trio
 
-from .plainstream import PlainStream, connect_plain
+from .plainstream import PlainStream, close_now, connect_plain
 
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_IDLE_TIMEOUT_S = 4.0
@@ -280,11 +279,7 @@ class _Connection:
         """Close without awaiting: safe in cancelled scopes and ``finally`` blocks."""
         self.parser = None  # the parser refers back to this object
         self.poller = None
-        with contextlib.suppress(OSError):  # an already broken socket
-            if isinstance(self.stream, PlainStream):
-                self.stream.close()
-            else:
-                self.stream.transport_stream.socket.close()
+        close_now(self.stream)
 
     def looks_closed(self) -> bool:
         """An idle connection with anything to read has been closed (or broken) by the peer."""

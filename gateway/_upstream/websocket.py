@@ -42,7 +42,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .._rules.headers import RawHeaders
 from .._rules.websocket import MESSAGE_TOO_BIG, NO_STATUS_RECEIVED
-from .plainstream import PlainStream
+from .plainstream import PlainStream, close_now
 
 RECEIVE_BYTES = 64 * 1024
 MAX_REFUSAL_BODY_BYTES = 64 * 1024
@@ -88,13 +88,6 @@ class Closed:
 Received = str | bytes | Pinged | Closed
 
 
-def _close_now(stream: Stream) -> None:
-    if isinstance(stream, PlainStream):
-        stream.close()
-    else:
-        stream.transport_stream.socket.close()
-
-
 async def open_websocket(
     stream: Stream,
     host: str,
@@ -138,12 +131,12 @@ async def open_websocket(
                     if isinstance(event, RejectConnection):
                         status, refused_headers = event.status_code, list(event.headers)
                         if not event.has_body:
-                            _close_now(stream)
+                            close_now(stream)
                             return Refusal(status, refused_headers, b"")
                     elif isinstance(event, RejectData):
                         body += event.data
                         if len(body) > MAX_REFUSAL_BODY_BYTES:
-                            _close_now(stream)
+                            close_now(stream)
                             return Refusal(
                                 status,
                                 refused_headers,
@@ -151,7 +144,7 @@ async def open_websocket(
                                 truncated=True,
                             )
                         if event.body_finished:
-                            _close_now(stream)
+                            close_now(stream)
                             return Refusal(status, refused_headers, bytes(body))
                 if not data:
                     raise HandshakeFailed("the upstream closed the connection in the handshake")
@@ -162,7 +155,7 @@ async def open_websocket(
         except _STREAM_ERRORS as exc:
             raise HandshakeFailed(f"connection lost in the handshake: {exc}") from None
     except BaseException:
-        _close_now(stream)
+        close_now(stream)
         raise
 
 
@@ -249,7 +242,7 @@ class UpstreamWebSocket:
 
     def abort(self) -> None:
         """Close the connection at once, without a close frame (idempotent)."""
-        _close_now(self._stream)
+        close_now(self._stream)
 
     async def receive(self) -> Received:
         """The next message, ping or the end of the upstream's side (then :class:`Closed`
