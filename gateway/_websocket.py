@@ -91,10 +91,6 @@ CLOSE_ALLOWANCE_S = 1.0
 """After ``graceful_timeout``, how long the close handshakes of the sockets still open get
 before the server stops: they are closed with 1001 at ``graceful_timeout``."""
 RETRY_AFTER_S = b"1"
-WRITE_GRACE_S = 0.25
-"""When a relay ends, how long a message being written gets to go out whole before the
-close handshakes start (an upstream write cut midway makes the gateway drop that
-connection instead of closing it with a frame)."""
 _UPGRADE_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"host"})
 # an upgrade's answer has no content (RFC 9110 sections 8.6 and 15.2.2, RFC 8441 section 5)
 _NO_CONTENT_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"trailer"})
@@ -421,8 +417,8 @@ class Relay:
 
     Only the waits for the next message are cut when the relay ends: a message being
     written goes out whole (a frame cut midway would corrupt the stream the close frame
-    follows), within the backend's ``timeout``; then the close handshakes run, one task
-    reading each side again, under that timeout too."""
+    follows), and the close handshakes run beside it, both sides at once, under the
+    backend's ``timeout``: each close frame follows what its side is being written."""
 
     def __init__(
         self,
@@ -444,11 +440,16 @@ class Relay:
         self.client_gone = False
         self.messages = {"from_client": 0, "from_upstream": 0}
         self._waits: set[trio.CancelScope] = set()
-        self._nursery: trio.Nursery | None = None
+        self._ended = trio.Event()
+        # one reader of the upstream at a time: the relay's, then the close handshake's
+        self._upstream_read = trio.Lock()
 
     def summary(self) -> dict[str, Any]:
-        """For the access log: who ended the relay, with which code, and messages each way."""
+        """For the access log: who ended the relay, with which code (for an upstream's end,
+        the code the client was sent), and messages received from each side."""
         side, code, _ = self.ended or ("cancelled", None, None)
+        if side == "upstream":  # what the client was sent (1011 for a drop or an error)
+            code = code_for_client(code)
         return {"ended_by": side, "close_code": code, **self.messages}
 
     async def run(self) -> None:
@@ -456,26 +457,27 @@ class Relay:
         closed when this returns, however it does."""
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 nursery.start_soon(self._from_client)
                 nursery.start_soon(self._from_upstream)
                 nursery.start_soon(self._watch)
-            with trio.move_on_after(self.close_timeout_s):
-                await self._close_other_side()
+                await self._ended.wait()
+                # the close handshakes run beside a message still being written: their
+                # frames go out after it (each side's writes are in order), never cut it
+                with trio.move_on_after(self.close_timeout_s):
+                    await self._close_other_side()
+                nursery.cancel_scope.cancel()
         finally:
             self.upstream.abort()
 
     def end(self, side: str, code: int | None, reason: str | None) -> None:
-        """End the relay, once (later calls change nothing): stop waiting for messages,
-        give a message being written the close timeout to finish."""
+        """End the relay, once (later calls change nothing): stop waiting for messages and
+        start the close handshakes."""
         if self.ended is not None:
             return
         self.ended = (side, code, reason)
         for scope in self._waits:
             scope.cancel()
-        assert self._nursery is not None
-        grace_s = min(self.close_timeout_s, WRITE_GRACE_S)
-        self._nursery.cancel_scope.deadline = trio.current_time() + grace_s
+        self._ended.set()
 
     async def _next(
         self, wait: Callable[[], Awaitable[Any]], deadline: float = float("inf")
@@ -520,7 +522,8 @@ class Relay:
 
     async def _from_upstream(self) -> None:
         while True:
-            received = await self._next(self.upstream.receive)
+            async with self._upstream_read:
+                received = await self._next(self.upstream.receive)
             if received is None:
                 return
             if isinstance(received, Closed):
@@ -555,16 +558,23 @@ class Relay:
                 await self._next(relays.closing.wait, idle_at)
 
     async def _close_other_side(self) -> None:
-        """The close handshake of the side that did not end the relay (both sides, for
-        idle and shutdown)."""
+        """The close handshake of the side that did not end the relay (both sides at once,
+        for idle and shutdown: one side that does not read must not keep the other from
+        its close frame)."""
         assert self.ended is not None
         side, code, reason = self.ended
-        if side != "client" and not self.client_gone:
-            await self.send(
-                {"type": "websocket.close", "code": code_for_client(code), "reason": reason}
-            )
-        if side == "upstream":
-            return  # its close frame was answered as it came
+        async with trio.open_nursery() as nursery:
+            if side != "client" and not self.client_gone:
+                message = {
+                    "type": "websocket.close",
+                    "code": code_for_client(code),
+                    "reason": reason,
+                }
+                nursery.start_soon(self.send, message)
+            if side != "upstream":  # the upstream's own close frame was answered as it came
+                nursery.start_soon(self._close_upstream, side, code, reason)
+
+    async def _close_upstream(self, side: str, code: int | None, reason: str | None) -> None:
         upstream_code = GOING_AWAY
         if side == "client":
             relayed = code_for_upstream(code if code is not None else NO_STATUS_RECEIVED)
@@ -577,5 +587,6 @@ class Relay:
             return  # a frame was cut midway: the connection is dropped on return
         await self.upstream.close(upstream_code, reason)
         # RFC 6455 section 7.1.1: a client waits for the server's close, then the TCP close
-        while not isinstance(await self.upstream.receive(), Closed):
-            pass
+        async with self._upstream_read:
+            while not isinstance(await self.upstream.receive(), Closed):
+                pass

@@ -682,6 +682,7 @@ async def test_a_drain_ends_by_graceful_timeout_even_with_a_client_that_does_not
         await served.wait()
         assert trio.current_time() - started < 2.5  # graceful 0.5 s and the 1 s allowance
         await up.seen[0].closed.wait()
+        assert up.seen[0].close_code == 1001  # not held back by the client that does not read
         await stream.aclose()
 
 
